@@ -1,0 +1,280 @@
+//! # cleave-engine
+//!
+//! Runs a whole model, or any [`Part`] of one, with tract. Plans are optimized once and cached per
+//! (model, cut range) in a bounded LRU cache, so a device or server that switches cuts pays the
+//! compilation cost once per cut. Runs use one thread, or several through tract-linalg's
+//! multithreaded matrix products.
+//!
+//! Tensors are exchanged by ONNX name in a [`TensorMap`]; running a split model is running its
+//! parts in order over one map, each part reading its inputs from it and adding its outputs.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cleave_graph::{GraphError, ModelGraph, Part, TensorSpec, part_bounds};
+use thiserror::Error;
+use tract_onnx::prelude::multithread::{Executor, multithread_tract_scope};
+use tract_onnx::prelude::*;
+
+pub use tract_onnx::prelude::{DatumType, Tensor};
+
+/// Tensors by ONNX name.
+pub type TensorMap = BTreeMap<String, Tensor>;
+
+/// Errors from compiling or running a part.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error("tract could not compile {what}: {msg}")]
+    Compile { what: String, msg: String },
+    #[error("missing input `{name}` (the model reads: {expected})")]
+    MissingInput { name: String, expected: String },
+    #[error("input `{name}` is {got}, but the model expects {expected}")]
+    InputMismatch { name: String, expected: String, got: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+    #[error("the engine panicked: {0}")]
+    Panic(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Threads per inference (1 = single-threaded).
+    pub threads: usize,
+    /// How many compiled parts to keep.
+    pub cache_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { threads: 1, cache_capacity: 64 }
+    }
+}
+
+/// A part compiled into an optimized tract plan.
+#[derive(Debug)]
+pub struct CompiledPart {
+    pub from_cut: usize,
+    pub to_cut: usize,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// How long loading and optimizing took.
+    pub compile_time: Duration,
+    plan: Arc<TypedRunnableModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PartKey {
+    model: String,
+    from: usize,
+    to: usize,
+}
+
+/// The executor: compiles parts, caches them, runs them.
+pub struct Engine {
+    config: EngineConfig,
+    executor: Executor,
+    cache: Mutex<lru::LruCache<PartKey, Arc<CompiledPart>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The result of running a split model.
+#[derive(Debug)]
+pub struct SplitRun {
+    /// The model's outputs.
+    pub outputs: TensorMap,
+    /// Every tensor crossing each cut, in cut order.
+    pub boundaries: Vec<TensorMap>,
+    /// Wall time of each part.
+    pub part_times: Vec<Duration>,
+}
+
+impl Engine {
+    /// An engine with the given configuration.
+    pub fn new(config: EngineConfig) -> Engine {
+        let threads = config.threads.max(1);
+        let executor = if threads == 1 { Executor::SingleThread } else { Executor::multithread(threads) };
+        let cap = NonZeroUsize::new(config.cache_capacity.max(1)).expect("nonzero");
+        Engine { config: EngineConfig { threads, ..config }, executor, cache: Mutex::new(lru::LruCache::new(cap)) }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Compiles a part into an optimized plan (not cached).
+    pub fn compile(&self, part: &Part) -> Result<CompiledPart> {
+        let what = format!("part {}..{}", part.from_cut, part.to_cut);
+        let t0 = Instant::now();
+        let plan = catch(|| {
+            let mut model = tract_onnx::onnx()
+                .model_for_proto_model(&part.proto)
+                .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })?;
+            for (ix, spec) in part.inputs.iter().enumerate() {
+                model
+                    .set_input_fact(ix, InferenceFact::dt_shape(spec.dtype.datum_type(), spec.shape.clone()))
+                    .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })?;
+            }
+            model
+                .into_optimized()
+                .and_then(|m| m.into_runnable())
+                .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })
+        })?;
+        Ok(CompiledPart {
+            from_cut: part.from_cut,
+            to_cut: part.to_cut,
+            inputs: part.inputs.clone(),
+            outputs: part.outputs.clone(),
+            compile_time: t0.elapsed(),
+            plan,
+        })
+    }
+
+    /// The compiled part of `graph` between two cuts, from the cache or compiled now.
+    pub fn part(&self, graph: &ModelGraph, from: usize, to: usize) -> Result<Arc<CompiledPart>> {
+        let key = PartKey { model: graph.id(), from, to };
+        if let Some(p) = self.cache.lock().expect("cache lock").get(&key) {
+            return Ok(p.clone());
+        }
+        let compiled = Arc::new(self.compile(&graph.part(from, to)?)?);
+        self.cache.lock().expect("cache lock").put(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// The whole model, compiled (cached).
+    pub fn whole(&self, graph: &ModelGraph) -> Result<Arc<CompiledPart>> {
+        self.part(graph, 0, graph.last_cut())
+    }
+
+    /// Runs a compiled part. Reads its inputs from `inputs` by name (extra entries are ignored)
+    /// and returns its outputs by name.
+    pub fn run(&self, part: &CompiledPart, inputs: &TensorMap) -> Result<TensorMap> {
+        let mut args: TVec<TValue> = tvec![];
+        for spec in &part.inputs {
+            let t = inputs.get(&spec.name).ok_or_else(|| EngineError::MissingInput {
+                name: spec.name.clone(),
+                expected: part.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?;
+            check_input(spec, t)?;
+            args.push(t.clone().into_tvalue());
+        }
+        let plan = part.plan.clone();
+        let outs = catch(|| {
+            multithread_tract_scope(self.executor.clone(), || plan.run(args))
+                .map_err(|e| EngineError::Run(format!("{e:#}")))
+        })?;
+        Ok(part.outputs.iter().zip(outs).map(|(s, v)| (s.name.clone(), v.into_tensor())).collect())
+    }
+
+    /// Runs `graph` split at `cuts` (empty: the whole model), part after part.
+    pub fn run_split(&self, graph: &ModelGraph, cuts: &[usize], inputs: &TensorMap) -> Result<SplitRun> {
+        if !cuts.is_empty() {
+            graph.check_split(cuts)?;
+        }
+        let mut env = inputs.clone();
+        let mut outputs = TensorMap::new();
+        let mut boundaries = vec![];
+        let mut part_times = vec![];
+        let model_outputs: Vec<String> = graph.outputs().into_iter().map(|s| s.name).collect();
+        for (i, (from, to)) in part_bounds(cuts, graph.last_cut()).into_iter().enumerate() {
+            let part = self.part(graph, from, to)?;
+            let t0 = Instant::now();
+            let produced = self.run(&part, &env)?;
+            part_times.push(t0.elapsed());
+            for (name, t) in produced {
+                if model_outputs.contains(&name) {
+                    outputs.insert(name.clone(), t.clone());
+                }
+                env.insert(name, t);
+            }
+            if i < cuts.len() {
+                let frontier = graph.cut(to)?.tensors;
+                boundaries.push(
+                    frontier.iter().filter_map(|s| env.get(&s.name).map(|t| (s.name.clone(), t.clone()))).collect(),
+                );
+            }
+        }
+        Ok(SplitRun { outputs, boundaries, part_times })
+    }
+}
+
+/// Checks a tensor against the spec a part declares.
+pub fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<()> {
+    let dt_ok = cleave_graph::DType::from_datum_type(t.datum_type()) == Some(spec.dtype);
+    if !dt_ok || t.shape() != spec.shape.as_slice() {
+        return Err(EngineError::InputMismatch {
+            name: spec.name.clone(),
+            expected: format!("{} {:?}", spec.dtype, spec.shape),
+            got: format!(
+                "{} {:?}",
+                cleave_graph::DType::from_datum_type(t.datum_type())
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| format!("{:?}", t.datum_type())),
+                t.shape()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(EngineError::Panic(
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        )),
+    }
+}
+
+/// A seeded pseudo-random input for a spec: floats uniform in [-1, 1), integers in [0, 10).
+pub fn random_input(spec: &TensorSpec, seed: u64) -> Tensor {
+    let mut rng = cleave_graph::build::SeededNormal::new(seed);
+    let n: usize = spec.shape.iter().product();
+    let t = match spec.dtype {
+        cleave_graph::DType::F32 | cleave_graph::DType::F16 | cleave_graph::DType::Bf16 | cleave_graph::DType::F64 => {
+            let v: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
+            Tensor::from_shape(&spec.shape, &v).expect("shape matches")
+        }
+        _ => {
+            let v: Vec<i64> = (0..n).map(|_| (rng.uniform() * 10.0) as i64).collect();
+            Tensor::from_shape(&spec.shape, &v).expect("shape matches")
+        }
+    };
+    t.cast_to_dt(spec.dtype.datum_type()).map(|c| c.into_owned()).unwrap_or(t)
+}
+
+/// Largest absolute difference divided by the largest magnitude of `reference`.
+pub fn relative_error(got: &Tensor, reference: &Tensor) -> Result<f64> {
+    let a = got.cast_to::<f64>().map_err(|e| EngineError::Run(format!("{e:#}")))?;
+    let b = reference.cast_to::<f64>().map_err(|e| EngineError::Run(format!("{e:#}")))?;
+    if a.shape() != b.shape() {
+        return Ok(f64::INFINITY);
+    }
+    let a = a.to_plain_array_view::<f64>().map_err(|e| EngineError::Run(format!("{e:#}")))?;
+    let b = b.to_plain_array_view::<f64>().map_err(|e| EngineError::Run(format!("{e:#}")))?;
+    let mut diff: f64 = 0.0;
+    let mut scale: f64 = 0.0;
+    for (x, y) in a.iter().zip(b.iter()) {
+        if x.is_nan() != y.is_nan() {
+            return Ok(f64::INFINITY);
+        }
+        diff = diff.max((x - y).abs());
+        scale = scale.max(y.abs());
+    }
+    Ok(if scale == 0.0 { diff } else { diff / scale })
+}
