@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod infer;
+pub mod inspect;
+pub mod split;

@@ -1,0 +1,69 @@
+//! `cleave`: the command-line front end. This is the only place that reads arguments and the
+//! environment, sets up logging, and touches files on behalf of the libraries.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod model_arg;
+mod npy;
+mod output;
+
+/// cleave: collaborative DNN inference. Cut any ONNX model into parts, run the head on the
+/// device and the tail on an edge or cloud server.
+///
+/// Start with `cleave inspect MODEL` to see every place the model can be cut: the tensors that
+/// would cross the network, their size, and the compute on each side. `cleave split` writes the
+/// parts as standalone ONNX files; `cleave infer` runs head → tail and checks it against the
+/// whole model. Every command that takes a MODEL runs on a small built-in demo model when none is
+/// given.
+#[derive(Parser, Debug)]
+#[command(name = "cleave", version, max_term_width = 100)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). Logs go to stderr; RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Inspect(cmd::inspect::Args),
+    Split(cmd::split::Args),
+    Infer(cmd::infer::Args),
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Split(a) => cmd::split::run(a),
+        Command::Infer(a) => cmd::infer::run(a),
+        Command::Bench(b) => cmd::bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain, outermost first.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,cleave=debug",
+        _ => "debug,cleave=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
