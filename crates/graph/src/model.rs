@@ -152,6 +152,8 @@ pub struct ModelGraph {
     pub(crate) materialized: HashMap<TensorId, pb::TensorProto>,
     /// Node positions of the candidate cuts (see [`crate::cuts`]).
     pub(crate) positions: Vec<usize>,
+    /// Every tensor each ONNX node reads (explicit and captured by subgraphs), by file index.
+    pub(crate) onnx_inputs: Vec<Vec<TensorId>>,
 }
 
 const NONDETERMINISTIC: &[&str] =
@@ -293,12 +295,30 @@ impl ModelGraph {
             }
             output_ids.push(id);
         }
-        let initializer_ids: HashSet<TensorId> = graph.initializer.iter().map(|t| by_name[&t.name]).collect();
-
-        // Static = value known after analysis (never a graph input or output).
+        // Input dependence, over all nodes in dependency order: a tensor is dynamic when it
+        // depends on a graph input or on a random op. Everything else is static, whether or not
+        // tract materialized its value (it does not for large `ConstantOfShape` weights).
+        let all_nodes: Vec<usize> = (0..graph.node.len()).collect();
+        let all_order =
+            topological(&all_nodes, |n| node_inputs[n].iter().filter_map(|t| producer.get(t).copied()).collect())
+                .ok_or_else(|| GraphError::Malformed("the graph has a cycle".into()))?;
+        let mut depends = vec![false; tensors.len()];
+        for &id in &input_ids {
+            depends[id] = true;
+        }
+        for &ix in &all_order {
+            if NONDETERMINISTIC.contains(&graph.node[ix].op_type.as_str())
+                || node_inputs[ix].iter().any(|&t| depends[t])
+            {
+                for &o in &node_outputs[ix] {
+                    depends[o] = true;
+                }
+            }
+        }
+        // Static: independent of the inputs, or computed from them with a value the analysis
+        // knows (shape arithmetic at the pinned shapes). Graph inputs and outputs never are.
         let is_static = |id: TensorId| -> bool {
-            initializer_ids.contains(&id)
-                || (analysed[id].value.is_some() && !input_ids.contains(&id) && !output_ids.contains(&id))
+            !input_ids.contains(&id) && !output_ids.contains(&id) && (!depends[id] || analysed[id].value.is_some())
         };
 
         // Liveness: walk back from the outputs through dynamic tensors only.
@@ -357,56 +377,22 @@ impl ModelGraph {
 
         // Execution order of live nodes: Kahn's algorithm, ties broken by file order.
         let live: Vec<usize> = (0..graph.node.len()).filter(|&n| live_node[n]).collect();
-        let mut indegree: HashMap<usize, usize> = HashMap::new();
-        let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
-        for &n in &live {
-            let mut deps: Vec<usize> = node_inputs[n]
+        let order = topological(&live, |n| {
+            node_inputs[n]
                 .iter()
                 .filter(|&&t| !is_static(t))
                 .filter_map(|t| producer.get(t).copied())
                 .filter(|&p| live_node[p])
-                .collect();
-            deps.sort_unstable();
-            deps.dedup();
-            indegree.insert(n, deps.len());
-            for d in deps {
-                dependents.entry(d).or_default().push(n);
-            }
-        }
-        let mut ready: BinaryHeap<std::cmp::Reverse<usize>> =
-            live.iter().filter(|n| indegree[n] == 0).map(|&n| std::cmp::Reverse(n)).collect();
-        let mut order = Vec::with_capacity(live.len());
-        while let Some(std::cmp::Reverse(n)) = ready.pop() {
-            order.push(n);
-            for &d in dependents.get(&n).map(|v| v.as_slice()).unwrap_or(&[]) {
-                let e = indegree.get_mut(&d).expect("dependent is live");
-                *e -= 1;
-                if *e == 0 {
-                    ready.push(std::cmp::Reverse(d));
-                }
-            }
-        }
-        if order.len() != live.len() {
-            return Err(GraphError::Malformed("the graph has a cycle".into()));
-        }
+                .collect()
+        })
+        .ok_or_else(|| GraphError::Malformed("the graph has a cycle".into()))?;
 
-        // Which static tensors are rebuilt from constants, and which are materialized values.
-        let mut pure_const: HashMap<TensorId, Option<usize>> = HashMap::new();
-        for &id in &initializer_ids {
-            pure_const.insert(id, None);
-        }
-        for (ix, node) in graph.node.iter().enumerate() {
-            // File order is topological for well-formed files; a miss only means materializing.
-            let pure_node = !NONDETERMINISTIC.contains(&node.op_type.as_str())
-                && !has_subgraph(node)
-                && node_inputs[ix].iter().all(|t| pure_const.contains_key(t))
-                && node_outputs[ix].iter().all(|&t| is_static(t));
-            if pure_node {
-                for &o in &node_outputs[ix] {
-                    pure_const.insert(o, Some(ix));
-                }
-            }
-        }
+        // Static tensors independent of the inputs are rebuilt inside parts from the nodes that
+        // compute them; the others (shape arithmetic) are written as their analysed value.
+        let pure_const: HashMap<TensorId, Option<usize>> = (0..tensors.len())
+            .filter(|&t| is_static(t) && !depends[t])
+            .map(|t| (t, producer.get(&t).copied()))
+            .collect();
         let mut materialized = HashMap::new();
         let mut nodes = Vec::with_capacity(order.len());
         let mut producer_pos = vec![None; tensors.len()];
@@ -455,6 +441,7 @@ impl ModelGraph {
             pure_const,
             materialized,
             positions: vec![],
+            onnx_inputs: node_inputs,
         };
         graph.positions = graph.candidate_positions();
         Ok(graph)
@@ -673,8 +660,35 @@ pub(crate) fn node_name(node: &pb::NodeProto, ix: usize) -> String {
     if node.name.is_empty() { format!("{}_{ix}", node.op_type) } else { node.name.clone() }
 }
 
-fn has_subgraph(node: &pb::NodeProto) -> bool {
-    node.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+/// Kahn's algorithm over `nodes` (ONNX indices), ties broken by file order; `deps(n)` lists the
+/// nodes `n` reads from (others are ignored). `None` on a cycle.
+fn topological(nodes: &[usize], deps: impl Fn(usize) -> Vec<usize>) -> Option<Vec<usize>> {
+    let members: HashSet<usize> = nodes.iter().copied().collect();
+    let mut indegree: HashMap<usize, usize> = HashMap::new();
+    let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &n in nodes {
+        let mut d: Vec<usize> = deps(n).into_iter().filter(|p| members.contains(p) && *p != n).collect();
+        d.sort_unstable();
+        d.dedup();
+        indegree.insert(n, d.len());
+        for p in d {
+            dependents.entry(p).or_default().push(n);
+        }
+    }
+    let mut ready: BinaryHeap<std::cmp::Reverse<usize>> =
+        nodes.iter().filter(|n| indegree[n] == 0).map(|&n| std::cmp::Reverse(n)).collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(std::cmp::Reverse(n)) = ready.pop() {
+        order.push(n);
+        for &d in dependents.get(&n).map(|v| v.as_slice()).unwrap_or(&[]) {
+            let e = indegree.get_mut(&d).expect("dependent is a member");
+            *e -= 1;
+            if *e == 0 {
+                ready.push(std::cmp::Reverse(d));
+            }
+        }
+    }
+    (order.len() == nodes.len()).then_some(order)
 }
 
 /// Names an `If`/`Loop`/`Scan` body reads from the enclosing scope.

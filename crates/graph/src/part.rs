@@ -276,11 +276,8 @@ impl ConstClosure {
             Some(Some(ix)) => {
                 let ix = *ix;
                 if self.seen_nodes.insert(ix) {
-                    let graph = g.proto.graph.as_ref().expect("analysed model has a graph");
-                    for i in graph.node[ix].input.iter().filter(|i| !i.is_empty()) {
-                        if let Some(id) = g.tensor_id(i) {
-                            self.include(g, id);
-                        }
+                    for &i in &g.onnx_inputs[ix] {
+                        self.include(g, i);
                     }
                     self.nodes.push(ix); // post-order: after everything it reads
                 }

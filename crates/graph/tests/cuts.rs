@@ -283,3 +283,27 @@ proptest! {
         }
     }
 }
+
+/// resnet50-light computes its 8 MB classifier weight with `ConstantOfShape`; tract's analysis
+/// does not materialize values that large, and the weight used to be classed as an activation
+/// that crossed every cut.
+#[test]
+fn regression_large_computed_weights_never_cross_a_cut() {
+    let mut b = GraphBuilder::new("big_weight", 1);
+    let x = b.input("x", DType::F32, &[1, 1024]);
+    let wshape = b.initializer_i64("wshape", &[1024, 2048]);
+    let w = b.node("ConstantOfShape", &[&wshape], &[("value", Attr::FloatTensor(0.02))]);
+    let y = b.relu(&x);
+    let y = b.node("Sigmoid", &[&y], &[]);
+    let y = b.node("Tanh", &[&y], &[]);
+    let z = b.node("MatMul", &[&y, &w], &[]);
+    b.output(&z);
+    let g = analyse(&b.build());
+    assert_eq!(g.tensor(g.tensor_id(&w).unwrap()).kind, TensorKind::Static);
+    assert!(g.nodes().iter().all(|n| n.op_type != "ConstantOfShape"));
+    for c in g.cuts() {
+        assert!(c.bytes <= 1024 * 4, "cut {} sends {} bytes: {:?}", c.index, c.bytes, names(&c));
+    }
+    let last = g.nodes().len() - 1;
+    assert_eq!(g.nodes()[last].cost.param_bytes, 1024 * 2048 * 4);
+}

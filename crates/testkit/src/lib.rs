@@ -183,6 +183,38 @@ pub fn inputs_for(graph: &ModelGraph, seed: u64) -> TensorMap {
     graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, seed))).collect()
 }
 
+/// Checks, independently of the analysis, that every tensor crossing any cut derives from a
+/// graph input: weights and constants must never be sent.
+pub fn assert_frontiers_depend_on_inputs(graph: &ModelGraph) {
+    let g = graph.proto().graph.as_ref().expect("model has a graph");
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut derived: std::collections::HashSet<String> =
+        g.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(|i| i.name.clone()).collect();
+    // Fixed point over the node list (order-independent).
+    loop {
+        let before = derived.len();
+        for n in &g.node {
+            if n.input.iter().any(|i| derived.contains(i)) {
+                derived.extend(n.output.iter().cloned());
+            }
+        }
+        if derived.len() == before {
+            break;
+        }
+    }
+    for cut in graph.cuts() {
+        for t in &cut.tensors {
+            assert!(
+                derived.contains(&t.name),
+                "{}: cut {} sends `{}`, which does not depend on any input",
+                graph.name(),
+                cut.index,
+                t.name
+            );
+        }
+    }
+}
+
 /// Worst relative error over outputs and cuts, and where it occurred.
 #[derive(Debug, Clone, Default)]
 pub struct CutReport {
