@@ -112,6 +112,13 @@ impl ModelGraph {
         Ok(self.positions[index])
     }
 
+    /// The first cut whose head computes tensor `name` (e.g. an early exit's output).
+    pub fn first_cut_after(&self, name: &str) -> Option<usize> {
+        let t = self.tensor_id(name)?;
+        let birth = self.birth(t);
+        self.positions.iter().position(|&p| p >= birth)
+    }
+
     /// Position after which a dynamic tensor exists: 0 for inputs, producer + 1 otherwise.
     pub(crate) fn birth(&self, t: TensorId) -> usize {
         self.producer_pos[t].map(|p| p + 1).unwrap_or(0)
