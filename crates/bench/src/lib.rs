@@ -5,6 +5,7 @@
 //! Timings are medians of runs alternated side by side in one process, because the machines
 //! this runs on are shared and noisy: ratios measured together are what is comparable.
 
+pub mod predict;
 pub mod split;
 pub mod stats;
 

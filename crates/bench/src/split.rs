@@ -96,46 +96,11 @@ pub fn run(bytes: &[u8], source: &str, shapes: &InputShapes, opts: &Options) -> 
         std::hint::black_box(cuts);
     }
 
-    let engine = Engine::new(EngineConfig { threads: opts.threads, cache_capacity: 2 * opts.cuts + 2 });
     let chosen = spread_cuts(&graph, opts.cuts);
     let all_cuts = graph.cuts();
-    let inputs: TensorMap = graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
-    let whole = engine.whole(&graph)?;
-    let parts: Vec<_> = chosen
-        .iter()
-        .map(|&c| Ok((engine.part(&graph, 0, c)?, engine.part(&graph, c, graph.last_cut())?)))
-        .collect::<Result<_>>()?;
-    // Tail inputs: the head's outputs plus the model inputs (for skip connections from the input).
-    let mut tail_inputs = vec![];
-    for (head, _) in &parts {
-        let mut env = inputs.clone();
-        env.extend(engine.run(head, &inputs)?);
-        tail_inputs.push(env);
-    }
-    // Warm-up.
-    for _ in 0..3 {
-        engine.run(&whole, &inputs)?;
-        for ((head, tail), env) in parts.iter().zip(&tail_inputs) {
-            engine.run(head, &inputs)?;
-            engine.run(tail, env)?;
-        }
-    }
-    let mut whole_t = vec![];
-    let mut head_t = vec![vec![]; parts.len()];
-    let mut tail_t = vec![vec![]; parts.len()];
-    for _ in 0..opts.rounds.max(1) {
-        let t0 = Instant::now();
-        std::hint::black_box(engine.run(&whole, &inputs)?);
-        whole_t.push(t0.elapsed());
-        for (i, ((head, tail), env)) in parts.iter().zip(&tail_inputs).enumerate() {
-            let t0 = Instant::now();
-            std::hint::black_box(engine.run(head, &inputs)?);
-            head_t[i].push(t0.elapsed());
-            let t0 = Instant::now();
-            std::hint::black_box(engine.run(tail, env)?);
-            tail_t[i].push(t0.elapsed());
-        }
-    }
+    let engine = Engine::new(EngineConfig { threads: opts.threads, cache_capacity: 2 * opts.cuts + 2 });
+    let HeadTailTimes { whole: whole_t, head: head_t, tail: tail_t } =
+        time_head_tail(&engine, &graph, &chosen, opts.rounds)?;
     let whole_ms = median_ms(&whole_t);
     let total_flops = graph.total_cost().flops.max(1) as f64;
     let cuts: Vec<CutTiming> = chosen
@@ -169,6 +134,54 @@ pub fn run(bytes: &[u8], source: &str, shapes: &InputShapes, opts: &Options) -> 
         cuts,
         median_ratio: crate::stats::median(&mut ratios),
     })
+}
+
+/// Wall times of the whole model and of heads and tails at some cuts.
+pub struct HeadTailTimes {
+    pub whole: Vec<Duration>,
+    /// Per cut, per round.
+    pub head: Vec<Vec<Duration>>,
+    pub tail: Vec<Vec<Duration>>,
+}
+
+/// Times the whole model, and the head and tail at each of `cuts`, in rounds alternated side by
+/// side (after 3 warm-up rounds). Tails read real head outputs.
+pub fn time_head_tail(engine: &Engine, graph: &ModelGraph, cuts: &[usize], rounds: usize) -> Result<HeadTailTimes> {
+    let inputs: TensorMap = graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
+    let whole = engine.whole(graph)?;
+    let parts: Vec<_> = cuts
+        .iter()
+        .map(|&c| Ok((engine.part(graph, 0, c)?, engine.part(graph, c, graph.last_cut())?)))
+        .collect::<Result<_>>()?;
+    // Tail inputs: the head's outputs plus the model inputs (for skip connections from the input).
+    let mut tail_inputs = vec![];
+    for (head, _) in &parts {
+        let mut env = inputs.clone();
+        env.extend(engine.run(head, &inputs)?);
+        tail_inputs.push(env);
+    }
+    for _ in 0..3 {
+        engine.run(&whole, &inputs)?;
+        for ((head, tail), env) in parts.iter().zip(&tail_inputs) {
+            engine.run(head, &inputs)?;
+            engine.run(tail, env)?;
+        }
+    }
+    let mut times = HeadTailTimes { whole: vec![], head: vec![vec![]; parts.len()], tail: vec![vec![]; parts.len()] };
+    for _ in 0..rounds.max(1) {
+        let t0 = Instant::now();
+        std::hint::black_box(engine.run(&whole, &inputs)?);
+        times.whole.push(t0.elapsed());
+        for (i, ((head, tail), env)) in parts.iter().zip(&tail_inputs).enumerate() {
+            let t0 = Instant::now();
+            std::hint::black_box(engine.run(head, &inputs)?);
+            times.head[i].push(t0.elapsed());
+            let t0 = Instant::now();
+            std::hint::black_box(engine.run(tail, env)?);
+            times.tail[i].push(t0.elapsed());
+        }
+    }
+    Ok(times)
 }
 
 impl SplitReport {

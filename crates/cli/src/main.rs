@@ -9,6 +9,7 @@ mod cmd;
 mod model_arg;
 mod npy;
 mod output;
+mod plot;
 
 /// cleave: collaborative DNN inference. Cut any ONNX model into parts, run the head on the
 /// device and the tail on an edge or cloud server.
@@ -34,6 +35,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     Split(cmd::split::Args),
     Infer(cmd::infer::Args),
+    Profile(cmd::profile::Args),
+    Plan(cmd::plan::Args),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
@@ -45,6 +48,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Split(a) => cmd::split::run(a),
         Command::Infer(a) => cmd::infer::run(a),
+        Command::Profile(a) => cmd::profile::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     };
     match result {

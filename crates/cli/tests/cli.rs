@@ -50,12 +50,6 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-fn default_model_file(dir: &Path) -> PathBuf {
-    let p = dir.join("tiny.onnx");
-    std::fs::write(&p, zoo::tiny_resnet(zoo::TINY_RESNET_SEED).encode_to_vec()).unwrap();
-    p
-}
-
 #[test]
 fn shipped_default_model_is_what_the_builder_makes() {
     let shipped = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny_resnet.onnx")).unwrap();

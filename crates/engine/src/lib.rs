@@ -15,13 +15,19 @@ use std::time::{Duration, Instant};
 
 use cleave_graph::{GraphError, ModelGraph, Part, TensorSpec, part_bounds};
 use thiserror::Error;
+
+pub mod profile;
 use tract_onnx::prelude::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
 pub use tract_onnx::prelude::{DatumType, Tensor};
 
-/// Tensors by ONNX name.
-pub type TensorMap = BTreeMap<String, Tensor>;
+/// The engine and version cleave runs parts with (the tract crates are pinned to it).
+pub const ENGINE: &str = "tract 0.23.9";
+
+/// Tensors by ONNX name. Shared (`Arc`) so that passing a tensor from one part to the next, or
+/// to the network, never copies it.
+pub type TensorMap = BTreeMap<String, Arc<Tensor>>;
 
 /// Errors from compiling or running a part.
 #[derive(Debug, Error)]
@@ -175,7 +181,7 @@ impl Engine {
             multithread_tract_scope(self.executor.clone(), || plan.run(args))
                 .map_err(|e| EngineError::Run(format!("{e:#}")))
         })?;
-        Ok(part.outputs.iter().zip(outs).map(|(s, v)| (s.name.clone(), v.into_tensor())).collect())
+        Ok(part.outputs.iter().zip(outs).map(|(s, v)| (s.name.clone(), v.into_arc_tensor())).collect())
     }
 
     /// Runs `graph` split at `cuts` (empty: the whole model), part after part.
@@ -242,7 +248,7 @@ fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// A seeded pseudo-random input for a spec: floats uniform in [-1, 1), integers in [0, 10).
-pub fn random_input(spec: &TensorSpec, seed: u64) -> Tensor {
+pub fn random_input(spec: &TensorSpec, seed: u64) -> Arc<Tensor> {
     let mut rng = cleave_graph::build::SeededNormal::new(seed);
     let n: usize = spec.shape.iter().product();
     let t = match spec.dtype {
@@ -255,7 +261,7 @@ pub fn random_input(spec: &TensorSpec, seed: u64) -> Tensor {
             Tensor::from_shape(&spec.shape, &v).expect("shape matches")
         }
     };
-    t.cast_to_dt(spec.dtype.datum_type()).map(|c| c.into_owned()).unwrap_or(t)
+    Arc::new(t.cast_to_dt(spec.dtype.datum_type()).map(|c| c.into_owned()).unwrap_or(t))
 }
 
 /// Largest absolute difference divided by the largest magnitude of `reference`.

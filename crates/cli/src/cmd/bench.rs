@@ -10,6 +10,32 @@ use crate::model_arg::ModelArgs;
 #[derive(Subcommand, Debug)]
 pub enum Bench {
     Split(SplitArgs),
+    Predict(PredictArgs),
+}
+
+/// Check a profile against fresh measurements: head and tail compute at spread cuts, measured
+/// now, versus the profile's prediction (sums of segment medians) and the FLOPs-based predictor
+/// fitted on it. Profile in one run, measure in another: that is the honest test of a profile.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The profile to check (from `cleave profile -o`).
+    #[arg(long, value_name = "PATH")]
+    pub profile: PathBuf,
+
+    /// Number of cuts to check.
+    #[arg(long, default_value_t = 3)]
+    pub cuts: usize,
+
+    /// Timed rounds.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: usize,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
 }
 
 /// Time cut enumeration and the cost of splitting.
@@ -43,7 +69,25 @@ pub struct SplitArgs {
 pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Split(a) => split(a),
+        Bench::Predict(a) => predict(a),
     }
+}
+
+fn predict(a: PredictArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let profile = crate::cmd::profile::read_profile(&a.profile, &loaded.graph)?;
+    let report = cleave_bench::predict::run(&loaded.graph, &profile, a.cuts, a.rounds)?;
+    println!("{}", report.render());
+    write_json(a.json.as_deref(), &report)
+}
+
+fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
 }
 
 fn split(a: SplitArgs) -> Result<()> {

@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         let t = npy::read(&path)?;
         cleave_engine::check_input(spec, &t).with_context(|| format!("input file {}", path.display()))?;
-        inputs.insert(name, t);
+        inputs.insert(name, std::sync::Arc::new(t));
     }
     for spec in &specs {
         if !inputs.contains_key(&spec.name) {

@@ -3,4 +3,6 @@
 pub mod bench;
 pub mod infer;
 pub mod inspect;
+pub mod plan;
+pub mod profile;
 pub mod split;

@@ -1,0 +1,127 @@
+//! Plots (plotters). PNG or SVG by the file's extension; text uses a subset of DejaVu Sans built
+//! into the binary (assets/, Bitstream Vera licence), so no system fonts are needed.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{Result, anyhow, bail};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            // The font is a compile-time constant that parses; failure would be a build defect.
+            let _ = plotters::style::register_font("sans-serif", style, FONT);
+        }
+    });
+}
+
+/// One panel of stacked latency bars: for each cut, (device, transfer, server) in ms.
+pub struct StackedPanel {
+    pub title: String,
+    pub bars: Vec<(usize, [f64; 3])>,
+    /// The cut the planner chose in this panel.
+    pub chosen: Option<usize>,
+}
+
+/// Colours of the three stacked parts.
+const PARTS: [(&str, RGBColor); 3] =
+    [("device", RGBColor(66, 133, 244)), ("transfer", RGBColor(251, 188, 5)), ("server", RGBColor(52, 168, 83))];
+
+/// Draws panels one above the other into `path` (.png or .svg).
+pub fn stacked_bars(path: &Path, caption: &str, panels: &[StackedPanel]) -> Result<()> {
+    register_font();
+    let height = 60 + 300 * panels.len() as u32;
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => {
+            let root = BitMapBackend::new(path, (1200, height)).into_drawing_area();
+            draw(&root, caption, panels)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        Some("svg") => {
+            let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
+            draw(&root, caption, panels)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        _ => bail!("--plot {}: use a .png or .svg file name", path.display()),
+    }
+    Ok(())
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, caption: &str, panels: &[StackedPanel]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plot: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(caption, ("sans-serif", 24)).map_err(err)?;
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    for (area, panel) in areas.iter().zip(panels) {
+        let n = panel.bars.iter().map(|(c, _)| *c).max().unwrap_or(0) + 1;
+        let totals: Vec<f64> = panel.bars.iter().map(|(_, v)| v.iter().sum()).collect();
+        // Keep most bars readable: cap the axis near the 75th percentile (at least 3× the best),
+        // and mark the bars that go beyond it.
+        let best = totals.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = totals.iter().copied().fold(0.0, f64::max);
+        let mut sorted = totals.clone();
+        sorted.sort_by(f64::total_cmp);
+        let p75 = sorted.get(sorted.len() * 3 / 4).copied().unwrap_or(max);
+        let cap = (p75 * 1.2).max(if best.is_finite() { best * 3.0 } else { 0.0 }).min(max);
+        let y_max = if cap > 0.0 { cap * 1.05 } else { 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 18))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .light_line_style(WHITE)
+            .x_desc("cut")
+            .y_desc("predicted latency (ms)")
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .draw()
+            .map_err(err)?;
+        for (i, (name, color)) in PARTS.iter().enumerate() {
+            let rects = panel.bars.iter().map(|(c, v)| {
+                let base: f64 = v[..i].iter().sum::<f64>().min(y_max);
+                let top = (base + v[i]).min(y_max);
+                let x = *c as f64;
+                Rectangle::new([(x - 0.4, base), (x + 0.4, top)], color.filled())
+            });
+            chart
+                .draw_series(rects)
+                .map_err(err)?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        // Bars taller than the axis get a black cap.
+        let clipped = panel.bars.iter().filter(|(_, v)| v.iter().sum::<f64>() > y_max).map(|(c, _)| {
+            let x = *c as f64;
+            Rectangle::new([(x - 0.4, y_max * 0.97), (x + 0.4, y_max)], BLACK.filled())
+        });
+        chart.draw_series(clipped).map_err(err)?;
+        if let Some(c) = panel.chosen {
+            let x = c as f64;
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(x, 0.0), (x, y_max)], BLACK.stroke_width(2))))
+                .map_err(err)?
+                .label(format!("chosen: cut {c}"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], BLACK.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
