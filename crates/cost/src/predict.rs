@@ -34,6 +34,9 @@ pub struct Predictor {
     pub ms_per_node: f64,
     /// Multiplier for the target machine (1 = the profiled machine).
     pub speed_factor: f64,
+    /// The profile's [`Profile::segment_scale`]: segments fitted in isolation, predicted as
+    /// parts of a run.
+    pub segment_scale: f64,
     /// Fit quality on the profile it was fitted on.
     pub fit: FitReport,
 }
@@ -95,6 +98,7 @@ impl Predictor {
             ms_per_byte: coef[ops.len()],
             ms_per_node: coef[ops.len() + 1],
             speed_factor: 1.0,
+            segment_scale: profile.segment_scale(),
             fit: FitReport::default(),
         };
         p.fit = p.report(profile, features);
@@ -110,7 +114,7 @@ impl Predictor {
     /// Predicted latency of one segment, in ms.
     pub fn predict(&self, f: &SegmentFeatures) -> f64 {
         let flops: f64 = f.flops_by_op.iter().map(|(op, v)| self.ms_per_flop.get(op).copied().unwrap_or(0.0) * v).sum();
-        (flops + self.ms_per_byte * f.io_bytes + self.ms_per_node * f.nodes) * self.speed_factor
+        (flops + self.ms_per_byte * f.io_bytes + self.ms_per_node * f.nodes) * self.speed_factor * self.segment_scale
     }
 
     /// A synthetic profile with predicted segment latencies (for planning a machine nobody
@@ -130,7 +134,8 @@ impl Predictor {
     /// Errors of this predictor (at its speed factor) against a measured profile.
     pub fn report(&self, profile: &Profile, features: &[SegmentFeatures]) -> FitReport {
         let pred: Vec<f64> = features.iter().map(|f| self.predict(f)).collect();
-        let meas: Vec<f64> = profile.segments.iter().map(|s| s.timing.median_ms).collect();
+        let scale = profile.segment_scale();
+        let meas: Vec<f64> = profile.segments.iter().map(|s| s.timing.median_ms * scale).collect();
         let prefix = |v: &[f64]| {
             let mut out = vec![0.0];
             for x in v {
@@ -314,7 +319,7 @@ mod tests {
                 .enumerate()
                 .map(|(k, f)| SegmentTiming { from_cut: k, to_cut: k + 1, timing: Timing::from_samples(&[truth(f)]) })
                 .collect(),
-            whole: Timing::from_samples(&[1.0]),
+            whole: Timing::from_samples(&[features.iter().map(truth).sum()]),
         };
         let p = Predictor::fit(&profile, &features).unwrap();
         assert!(p.fit.head_median_rel_error < 1e-6, "{:?}", p.fit);

@@ -24,4 +24,4 @@ pub mod search;
 
 pub use build::{ProblemBuilder, segment_features};
 pub use problem::{Conditions, Constraints, ExitOption, Objective, Problem};
-pub use search::{Choice, Plan, PlanError, Prediction, alternatives, brute_force, evaluate, plan};
+pub use search::{Choice, Plan, PlanError, Planner, Prediction, alternatives, brute_force, evaluate, plan};

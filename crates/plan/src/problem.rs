@@ -50,10 +50,17 @@ impl Objective {
     /// The objective's value for a latency (ms) and a device energy (J).
     #[inline]
     pub fn value(self, latency_ms: f64, energy_j: f64) -> f64 {
+        let (wl, we) = self.weights();
+        wl * latency_ms + we * energy_j
+    }
+
+    /// The weights of latency (per ms) and energy (per J) in the objective.
+    #[inline]
+    pub fn weights(self) -> (f64, f64) {
         match self {
-            Objective::Latency => latency_ms,
-            Objective::Energy => energy_j,
-            Objective::Weighted { latency_weight: w } => w * latency_ms + (1.0 - w) * energy_j * 1e3,
+            Objective::Latency => (1.0, 0.0),
+            Objective::Energy => (0.0, 1.0),
+            Objective::Weighted { latency_weight: w } => (w, (1.0 - w) * 1e3),
         }
     }
 }

@@ -19,7 +19,7 @@
 use cleave_codec::Codec;
 use serde::{Deserialize, Serialize};
 
-use crate::problem::{Conditions, Problem};
+use crate::problem::{Conditions, Objective, Problem};
 
 /// Tolerance for accuracy-budget comparisons.
 const EPS: f64 = 1e-12;
@@ -123,31 +123,6 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(p: &'a Problem, cond: &'a Conditions) -> Result<Ctx<'a>, PlanError> {
-        p.validate().map_err(PlanError::Invalid)?;
-        let last = p.last();
-        let budget = p.constraints.max_accuracy_drop.unwrap_or(f64::INFINITY);
-        if budget.is_nan() || budget < 0.0 {
-            return Err(PlanError::Invalid("the accuracy budget must be ≥ 0".into()));
-        }
-        if cond.link.up_bps <= 0.0 || cond.link.down_bps <= 0.0 {
-            return Err(PlanError::Invalid("link bandwidth must be positive".into()));
-        }
-        let lo = p.constraints.min_cut.min(last);
-        let hi = match p.constraints.device_memory {
-            None => last,
-            Some(cap) => match p.head_param_bytes.iter().rposition(|&b| b <= cap) {
-                Some(h) => h,
-                None => return Err(PlanError::Memory { cap, cut: 0, needed: p.head_param_bytes[0] }),
-            },
-        };
-        if hi < lo {
-            let cap = p.constraints.device_memory.unwrap_or(u64::MAX);
-            return Err(PlanError::Memory { cap, cut: lo, needed: p.head_param_bytes[lo] });
-        }
-        Ok(Ctx { p, cond, last, lo, hi, budget })
-    }
-
     fn three_tier(&self) -> bool {
         self.p.cloud_ms.is_some() && self.cond.link2.is_some()
     }
@@ -227,67 +202,6 @@ impl<'a> Ctx<'a> {
         std::iter::once((None, self.lo, self.budget, 0.0)).chain(
             self.p.exits.iter().enumerate().map(|(i, e)| (Some(i), self.lo.max(e.cut), self.budget - e.drop, e.rate)),
         )
-    }
-
-    /// Best choice, optionally with the first cut fixed.
-    fn search(&self, first: Option<usize>) -> Option<Choice> {
-        if self.three_tier() { self.search3(first) } else { self.search2(first) }
-    }
-
-    fn search2(&self, first: Option<usize>) -> Option<Choice> {
-        let (lo, hi) = match first {
-            Some(c) if c >= self.lo && c <= self.hi => (c, c),
-            Some(_) => return None,
-            None => (self.lo, self.hi),
-        };
-        let nq = self.p.codecs.len();
-        let sent_hi = hi.min(self.last.saturating_sub(1));
-        // Objective of every sent (c, q) in range; computed once for all exit policies.
-        let width = if hi < self.last || lo < self.last { sent_hi.saturating_sub(lo) + 1 } else { 0 };
-        let mut sent = Vec::with_capacity(width * nq);
-        if lo < self.last {
-            for c in lo..=sent_hi {
-                for q in 0..nq {
-                    sent.push(self.obj(self.sent_two_tier(c, q)));
-                }
-            }
-        }
-        let device_only = (hi == self.last).then(|| self.obj(self.device_only()));
-        let mut best: Option<(f64, Choice)> = None;
-        for (exit, c_lo, budget, rate) in self.options() {
-            if budget < -EPS {
-                continue;
-            }
-            let c_lo = c_lo.max(lo);
-            let mut best_sent: Option<(f64, usize, usize)> = None;
-            if c_lo < self.last {
-                for c in c_lo..=sent_hi {
-                    let row = &self.p.drop[c];
-                    let base = (c - lo) * nq;
-                    for q in 0..nq {
-                        let v = sent[base + q];
-                        if fits(row[q], budget) && best_sent.is_none_or(|(b, _, _)| v < b) {
-                            best_sent = Some((v, c, q));
-                        }
-                    }
-                }
-            }
-            if let Some(v) = device_only
-                && c_lo <= self.last
-                && best_sent.is_none_or(|(b, _, _)| v < b)
-            {
-                best_sent = Some((v, self.last, 0));
-            }
-            let Some((v, c, q)) = best_sent else { continue };
-            let total = match exit {
-                Some(e) => rate * self.obj(self.exited(e)) + (1.0 - rate) * v,
-                None => v,
-            };
-            if best.as_ref().is_none_or(|(b, _)| total < *b) {
-                best = Some((total, Choice { cut: c, codec: q, second: None, exit }));
-            }
-        }
-        best.map(|(_, c)| c)
     }
 
     fn search3(&self, first: Option<usize>) -> Option<Choice> {
@@ -401,6 +315,215 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// A problem checked and prepared once, to plan frame after frame in microseconds.
+///
+/// What depends only on the problem is computed here: the feasible range of first cuts, and,
+/// for each exit policy, the cheapest allowed codec at every cut. For a fixed cut the two-tier
+/// objective is `A(c) + B · bytes(c, q)` with `B ≥ 0` (latency and energy grow with the bytes
+/// sent), so the cheapest allowed codec is the one with the fewest bytes among those within the
+/// policy's accuracy budget, whatever the link. Per frame, [`Planner::plan`] is then one pass over
+/// the cuts per exit policy.
+#[derive(Debug, Clone)]
+pub struct Planner<'a> {
+    p: &'a Problem,
+    last: usize,
+    lo: usize,
+    hi: usize,
+    budget: f64,
+    policies: Vec<Policy>,
+}
+
+#[derive(Debug, Clone)]
+struct Policy {
+    exit: Option<usize>,
+    /// Earliest first cut (the exit must be in the head).
+    c_lo: usize,
+    rate: f64,
+    /// Per cut: the allowed codec with the fewest bytes, if any.
+    best_codec: Vec<Option<u32>>,
+}
+
+impl<'a> Planner<'a> {
+    /// Checks `p` and prepares it. Fails when the constraints leave no first cut.
+    pub fn new(p: &'a Problem) -> Result<Planner<'a>, PlanError> {
+        p.validate().map_err(PlanError::Invalid)?;
+        let e = &p.energy;
+        if [e.compute_w, e.wait_w, e.radio_base_w, e.radio_up_w_per_mbps, e.radio_down_w_per_mbps]
+            .iter()
+            .any(|v| !(v.is_finite() && *v >= 0.0))
+        {
+            return Err(PlanError::Invalid("energy model figures must be finite and non-negative".into()));
+        }
+        if let Objective::Weighted { latency_weight: w } = p.objective
+            && !(0.0..=1.0).contains(&w)
+        {
+            return Err(PlanError::Invalid("the latency weight must be in 0..1".into()));
+        }
+        let last = p.last();
+        let budget = p.constraints.max_accuracy_drop.unwrap_or(f64::INFINITY);
+        if budget.is_nan() || budget < 0.0 {
+            return Err(PlanError::Invalid("the accuracy budget must be ≥ 0".into()));
+        }
+        let lo = p.constraints.min_cut.min(last);
+        let hi = match p.constraints.device_memory {
+            None => last,
+            Some(cap) => match p.head_param_bytes.iter().rposition(|&b| b <= cap) {
+                Some(h) => h,
+                None => return Err(PlanError::Memory { cap, cut: 0, needed: p.head_param_bytes[0] }),
+            },
+        };
+        if hi < lo {
+            let cap = p.constraints.device_memory.unwrap_or(u64::MAX);
+            return Err(PlanError::Memory { cap, cut: lo, needed: p.head_param_bytes[lo] });
+        }
+        let mut policies = vec![];
+        let exits = std::iter::once(None).chain((0..p.exits.len()).map(Some));
+        for exit in exits {
+            let (c_lo, left, rate) = match exit {
+                None => (lo, budget, 0.0),
+                Some(i) => (lo.max(p.exits[i].cut), budget - p.exits[i].drop, p.exits[i].rate),
+            };
+            if left < -EPS {
+                continue;
+            }
+            let best_codec = (0..=last)
+                .map(|c| {
+                    (0..p.codecs.len())
+                        .filter(|&q| fits(p.drop[c][q], left))
+                        .min_by_key(|&q| (p.bytes[c][q], q))
+                        .map(|q| q as u32)
+                })
+                .collect();
+            policies.push(Policy { exit, c_lo, rate, best_codec });
+        }
+        Ok(Planner { p, last, lo, hi, budget, policies })
+    }
+
+    fn ctx<'b>(&'b self, cond: &'b Conditions) -> Ctx<'b> {
+        Ctx { p: self.p, cond, last: self.last, lo: self.lo, hi: self.hi, budget: self.budget }
+    }
+
+    /// The best plan under `cond`. Exact: the same objective value as [`brute_force`].
+    pub fn plan(&self, cond: &Conditions) -> Result<Plan, PlanError> {
+        check_conditions(cond)?;
+        let ctx = self.ctx(cond);
+        let choice = if ctx.three_tier() { ctx.search3(None) } else { self.search2(cond, None) };
+        match choice {
+            Some(ch) => evaluate_in(&ctx, &ch)
+                .ok_or_else(|| PlanError::Invalid("internal: the best choice failed evaluation".into())),
+            None => Err(ctx.diagnose()),
+        }
+    }
+
+    /// The best plan for each allowed first cut, best first, at most `k`.
+    pub fn alternatives(&self, cond: &Conditions, k: usize) -> Result<Vec<Plan>, PlanError> {
+        check_conditions(cond)?;
+        let ctx = self.ctx(cond);
+        let mut plans: Vec<Plan> = (self.lo..=self.hi)
+            .filter_map(|c| if ctx.three_tier() { ctx.search3(Some(c)) } else { self.search2(cond, Some(c)) })
+            .filter_map(|ch| evaluate_in(&ctx, &ch))
+            .collect();
+        if plans.is_empty() {
+            return Err(ctx.diagnose());
+        }
+        plans.sort_by(|a, b| a.objective.total_cmp(&b.objective));
+        plans.truncate(k);
+        Ok(plans)
+    }
+
+    /// Two tiers: the objective is `A(c) + B · bytes(c, q)`, computed from the same formulas as
+    /// [`evaluate`] rearranged.
+    fn search2(&self, cond: &Conditions, first: Option<usize>) -> Option<Choice> {
+        let p = self.p;
+        let (lo, hi) = match first {
+            Some(c) if c >= self.lo && c <= self.hi => (c, c),
+            Some(_) => return None,
+            None => (self.lo, self.hi),
+        };
+        let last = self.last;
+        let (wl, we) = p.objective.weights();
+        let l = &cond.link;
+        let e = &p.energy;
+        let ratio = 1.0 + cleave_cost::link::PACKET_OVERHEAD_RATIO;
+        let ms_per_byte = ratio * 8.0 / l.up_bps * 1e3;
+        let lat_const = l.rtt_ms
+            + l.overhead_bytes as f64 * ms_per_byte
+            + cond.server_queue_ms
+            + p.server_ms[last]
+            + l.down_ms(p.output_bytes);
+        let j_per_byte = ratio * 8e-6 * (e.radio_up_w_per_mbps + e.radio_base_w * 1e6 / l.up_bps);
+        let wait = e.wait_w / 1e3;
+        let j_const = l.overhead_bytes as f64 * j_per_byte + e.receive_j(l.wire_bytes(p.output_bytes), l.down_bps);
+        let slope = wl * ms_per_byte + we * (j_per_byte + wait * ms_per_byte);
+        let compute = |ms: f64| wl * ms + we * e.compute_w * ms / 1e3;
+        let sent_hi = hi.min(last.saturating_sub(1));
+        let base: Vec<f64> = if lo < last {
+            (lo..=sent_hi)
+                .map(|c| {
+                    let (dev, srv) = (p.device_ms[c], p.server_ms[c]);
+                    wl * (dev - srv + lat_const) + we * (e.compute_w * dev / 1e3 + j_const + wait * (lat_const - srv))
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        let device_only = (hi == last).then(|| compute(p.device_ms[last]));
+        let mut best: Option<(f64, Choice)> = None;
+        for pol in &self.policies {
+            let c_lo = pol.c_lo.max(lo);
+            let mut best_sent: Option<(f64, usize, usize)> = None;
+            if c_lo < last {
+                for c in c_lo..=sent_hi {
+                    if let Some(q) = pol.best_codec[c] {
+                        let v = base[c - lo] + slope * p.bytes[c][q as usize] as f64;
+                        if best_sent.is_none_or(|(b, _, _)| v < b) {
+                            best_sent = Some((v, c, q as usize));
+                        }
+                    }
+                }
+            }
+            if let Some(v) = device_only
+                && c_lo <= last
+                && best_sent.is_none_or(|(b, _, _)| v < b)
+            {
+                best_sent = Some((v, last, 0));
+            }
+            let Some((v, c, q)) = best_sent else { continue };
+            let total = match pol.exit {
+                Some(x) => pol.rate * compute(p.device_ms[p.exits[x].cut]) + (1.0 - pol.rate) * v,
+                None => v,
+            };
+            if best.as_ref().is_none_or(|(b, _)| total < *b) {
+                best = Some((total, Choice { cut: c, codec: q, second: None, exit: pol.exit }));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+}
+
+/// Checks that per-frame conditions are usable.
+fn check_conditions(cond: &Conditions) -> Result<(), PlanError> {
+    let link_ok = |l: &cleave_cost::Link| {
+        l.up_bps.is_finite()
+            && l.up_bps > 0.0
+            && l.down_bps.is_finite()
+            && l.down_bps > 0.0
+            && l.rtt_ms.is_finite()
+            && l.rtt_ms >= 0.0
+    };
+    if !link_ok(&cond.link) || !cond.link2.as_ref().is_none_or(link_ok) {
+        return Err(PlanError::Invalid("link bandwidths must be positive and RTTs non-negative".into()));
+    }
+    if !(cond.server_queue_ms.is_finite()
+        && cond.server_queue_ms >= 0.0
+        && cond.cloud_queue_ms.is_finite()
+        && cond.cloud_queue_ms >= 0.0)
+    {
+        return Err(PlanError::Invalid("queue delays must be non-negative".into()));
+    }
+    Ok(())
+}
+
 /// Pareto front of (accuracy loss, value): loss ascending, value strictly descending.
 #[derive(Default)]
 struct Front {
@@ -437,8 +560,9 @@ impl Front {
 
 /// Scores one choice: `None` when it breaks a constraint.
 pub fn evaluate(p: &Problem, cond: &Conditions, ch: &Choice) -> Option<Plan> {
-    let ctx = Ctx::new(p, cond).ok()?;
-    evaluate_in(&ctx, ch)
+    let planner = Planner::new(p).ok()?;
+    check_conditions(cond).ok()?;
+    evaluate_in(&planner.ctx(cond), ch)
 }
 
 fn evaluate_in(ctx: &Ctx, ch: &Choice) -> Option<Plan> {
@@ -543,31 +667,21 @@ fn evaluate_in(ctx: &Ctx, ch: &Choice) -> Option<Plan> {
 }
 
 /// The best plan under `cond`. Exact: the same objective value as [`brute_force`].
+/// (Prepares the problem each call; for a plan per frame, keep a [`Planner`].)
 pub fn plan(p: &Problem, cond: &Conditions) -> Result<Plan, PlanError> {
-    let ctx = Ctx::new(p, cond)?;
-    match ctx.search(None) {
-        Some(ch) => evaluate_in(&ctx, &ch)
-            .ok_or_else(|| PlanError::Invalid("internal: the best choice failed evaluation".into())),
-        None => Err(ctx.diagnose()),
-    }
+    Planner::new(p)?.plan(cond)
 }
 
 /// The best plan for each allowed first cut, best first, at most `k`.
 pub fn alternatives(p: &Problem, cond: &Conditions, k: usize) -> Result<Vec<Plan>, PlanError> {
-    let ctx = Ctx::new(p, cond)?;
-    let mut plans: Vec<Plan> =
-        (ctx.lo..=ctx.hi).filter_map(|c| ctx.search(Some(c))).filter_map(|ch| evaluate_in(&ctx, &ch)).collect();
-    if plans.is_empty() {
-        return Err(ctx.diagnose());
-    }
-    plans.sort_by(|a, b| a.objective.total_cmp(&b.objective));
-    plans.truncate(k);
-    Ok(plans)
+    Planner::new(p)?.alternatives(cond, k)
 }
 
 /// Every feasible choice, scored: the reference for tests (slow: it enumerates everything).
 pub fn brute_force(p: &Problem, cond: &Conditions) -> Result<Plan, PlanError> {
-    let ctx = Ctx::new(p, cond)?;
+    let planner = Planner::new(p)?;
+    check_conditions(cond)?;
+    let ctx = planner.ctx(cond);
     let last = ctx.last;
     let nq = p.codecs.len();
     let exits: Vec<Option<usize>> = std::iter::once(None).chain((0..p.exits.len()).map(Some)).collect();
