@@ -115,6 +115,11 @@ impl Engine {
         Engine { config: EngineConfig { threads, ..config }, executor, cache: Mutex::new(lru::LruCache::new(cap)) }
     }
 
+    /// The engine's name (`tract`).
+    pub fn name(&self) -> &str {
+        "tract"
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &EngineConfig {
         &self.config

@@ -61,19 +61,36 @@ pub enum GraphError {
 /// Shorthand for results of this crate.
 pub type Result<T, E = GraphError> = std::result::Result<T, E>;
 
-/// Runs `f`, turning a panic inside tract into [`GraphError::EnginePanic`].
+thread_local! {
+    static IN_ENGINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is inside a call into the inference engine guarded by
+/// [`guard_engine`]. A process-wide panic hook can use it to stay silent about panics that the
+/// guard will turn into errors (the `cleave` binary does; the fuzz targets let every other
+/// panic abort).
+pub fn in_engine_call() -> bool {
+    IN_ENGINE.with(|f| f.get())
+}
+
+/// Runs `f` (a call into tract), turning a panic into `Err(message)`. Only engine calls are
+/// guarded: a panic in cleave's own code is a bug and must stay visible.
+pub fn guard_engine<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let outer = IN_ENGINE.with(|flag| flag.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_ENGINE.with(|flag| flag.set(outer));
+    r.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into())
+    })
+}
+
+/// [`guard_engine`] for engine calls returning this crate's results.
 pub(crate) fn catch_engine_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(GraphError::EnginePanic(msg))
-        }
-    }
+    guard_engine(f).unwrap_or_else(|msg| Err(GraphError::EnginePanic(msg)))
 }
 
 /// Formats an anyhow/tract error chain on one line.

@@ -169,7 +169,7 @@ impl ModelGraph {
 
     /// Analyses an already-decoded model. `sha256` identifies it in manifests and caches.
     pub fn from_proto(proto: pb::ModelProto, sha256: String, shapes: &InputShapes) -> Result<ModelGraph> {
-        catch_engine_panic(|| Self::analyse(proto, sha256, shapes))
+        Self::analyse(proto, sha256, shapes)
     }
 
     fn analyse(proto: pb::ModelProto, sha256: String, shapes: &InputShapes) -> Result<ModelGraph> {
@@ -179,6 +179,7 @@ impl ModelGraph {
         }
         let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
         for (ix, node) in graph.node.iter().enumerate() {
+            check_attributes(node, ix)?;
             if !onnx.op_register.0.contains_key(&node.op_type) {
                 let domain = if node.domain.is_empty() || node.domain == "ai.onnx" {
                     String::new()
@@ -217,26 +218,29 @@ impl ModelGraph {
         }
 
         // tract's analysis: types and shapes of every tensor, and values of every static one.
-        let parsed = onnx.parse(&proto, None).map_err(|e| GraphError::Analysis(chain(&e)))?;
-        if let Some(name) = parsed.unresolved_inputs.first() {
-            return Err(GraphError::Malformed(format!("tensor `{name}` is read by a node but never produced")));
-        }
-        let mut model = parsed.model;
-        let sources = model.input_outlets().map_err(|e| GraphError::Analysis(chain(&e)))?.to_vec();
-        for (ix, outlet) in sources.iter().enumerate() {
-            let name = &model.node(outlet.node).name;
-            let spec = input_specs
-                .iter()
-                .find(|s| &s.name == name)
-                .ok_or_else(|| GraphError::Malformed(format!("engine input `{name}` is not a graph input")))?;
-            let fact = InferenceFact::dt_shape(spec.dtype.datum_type(), spec.shape.clone());
-            model.set_input_fact(ix, fact).map_err(|e| GraphError::Analysis(chain(&e)))?;
-        }
-        model.analyse(false).map_err(|e| GraphError::Analysis(chain(&e)))?;
+        let (outlets_by_name, model) = catch_engine_panic(|| {
+            let parsed = onnx.parse(&proto, None).map_err(|e| GraphError::Analysis(chain(&e)))?;
+            if let Some(name) = parsed.unresolved_inputs.first() {
+                return Err(GraphError::Malformed(format!("tensor `{name}` is read by a node but never produced")));
+            }
+            let tract_onnx::model::ParseResult { mut model, outlets_by_name, .. } = parsed;
+            let sources = model.input_outlets().map_err(|e| GraphError::Analysis(chain(&e)))?.to_vec();
+            for (ix, outlet) in sources.iter().enumerate() {
+                let name = &model.node(outlet.node).name;
+                let spec = input_specs
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .ok_or_else(|| GraphError::Malformed(format!("engine input `{name}` is not a graph input")))?;
+                let fact = InferenceFact::dt_shape(spec.dtype.datum_type(), spec.shape.clone());
+                model.set_input_fact(ix, fact).map_err(|e| GraphError::Analysis(chain(&e)))?;
+            }
+            model.analyse(false).map_err(|e| GraphError::Analysis(chain(&e)))?;
+            Ok((outlets_by_name, model))
+        })?;
 
         // The tensor table, in a stable order: graph inputs, initializers, node outputs.
         let mut table = TensorTable::default();
-        let fact_of = |name: &str| parsed.outlets_by_name.get(name).and_then(|o| model.outlet_fact(*o).ok());
+        let fact_of = |name: &str| outlets_by_name.get(name).and_then(|o| model.outlet_fact(*o).ok());
         for i in &graph.input {
             table.add(&i.name, fact_of(&i.name));
         }
@@ -653,6 +657,49 @@ impl TensorTable {
         self.by_name.insert(name.to_owned(), id);
         id
     }
+}
+
+/// Checks the attributes tract relies on without checking (window sizes, strides, pads): a
+/// hostile model must be an error naming the node, not an engine panic.
+fn check_attributes(node: &pb::NodeProto, ix: usize) -> Result<()> {
+    if !matches!(
+        node.op_type.as_str(),
+        "Conv" | "ConvTranspose" | "ConvInteger" | "QLinearConv" | "MaxPool" | "AveragePool" | "LpPool"
+    ) {
+        return Ok(());
+    }
+    let ints = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.as_slice());
+    let bad =
+        |what: String| GraphError::Malformed(format!("node `{}` ({}): {what}", node_name(node, ix), node.op_type));
+    let kernel = ints("kernel_shape");
+    let spatial = kernel.map(|k| k.len());
+    if let Some(k) = kernel
+        && (k.is_empty() || k.iter().any(|&d| d < 1))
+    {
+        return Err(bad(format!("kernel_shape {k:?} must list positive sizes")));
+    }
+    for (attr, min) in [("strides", 1), ("dilations", 1)] {
+        if let Some(v) = ints(attr) {
+            if v.iter().any(|&d| d < min) {
+                return Err(bad(format!("{attr} {v:?} must be ≥ {min}")));
+            }
+            if spatial.is_some_and(|n| n != v.len()) {
+                return Err(bad(format!("{attr} has {} entries for a {}-d kernel", v.len(), spatial.unwrap_or(0))));
+            }
+        }
+    }
+    if let Some(p) = ints("pads") {
+        if p.iter().any(|&d| d < 0) {
+            return Err(bad(format!("pads {p:?} must be ≥ 0")));
+        }
+        if p.len() % 2 != 0 || spatial.is_some_and(|n| 2 * n != p.len()) {
+            return Err(bad(format!("pads has {} entries; it needs two per spatial axis", p.len())));
+        }
+    }
+    if matches!(node.op_type.as_str(), "MaxPool" | "AveragePool" | "LpPool") && kernel.is_none() {
+        return Err(bad("kernel_shape is required".into()));
+    }
+    Ok(())
 }
 
 /// A node's display name: its ONNX name, else `<op>_<index>`.

@@ -307,3 +307,24 @@ fn regression_large_computed_weights_never_cross_a_cut() {
     let last = g.nodes().len() - 1;
     assert_eq!(g.nodes()[last].cost.param_bytes, 1024 * 2048 * 4);
 }
+
+/// Found by fuzzing: a Conv whose `pads` list is too short made tract index out of bounds.
+#[test]
+fn regression_fuzz_conv_pads_too_short() {
+    let mut b = GraphBuilder::new("bad_pads", 1);
+    let x = b.input("x", DType::F32, &[1, 3, 8, 8]);
+    let w = b.he_weight("w", &[4, 3, 3, 3], 27);
+    let y = b.node("Conv", &[&x, &w], &[("kernel_shape", Attr::Ints(vec![3, 3])), ("pads", Attr::Ints(vec![1]))]);
+    b.output(&y);
+    let err = ModelGraph::from_bytes(&b.build().encode_to_vec(), &InputShapes::none()).unwrap_err();
+    assert!(matches!(err, GraphError::Malformed(_)), "{err}");
+    assert!(err.to_string().contains("pads has 1 entries"), "{err}");
+}
+
+/// Engine panics that get past the attribute checks still become errors.
+#[test]
+fn engine_panics_become_errors() {
+    let r = cleave_graph::error::guard_engine(|| -> u32 { panic!("inside tract") });
+    assert_eq!(r.unwrap_err(), "inside tract");
+    assert!(!cleave_graph::error::in_engine_call());
+}
