@@ -2,11 +2,18 @@
 //!
 //! How a tensor crossing a cut is encoded for the network. Pure: no I/O.
 //!
+//! [`encode`] and [`decode`] turn f32 values into a payload and back (see [`quant`] for the
+//! formats and their error bounds); [`Codec::encoded_len`] is the size the planner uses.
+//!
 //! Float tensors can travel at full precision (`fp32`), halved (`fp16`, `bf16`), or affinely
 //! quantized to 8, 4 or 2 bits (`int8`, `int4`, `int2`; 4- and 2-bit values are packed, two or
 //! four to a byte). Non-float tensors (indices, masks) always travel raw. Quantization
 //! parameters travel beside the payload (as request parameters on the wire), so they are not
 //! counted in [`Codec::encoded_len`].
+
+pub mod quant;
+
+pub use quant::{EncodeOptions, Encoded, Quant, decode, encode, error_bound};
 
 use std::fmt;
 use std::str::FromStr;
@@ -81,6 +88,23 @@ impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Why encoding or decoding failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodecError {
+    #[error("the shape holds {expected} elements but {got} were given")]
+    Shape { expected: usize, got: usize },
+    #[error("element {0} is not finite (NaN or infinite values cannot be quantized)")]
+    NotFinite(usize),
+    #[error("the tensor is too large")]
+    TooLarge,
+    #[error("the payload has {got} bytes, the shape and codec need {expected}")]
+    PayloadLength { expected: usize, got: usize },
+    #[error("invalid quantization parameters: {0}")]
+    BadQuant(String),
+    #[error("corrupt compressed payload: {0}")]
+    Corrupt(String),
 }
 
 /// An unknown codec name.

@@ -1,0 +1,255 @@
+//! Encoding and decoding f32 tensors.
+//!
+//! Integer codecs are affine, the ONNX `QuantizeLinear` convention: `q = clamp(round(x / s) + z,
+//! 0, 2^b − 1)` and `x̂ = (q − z) · s`, with the range widened to include 0 so that the zero
+//! point `z` is an integer. Per-tensor or per-channel (axis 1 of a tensor of rank ≥ 2). 4- and
+//! 2-bit levels are packed low bits first, two or four to a byte. The error of each element is at
+//! most half its scale `s` (rounding to the nearest level; clamping at the range's ends never adds
+//! to it, because the range contains every value), plus f32 rounding.
+//!
+//! `fp16` and `bf16` round to nearest even; `fp16` saturates beyond ±65504.
+
+use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
+
+use crate::{Codec, CodecError};
+
+/// Quantization parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Quant {
+    /// One scale and zero point for the whole tensor.
+    PerTensor { scale: f32, zero_point: u8 },
+    /// One scale and zero point per index along `axis`.
+    PerChannel { axis: usize, scales: Vec<f32>, zero_points: Vec<u8> },
+}
+
+/// An encoded tensor: enough to decode it, with the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub codec: Codec,
+    /// The decoded tensor's shape.
+    pub shape: Vec<usize>,
+    /// For integer codecs.
+    pub quant: Option<Quant>,
+    /// Whether the payload is LZ4-compressed.
+    pub lz4: bool,
+    pub payload: Vec<u8>,
+}
+
+/// How to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub codec: Codec,
+    /// Integer codecs: one scale per channel (axis 1) instead of one per tensor.
+    pub per_channel: bool,
+    /// Compress the payload with LZ4.
+    pub lz4: bool,
+}
+
+impl EncodeOptions {
+    pub fn new(codec: Codec) -> Self {
+        EncodeOptions { codec, per_channel: false, lz4: false }
+    }
+}
+
+fn levels(codec: Codec) -> Option<u32> {
+    match codec {
+        Codec::Int8 => Some(255),
+        Codec::Int4 => Some(15),
+        Codec::Int2 => Some(3),
+        _ => None,
+    }
+}
+
+/// Elements of a shape, checked.
+pub fn volume(shape: &[usize]) -> Result<usize, CodecError> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or(CodecError::TooLarge)
+}
+
+/// Bytes of an uncompressed payload of `elements` elements.
+pub fn payload_len(codec: Codec, elements: usize) -> Result<usize, CodecError> {
+    let bits = codec.bits() as usize;
+    elements.checked_mul(bits).map(|b| b.div_ceil(8)).ok_or(CodecError::TooLarge)
+}
+
+/// Affine parameters for values in [lo, hi] with `l` levels.
+fn affine(lo: f32, hi: f32, l: u32) -> (f32, u8) {
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    let range = hi - lo;
+    if !(range > 0.0) || !range.is_finite() {
+        return (1.0, 0);
+    }
+    let scale = range / l as f32;
+    let zp = (-lo / scale).round().clamp(0.0, l as f32) as u8;
+    (scale, zp)
+}
+
+#[inline]
+fn quantize(x: f32, scale: f32, zp: u8, l: u32) -> u8 {
+    ((x / scale).round() + zp as f32).clamp(0.0, l as f32) as u8
+}
+
+/// Encodes f32 values of `shape`.
+pub fn encode(data: &[f32], shape: &[usize], opts: EncodeOptions) -> Result<Encoded, CodecError> {
+    let n = volume(shape)?;
+    if n != data.len() {
+        return Err(CodecError::Shape { expected: n, got: data.len() });
+    }
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        return Err(CodecError::NotFinite(i));
+    }
+    let (payload, quant) = match opts.codec {
+        Codec::Fp32 => (data.iter().flat_map(|x| x.to_le_bytes()).collect(), None),
+        Codec::Fp16 => {
+            (data.iter().flat_map(|&x| f16::from_f32(x.clamp(-65504.0, 65504.0)).to_le_bytes()).collect(), None)
+        }
+        Codec::Bf16 => (data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(), None),
+        c => {
+            let l = levels(c).expect("integer codec");
+            let per_channel = opts.per_channel && shape.len() >= 2 && shape[1] > 1;
+            let (q, quant): (Vec<u8>, Quant) = if per_channel {
+                let channels = shape[1];
+                let inner: usize = shape[2..].iter().product();
+                let mut lo = vec![f32::INFINITY; channels];
+                let mut hi = vec![f32::NEG_INFINITY; channels];
+                for (i, &x) in data.iter().enumerate() {
+                    let ch = (i / inner.max(1)) % channels;
+                    lo[ch] = lo[ch].min(x);
+                    hi[ch] = hi[ch].max(x);
+                }
+                let params: Vec<(f32, u8)> = lo.iter().zip(&hi).map(|(&a, &b)| affine(a, b, l)).collect();
+                let q = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        let (s, z) = params[(i / inner.max(1)) % channels];
+                        quantize(x, s, z, l)
+                    })
+                    .collect();
+                (
+                    q,
+                    Quant::PerChannel {
+                        axis: 1,
+                        scales: params.iter().map(|p| p.0).collect(),
+                        zero_points: params.iter().map(|p| p.1).collect(),
+                    },
+                )
+            } else {
+                let lo = data.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let (s, z) = affine(lo, hi, l);
+                (data.iter().map(|&x| quantize(x, s, z, l)).collect(), Quant::PerTensor { scale: s, zero_point: z })
+            };
+            (pack(&q, c), Some(quant))
+        }
+    };
+    let payload = if opts.lz4 { lz4_flex::block::compress(&payload) } else { payload };
+    Ok(Encoded { codec: opts.codec, shape: shape.to_vec(), quant, lz4: opts.lz4, payload })
+}
+
+fn pack(q: &[u8], codec: Codec) -> Vec<u8> {
+    match codec {
+        Codec::Int8 => q.to_vec(),
+        Codec::Int4 => q.chunks(2).map(|c| c[0] | (c.get(1).copied().unwrap_or(0) << 4)).collect(),
+        Codec::Int2 => {
+            q.chunks(4).map(|c| c.iter().enumerate().fold(0u8, |acc, (i, &v)| acc | (v << (2 * i)))).collect()
+        }
+        _ => unreachable!("only integer codecs pack"),
+    }
+}
+
+/// The level of element `i` in a packed payload.
+#[inline]
+fn unpack(payload: &[u8], codec: Codec, i: usize) -> u8 {
+    match codec {
+        Codec::Int8 => payload[i],
+        Codec::Int4 => (payload[i / 2] >> (4 * (i % 2))) & 0x0f,
+        Codec::Int2 => (payload[i / 4] >> (2 * (i % 4))) & 0x03,
+        _ => unreachable!("only integer codecs pack"),
+    }
+}
+
+/// Decodes to f32 values. Every length and parameter is checked before any allocation that
+/// depends on them; a hostile payload is an error, never a panic or an oversized allocation.
+pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
+    let n = volume(&enc.shape)?;
+    let expected = payload_len(enc.codec, n)?;
+    let raw;
+    let payload: &[u8] = if enc.lz4 {
+        raw = lz4_flex::block::decompress(&enc.payload, expected).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+        &raw
+    } else {
+        &enc.payload
+    };
+    if payload.len() != expected {
+        return Err(CodecError::PayloadLength { expected, got: payload.len() });
+    }
+    match enc.codec {
+        Codec::Fp32 => Ok(payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        Codec::Fp16 => Ok(payload.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+        Codec::Bf16 => Ok(payload.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+        c => {
+            let l = levels(c).expect("integer codec") as u8;
+            let check = |s: f32, z: u8| {
+                if !(s.is_finite() && s > 0.0) || z > l {
+                    Err(CodecError::BadQuant(format!("scale {s}, zero point {z}")))
+                } else {
+                    Ok(())
+                }
+            };
+            match &enc.quant {
+                Some(Quant::PerTensor { scale, zero_point }) => {
+                    check(*scale, *zero_point)?;
+                    Ok((0..n).map(|i| (unpack(payload, c, i) as f32 - *zero_point as f32) * scale).collect())
+                }
+                Some(Quant::PerChannel { axis, scales, zero_points }) => {
+                    if *axis != 1 || enc.shape.len() < 2 {
+                        return Err(CodecError::BadQuant(format!(
+                            "per-channel axis {axis} on rank {}",
+                            enc.shape.len()
+                        )));
+                    }
+                    let channels = enc.shape[1];
+                    if scales.len() != channels || zero_points.len() != channels {
+                        return Err(CodecError::BadQuant(format!(
+                            "{} scales and {} zero points for {channels} channels",
+                            scales.len(),
+                            zero_points.len()
+                        )));
+                    }
+                    for (s, z) in scales.iter().zip(zero_points) {
+                        check(*s, *z)?;
+                    }
+                    let inner: usize = enc.shape[2..].iter().product::<usize>().max(1);
+                    Ok((0..n)
+                        .map(|i| {
+                            let ch = (i / inner) % channels;
+                            (unpack(payload, c, i) as f32 - zero_points[ch] as f32) * scales[ch]
+                        })
+                        .collect())
+                }
+                None => Err(CodecError::BadQuant(format!("{c} needs a scale and zero point"))),
+            }
+        }
+    }
+}
+
+/// The largest absolute error decoding can introduce for an element whose original value is
+/// `x`, given the encoding's parameters (per-channel: the largest scale).
+pub fn error_bound(enc: &Encoded, x: f32) -> f32 {
+    match enc.codec {
+        Codec::Fp32 => 0.0,
+        // Round to nearest: half an ulp; subnormal spacing near zero.
+        Codec::Fp16 => x.abs().min(65504.0) * 2f32.powi(-11) + 2f32.powi(-25) + (x.abs() - 65504.0).max(0.0),
+        Codec::Bf16 => x.abs() * 2f32.powi(-8) + f32::MIN_POSITIVE,
+        _ => {
+            let s = match &enc.quant {
+                Some(Quant::PerTensor { scale, .. }) => *scale,
+                Some(Quant::PerChannel { scales, .. }) => scales.iter().copied().fold(0.0, f32::max),
+                None => return f32::INFINITY,
+            };
+            // Half a step, plus f32 rounding in x / s and (q − z) · s.
+            0.5 * s * (1.0 + 1e-5) + 1e-6 * x.abs()
+        }
+    }
+}
