@@ -1,0 +1,144 @@
+//! Talking to an edge or cloud server: health, RTT and bandwidth probes, and tail requests.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cleave_proto::GrpcInferenceServiceClient;
+use cleave_proto::inference::model_infer_request::InferInputTensor;
+use cleave_proto::inference::*;
+use cleave_proto::wire::{self, Limits, WireTensor};
+use tonic::transport::Channel;
+
+use crate::server::PARAM_PROBE;
+
+/// Why talking to the server failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("the server answered {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("the request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("the server's answer is malformed: {0}")]
+    Malformed(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> ClientError {
+        ClientError::Status { code: s.code(), message: s.message().to_owned() }
+    }
+}
+
+/// The answer to a tail request.
+#[derive(Debug, Clone)]
+pub struct TailResponse {
+    pub outputs: Vec<WireTensor>,
+    /// The server's queue and compute time, when it reports them.
+    pub queue_ms: Option<f64>,
+    pub compute_ms: Option<f64>,
+    /// Requests computed together with this one.
+    pub batch: Option<i64>,
+    /// Wall time of the call.
+    pub rpc: Duration,
+}
+
+/// A connection to one server. Cloning shares the connection (HTTP/2 multiplexes requests).
+#[derive(Clone)]
+pub struct EdgeClient {
+    addr: String,
+    client: GrpcInferenceServiceClient<Channel>,
+}
+
+impl EdgeClient {
+    /// Connects to `addr` (`HOST:PORT` or a URL).
+    pub async fn connect(addr: &str, max_message_bytes: usize) -> Result<EdgeClient, ClientError> {
+        let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+        let endpoint = Channel::from_shared(url.clone())
+            .map_err(|e| ClientError::Connect { addr: addr.into(), message: e.to_string() })?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect { addr: addr.into(), message: format!("{e}") })?;
+        let client = GrpcInferenceServiceClient::new(channel)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        Ok(EdgeClient { addr: addr.to_owned(), client })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the server is ready and serves `model`.
+    pub async fn model_ready(&mut self, model: &str) -> Result<bool, ClientError> {
+        let r = self.client.model_ready(ModelReadyRequest { name: model.into(), version: String::new() }).await?;
+        Ok(r.into_inner().ready)
+    }
+
+    /// Median round trip of `n` ServerLive calls.
+    pub async fn rtt(&mut self, n: usize) -> Result<Duration, ClientError> {
+        let mut v = Vec::with_capacity(n.max(1));
+        for _ in 0..n.max(1) {
+            let t0 = Instant::now();
+            self.client.server_live(ServerLiveRequest {}).await?;
+            v.push(t0.elapsed());
+        }
+        v.sort();
+        Ok(v[v.len() / 2])
+    }
+
+    /// Sends `bytes` of payload that the server answers without computing; returns the call's
+    /// wall time (RTT plus serialization of the payload).
+    pub async fn probe(&mut self, model: &str, bytes: usize) -> Result<Duration, ClientError> {
+        let mut parameters = std::collections::HashMap::new();
+        parameters.insert(PARAM_PROBE.to_owned(), wire::int_param(1));
+        let req = ModelInferRequest {
+            model_name: model.into(),
+            parameters,
+            inputs: vec![InferInputTensor {
+                name: "probe".into(),
+                datatype: "UINT8".into(),
+                shape: vec![bytes as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![Bytes::from(vec![0u8; bytes])],
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        self.client.model_infer(req).await?;
+        Ok(t0.elapsed())
+    }
+
+    /// Sends one inference request.
+    pub async fn infer(
+        &mut self,
+        req: ModelInferRequest,
+        timeout: Option<Duration>,
+    ) -> Result<TailResponse, ClientError> {
+        let mut request = tonic::Request::new(req);
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        let t0 = Instant::now();
+        let fut = self.client.model_infer(request);
+        let resp = match timeout {
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| ClientError::Timeout(t))??,
+            None => fut.await?,
+        }
+        .into_inner();
+        let rpc = t0.elapsed();
+        let limits = Limits { max_elements: usize::MAX / 16, ..Limits::default() };
+        let outputs = wire::decode_outputs(&resp, &limits).map_err(|e| ClientError::Malformed(e.message))?;
+        Ok(TailResponse {
+            outputs,
+            queue_ms: wire::get_f64(&resp.parameters, wire::PARAM_QUEUE_MS),
+            compute_ms: wire::get_f64(&resp.parameters, wire::PARAM_COMPUTE_MS),
+            batch: wire::get_int(&resp.parameters, wire::PARAM_BATCH).ok().flatten(),
+            rpc,
+        })
+    }
+}

@@ -1,0 +1,373 @@
+//! The device side: run the head, encode the tensors crossing the cut, send them, and take the
+//! tail's answer, frame after frame, with the next frame's head computing while the previous
+//! frame is on the network. When the server fails, the device finishes the frame itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cleave_codec::{Codec, EncodeOptions};
+use cleave_engine::{Engine, TensorMap, relative_error};
+use cleave_graph::{ModelGraph, TensorSpec};
+use cleave_proto::inference::ModelInferRequest;
+use cleave_proto::wire::{self, Limits};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::client::{ClientError, EdgeClient};
+use crate::convert::{bytes_of, to_tensor};
+use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
+
+/// How the device runs.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The model's name on the server.
+    pub model_name: String,
+    /// The cut (the model's last cut: everything on the device).
+    pub cut: usize,
+    /// How the tensors crossing the cut are encoded.
+    pub encode: EncodeOptions,
+    /// Frames on the network at once.
+    pub max_in_flight: usize,
+    /// Deadline of each request.
+    pub timeout: Option<Duration>,
+    /// Also compute local references and report the differences.
+    pub check: bool,
+}
+
+/// Where a frame's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrameStatus {
+    /// Head on the device, tail on the server.
+    Remote,
+    /// Everything on the device (the plan said so).
+    Device,
+    /// The server failed; the device computed the tail.
+    LocalFallback,
+}
+
+/// Differences from local references (with `check`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameCheck {
+    /// The answer vs the tail run locally on exactly what was sent (decoded): the server's
+    /// computation, checked.
+    pub vs_local_tail: f64,
+    /// The answer vs the whole model run locally (the codec's effect, end to end).
+    pub vs_whole: f64,
+    /// Largest boundary decoding error as a fraction of the codec's stated bound (≤ 1).
+    pub boundary_error_vs_bound: f64,
+}
+
+/// What happened to one frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameRecord {
+    pub frame: usize,
+    pub cut: usize,
+    pub codec: Option<Codec>,
+    pub bytes_up: u64,
+    pub head_ms: f64,
+    pub rpc_ms: f64,
+    pub queue_ms: Option<f64>,
+    pub compute_ms: Option<f64>,
+    pub batch: Option<i64>,
+    pub total_ms: f64,
+    pub status: FrameStatus,
+    pub error: Option<String>,
+    pub check: Option<FrameCheck>,
+}
+
+/// A frame's record and outputs.
+#[derive(Debug, Clone)]
+pub struct FrameOutput {
+    pub record: FrameRecord,
+    pub outputs: TensorMap,
+}
+
+/// Runs frames of one model split at one cut.
+pub struct Device {
+    engine: Arc<Engine>,
+    graph: Arc<ModelGraph>,
+    client: Option<EdgeClient>,
+    config: DeviceConfig,
+    boundary: Vec<TensorSpec>,
+    model_outputs: Vec<String>,
+}
+
+impl Device {
+    /// A device; `client` may be `None` only for device-only cuts.
+    pub fn new(
+        engine: Arc<Engine>,
+        graph: Arc<ModelGraph>,
+        client: Option<EdgeClient>,
+        config: DeviceConfig,
+    ) -> Result<Device, String> {
+        let cut = graph.cut(config.cut).map_err(|e| e.to_string())?;
+        if config.cut < graph.last_cut() && client.is_none() {
+            return Err("a cut before the last needs a server (--edge)".into());
+        }
+        let model_outputs = graph.outputs().into_iter().map(|s| s.name).collect();
+        Ok(Device { engine, graph, client, config, boundary: cut.tensors, model_outputs })
+    }
+
+    /// Runs every frame and returns them in order.
+    pub async fn run(self: &Arc<Self>, frames: Vec<TensorMap>) -> Vec<FrameOutput> {
+        let sem = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (k, inputs) in frames.into_iter().enumerate() {
+            let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+            let t0 = Instant::now();
+            let me = self.clone();
+            let head = {
+                let me = me.clone();
+                let inputs = inputs.clone();
+                tokio::task::spawn_blocking(move || me.head(&inputs)).await
+            };
+            let head_ms = t0.elapsed().as_secs_f64() * 1e3;
+            tasks.spawn(async move {
+                let out = match head {
+                    Ok(Ok(env)) => me.finish(k, inputs, env, t0, head_ms).await,
+                    Ok(Err(e)) => me.failed(k, t0, head_ms, e),
+                    Err(e) => me.failed(k, t0, head_ms, e.to_string()),
+                };
+                drop(permit);
+                out
+            });
+        }
+        let mut out: Vec<FrameOutput> = tasks.join_all().await;
+        out.sort_by_key(|f| f.record.frame);
+        out
+    }
+
+    /// Runs the head: the model inputs plus everything the head computes.
+    fn head(&self, inputs: &TensorMap) -> Result<TensorMap, String> {
+        let mut env = inputs.clone();
+        if self.config.cut > 0 {
+            let part = self.engine.part(&self.graph, 0, self.config.cut).map_err(|e| e.to_string())?;
+            env.extend(self.engine.run(&part, inputs).map_err(|e| e.to_string())?);
+        }
+        Ok(env)
+    }
+
+    fn tail_locally(&self, env: &TensorMap) -> Result<TensorMap, String> {
+        let part = self.engine.part(&self.graph, self.config.cut, self.graph.last_cut()).map_err(|e| e.to_string())?;
+        self.engine.run(&part, env).map_err(|e| e.to_string())
+    }
+
+    fn model_outputs_of(&self, env: &TensorMap) -> TensorMap {
+        self.model_outputs.iter().filter_map(|n| env.get(n).map(|t| (n.clone(), t.clone()))).collect()
+    }
+
+    fn failed(&self, frame: usize, t0: Instant, head_ms: f64, error: String) -> FrameOutput {
+        FrameOutput {
+            record: FrameRecord {
+                frame,
+                cut: self.config.cut,
+                codec: None,
+                bytes_up: 0,
+                head_ms,
+                rpc_ms: 0.0,
+                queue_ms: None,
+                compute_ms: None,
+                batch: None,
+                total_ms: t0.elapsed().as_secs_f64() * 1e3,
+                status: FrameStatus::LocalFallback,
+                error: Some(error),
+                check: None,
+            },
+            outputs: TensorMap::new(),
+        }
+    }
+
+    /// The request carrying the tensors crossing the cut.
+    pub fn request(&self, frame: usize, env: &TensorMap) -> Result<(ModelInferRequest, u64), String> {
+        let mut req = ModelInferRequest {
+            model_name: self.config.model_name.clone(),
+            id: format!("frame-{frame}"),
+            ..Default::default()
+        };
+        req.parameters.insert(wire::PARAM_CUT.into(), wire::int_param(self.config.cut as i64));
+        req.parameters.insert(wire::PARAM_MODEL_SHA256.into(), wire::str_param(self.graph.sha256()));
+        req.parameters.insert(PARAM_INPUT_SHAPES.into(), wire::str_param(format_shapes(self.graph.input_shapes())));
+        let mut bytes = 0;
+        for spec in &self.boundary {
+            let t = env.get(&spec.name).ok_or_else(|| format!("the head did not produce `{}`", spec.name))?;
+            let (tensor, raw) =
+                wire::encode_input(&spec.name, spec.dtype, &spec.shape, &bytes_of(t), self.config.encode)
+                    .map_err(|e| e.message)?;
+            bytes += raw.len() as u64;
+            req.inputs.push(tensor);
+            req.raw_input_contents.push(raw);
+        }
+        Ok((req, bytes))
+    }
+
+    async fn finish(&self, frame: usize, inputs: TensorMap, env: TensorMap, t0: Instant, head_ms: f64) -> FrameOutput {
+        let mut record = FrameRecord {
+            frame,
+            cut: self.config.cut,
+            codec: None,
+            bytes_up: 0,
+            head_ms,
+            rpc_ms: 0.0,
+            queue_ms: None,
+            compute_ms: None,
+            batch: None,
+            total_ms: 0.0,
+            status: FrameStatus::Device,
+            error: None,
+            check: None,
+        };
+        if self.config.cut == self.graph.last_cut() {
+            record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let outputs = self.model_outputs_of(&env);
+            if self.config.check {
+                record.check = self.check(&inputs, &outputs, None);
+            }
+            return FrameOutput { record, outputs };
+        }
+        record.codec = Some(self.config.encode.codec);
+        let sent = self.request(frame, &env);
+        let remote: Result<(TensorMap, crate::client::TailResponse, ModelInferRequest), String> = match sent {
+            Err(e) => Err(e),
+            Ok((req, bytes)) => {
+                record.bytes_up = bytes;
+                let mut client = self.client.clone().expect("a server for remote cuts");
+                match client.infer(req.clone(), self.config.timeout).await {
+                    Ok(resp) => resp
+                        .outputs
+                        .iter()
+                        .map(|w| to_tensor(w).map(|t| (w.name.clone(), t)))
+                        .collect::<Result<TensorMap, _>>()
+                        .map_err(|e| e.message)
+                        .map(|m| (m, resp, req)),
+                    Err(e) => Err(describe(&e)),
+                }
+            }
+        };
+        let mut outputs = self.model_outputs_of(&env);
+        match remote {
+            Ok((tail, resp, req)) => {
+                record.status = FrameStatus::Remote;
+                record.rpc_ms = resp.rpc.as_secs_f64() * 1e3;
+                record.queue_ms = resp.queue_ms;
+                record.compute_ms = resp.compute_ms;
+                record.batch = resp.batch;
+                outputs.extend(tail);
+                record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+                if self.config.check {
+                    record.check = self.check(&inputs, &outputs, Some((&req, &env)));
+                }
+            }
+            Err(e) => {
+                record.status = FrameStatus::LocalFallback;
+                record.error = Some(e);
+                match self.tail_locally(&env) {
+                    Ok(tail) => outputs.extend(tail),
+                    Err(e) => {
+                        record.error =
+                            Some(format!("{}; the local tail failed too: {e}", record.error.take().unwrap_or_default()))
+                    }
+                }
+                record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+            }
+        }
+        FrameOutput { record, outputs }
+    }
+
+    /// Compares `outputs` with the whole model and, for a sent frame, with the tail computed
+    /// locally on the decoded request.
+    fn check(
+        &self,
+        inputs: &TensorMap,
+        outputs: &TensorMap,
+        sent: Option<(&ModelInferRequest, &TensorMap)>,
+    ) -> Option<FrameCheck> {
+        let whole = self.engine.whole(&self.graph).and_then(|p| self.engine.run(&p, inputs)).ok()?;
+        let worst = |a: &TensorMap, b: &TensorMap| {
+            b.iter()
+                .map(|(n, t)| a.get(n).map(|x| relative_error(x, t).unwrap_or(f64::INFINITY)).unwrap_or(f64::INFINITY))
+                .fold(0.0, f64::max)
+        };
+        let vs_whole = worst(outputs, &whole);
+        let (mut vs_local_tail, mut bound_ratio) = (0.0, 0.0);
+        if let Some((req, env)) = sent {
+            let limits = Limits::default();
+            let decoded = wire::decode_inputs(req, &limits).ok()?;
+            let mut dec_env = TensorMap::new();
+            for w in &decoded {
+                let t = to_tensor(w).ok()?;
+                // Each element's decoding error against the codec's bound (f32 tensors are the
+                // ones a codec touches; encoding is deterministic, so re-encoding gives the
+                // parameters that were sent).
+                if let Some(orig) = env.get(&w.name)
+                    && orig.datum_type() == cleave_engine::DatumType::F32
+                {
+                    let x: Vec<f32> = orig.to_plain_array_view::<f32>().ok()?.iter().copied().collect();
+                    let enc = cleave_codec::encode(&x, &w.shape, self.config.encode).ok()?;
+                    let y = t.to_plain_array_view::<f32>().ok()?;
+                    for (a, b) in x.iter().zip(y.iter()) {
+                        let (bound, err) = (cleave_codec::error_bound(&enc, *a), (a - b).abs());
+                        let r = if err == 0.0 {
+                            0.0
+                        } else if bound > 0.0 {
+                            err / bound
+                        } else {
+                            f32::INFINITY
+                        };
+                        bound_ratio = f64::max(bound_ratio, r as f64);
+                    }
+                }
+                dec_env.insert(w.name.clone(), t);
+            }
+            let tail = self.tail_locally(&dec_env).ok()?;
+            vs_local_tail = worst(outputs, &tail);
+        }
+        Some(FrameCheck { vs_local_tail, vs_whole, boundary_error_vs_bound: bound_ratio })
+    }
+}
+
+fn describe(e: &ClientError) -> String {
+    e.to_string()
+}
+
+/// Summary statistics of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub frames: usize,
+    pub remote: usize,
+    pub local_fallback: usize,
+    pub device_only: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub mean_ms: f64,
+    pub bytes_up: u64,
+    pub wall_s: f64,
+    pub fps: f64,
+}
+
+impl RunSummary {
+    pub fn of(frames: &[FrameOutput], wall: Duration) -> RunSummary {
+        let mut totals: Vec<f64> = frames.iter().map(|f| f.record.total_ms).collect();
+        totals.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            if totals.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p * totals.len() as f64).ceil() as usize).clamp(1, totals.len());
+            totals[rank - 1]
+        };
+        let count = |s: FrameStatus| frames.iter().filter(|f| f.record.status == s).count();
+        RunSummary {
+            frames: frames.len(),
+            remote: count(FrameStatus::Remote),
+            local_fallback: count(FrameStatus::LocalFallback),
+            device_only: count(FrameStatus::Device),
+            p50_ms: q(0.5),
+            p95_ms: q(0.95),
+            mean_ms: if totals.is_empty() { 0.0 } else { totals.iter().sum::<f64>() / totals.len() as f64 },
+            bytes_up: frames.iter().map(|f| f.record.bytes_up).sum(),
+            wall_s: wall.as_secs_f64(),
+            fps: if wall.as_secs_f64() > 0.0 { frames.len() as f64 / wall.as_secs_f64() } else { 0.0 },
+        }
+    }
+}

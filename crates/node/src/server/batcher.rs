@@ -1,0 +1,310 @@
+//! Dynamic batching and bounded queueing of tail computations.
+//!
+//! Requests for the same (model, input shapes, cut) share a queue. A dispatcher per queue takes
+//! the first waiting request, optionally gathers more for at most `max_queue_delay`, waits for a
+//! free compute worker, adds whatever else arrived meanwhile (up to `max_batch`), and runs them
+//! as one batch. With the default delay of 0 a lone request never waits for company, and under
+//! load batches form by themselves. Batches
+//! run at power-of-two sizes (padded with copies of the last request) so that each (cut, size)
+//! is compiled once. A model batches only when its batch dimension is symbolic and the tensors
+//! crossing the cut carry the batch on their first axis; otherwise requests run one by one.
+//!
+//! The number of waiting requests over all queues is bounded: past `max_queue` a request is
+//! refused with `RESOURCE_EXHAUSTED` and a retry hint, so overload shows as refusals, not as
+//! unbounded latency. A request whose deadline passes while it waits is answered
+//! `DEADLINE_EXCEEDED` and never computed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cleave_engine::{Engine, Tensor, TensorMap};
+use cleave_graph::{InputShapes, ModelGraph};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::Status;
+
+use super::metrics::{Failure, ModelMetrics};
+use super::registry::ModelEntry;
+
+/// Batching and queueing limits.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Largest batch (1 disables batching).
+    pub max_batch: usize,
+    /// Longest a request waits for others to batch with. With 0, a batch is what is already
+    /// waiting when a worker is free: no added latency, and batches grow under load.
+    pub max_queue_delay: Duration,
+    /// Most requests waiting over all queues.
+    pub max_queue: usize,
+    /// Batches computed at once.
+    pub workers: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_batch: 8, max_queue_delay: Duration::ZERO, max_queue: 256, workers: 1 }
+    }
+}
+
+/// What a job computes: the tail of `graph` from `cut`.
+#[derive(Clone)]
+pub struct Work {
+    pub entry: Arc<ModelEntry>,
+    pub graph: Arc<ModelGraph>,
+    pub cut: usize,
+    pub metrics: Arc<ModelMetrics>,
+}
+
+/// The outcome of one request.
+#[derive(Debug)]
+pub struct JobResult {
+    pub outputs: TensorMap,
+    pub queue: Duration,
+    pub compute: Duration,
+    pub batch: usize,
+}
+
+/// One request waiting for compute.
+pub struct Job {
+    pub inputs: TensorMap,
+    pub enqueued: Instant,
+    pub deadline: Option<Instant>,
+    pub reply: oneshot::Sender<Result<JobResult, Status>>,
+}
+
+type Key = (String, String, usize);
+
+/// The batcher: queues, dispatchers and the compute pool.
+pub struct Batcher {
+    engine: Arc<Engine>,
+    config: BatchConfig,
+    waiting: Arc<AtomicUsize>,
+    queues: Mutex<HashMap<Key, mpsc::UnboundedSender<Job>>>,
+    compute: Arc<Semaphore>,
+}
+
+/// Pads `jobs` to the next power of two.
+fn batch_size(n: usize, max: usize) -> usize {
+    n.next_power_of_two().min(max.max(1))
+}
+
+impl Batcher {
+    pub fn new(engine: Arc<Engine>, config: BatchConfig) -> Batcher {
+        let workers = config.workers.max(1);
+        Batcher {
+            engine,
+            config,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queues: Mutex::new(HashMap::new()),
+            compute: Arc::new(Semaphore::new(workers)),
+        }
+    }
+
+    /// Requests waiting now, over all queues.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Queues a job, or refuses it when the queue is full.
+    pub fn submit(&self, work: &Work, job: Job) -> Result<(), Status> {
+        // Reserve a place first so that concurrent submissions cannot overshoot the bound.
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if before >= self.config.max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            let mut status = Status::resource_exhausted(format!(
+                "the server's queue is full ({} requests waiting); retry later",
+                self.config.max_queue
+            ));
+            let hint = (self.config.max_queue_delay.as_millis() as u64).max(1) * 4;
+            if let Ok(v) = hint.to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", v);
+            }
+            if let Ok(v) = hint.to_string().parse() {
+                status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+            }
+            return Err(status);
+        }
+        work.metrics.pending.fetch_add(1, Ordering::Relaxed);
+        let key = (work.entry.name.clone(), work.graph.id(), work.cut);
+        let mut queues = self.queues.lock().expect("queues lock");
+        let tx = queues.entry(key).or_insert_with(|| self.spawn_dispatcher(work.clone()));
+        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            work.metrics.pending.fetch_sub(1, Ordering::Relaxed);
+            let _ = job.reply.send(Err(Status::unavailable("the server is shutting down")));
+        }
+        Ok(())
+    }
+
+    fn spawn_dispatcher(&self, work: Work) -> mpsc::UnboundedSender<Job> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let engine = self.engine.clone();
+        let config = self.config.clone();
+        let waiting = self.waiting.clone();
+        let compute = self.compute.clone();
+        let batchable = Arc::new(AtomicBool::new(work.entry.batchable && config.max_batch > 1));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                let batching = batchable.load(Ordering::Relaxed);
+                if batching && !config.max_queue_delay.is_zero() {
+                    let until = tokio::time::Instant::now() + config.max_queue_delay;
+                    while jobs.len() < config.max_batch {
+                        match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(Some(j)) => jobs.push(j),
+                            _ => break,
+                        }
+                    }
+                }
+                let Ok(permit) = compute.clone().acquire_owned().await else { break };
+                // Whatever arrived while waiting for a worker joins the batch.
+                while batching && jobs.len() < config.max_batch {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
+                work.metrics.pending.fetch_sub(jobs.len() as i64, Ordering::Relaxed);
+                let (engine, work, config, batchable) =
+                    (engine.clone(), work.clone(), config.clone(), batchable.clone());
+                tokio::task::spawn_blocking(move || {
+                    run_jobs(&engine, &work, &config, &batchable, jobs);
+                    drop(permit);
+                });
+            }
+        });
+        tx
+    }
+}
+
+/// Runs a gathered set of jobs: expired ones are answered, the rest computed together.
+fn run_jobs(engine: &Engine, work: &Work, config: &BatchConfig, batchable: &AtomicBool, jobs: Vec<Job>) {
+    let now = Instant::now();
+    let mut live = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if job.deadline.is_some_and(|d| d <= now) {
+            work.metrics.fail(Failure::Canceled);
+            let _ = job.reply.send(Err(Status::deadline_exceeded("the request's deadline passed while it waited")));
+        } else {
+            live.push(job);
+        }
+    }
+    if live.is_empty() {
+        return;
+    }
+    if live.len() > 1 && batchable.load(Ordering::Relaxed) {
+        match run_batched(engine, work, config, &live) {
+            Ok((outputs, compute)) => {
+                let n = live.len();
+                work.metrics.exec_count.fetch_add(1, Ordering::Relaxed);
+                for (job, out) in live.into_iter().zip(outputs) {
+                    let queue = now.saturating_duration_since(job.enqueued);
+                    let _ = job.reply.send(Ok(JobResult { outputs: out, queue, compute, batch: n }));
+                }
+                return;
+            }
+            Err(e) => {
+                // Not batchable at this cut after all: remember, and run one by one.
+                tracing::info!("model {} cut {}: running unbatched ({e})", work.entry.name, work.cut);
+                batchable.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+    for job in live {
+        let start = Instant::now();
+        let result = engine
+            .part(&work.graph, work.cut, work.graph.last_cut())
+            .and_then(|part| engine.run(&part, &job.inputs))
+            .map_err(|e| {
+                work.metrics.fail(Failure::Backend);
+                Status::internal(format!("inference failed: {e}"))
+            })
+            .map(|outputs| {
+                work.metrics.exec_count.fetch_add(1, Ordering::Relaxed);
+                JobResult {
+                    outputs,
+                    queue: start.saturating_duration_since(job.enqueued),
+                    compute: start.elapsed(),
+                    batch: 1,
+                }
+            });
+        let _ = job.reply.send(result);
+    }
+}
+
+/// Concatenates the jobs' inputs along the batch axis, runs the tail compiled at the padded
+/// batch size, and splits the outputs.
+fn run_batched(
+    engine: &Engine,
+    work: &Work,
+    config: &BatchConfig,
+    jobs: &[Job],
+) -> Result<(Vec<TensorMap>, Duration), String> {
+    let n = jobs.len();
+    let b = batch_size(n, config.max_batch);
+    let shapes = InputShapes(work.graph.input_shapes().0.iter().map(|(k, v)| (k.clone(), with_batch(v, b))).collect());
+    let big = work.entry.graph(&shapes).map_err(|e| e.message)?;
+    if big.num_cuts() != work.graph.num_cuts() {
+        return Err("the model's cuts differ at another batch size".into());
+    }
+    let part = engine.part(&big, work.cut, big.last_cut()).map_err(|e| e.to_string())?;
+    let small = engine.part(&work.graph, work.cut, work.graph.last_cut()).map_err(|e| e.to_string())?;
+    // Every boundary tensor and output must carry the batch on axis 0.
+    for (s, l) in small.inputs.iter().zip(&part.inputs).chain(small.outputs.iter().zip(&part.outputs)) {
+        let carries_batch = !s.shape.is_empty()
+            && s.shape.len() == l.shape.len()
+            && l.shape[0] == s.shape[0] * b
+            && l.shape[1..] == s.shape[1..];
+        if s.name != l.name || !carries_batch {
+            return Err(format!("tensor `{}` does not carry the batch on its first axis", s.name));
+        }
+    }
+    let mut inputs = TensorMap::new();
+    for spec in &small.inputs {
+        let mut parts: Vec<Tensor> = jobs
+            .iter()
+            .map(|j| j.inputs.get(&spec.name).map(|t| (**t).clone()).ok_or_else(|| format!("missing `{}`", spec.name)))
+            .collect::<Result<_, _>>()?;
+        while parts.len() < b {
+            parts.push(parts.last().expect("at least one job").clone());
+        }
+        let stacked = Tensor::stack_tensors(0, &parts).map_err(|e| e.to_string())?;
+        inputs.insert(spec.name.clone(), Arc::new(stacked));
+    }
+    let start = Instant::now();
+    let out = engine.run(&part, &inputs).map_err(|e| e.to_string())?;
+    let compute = start.elapsed();
+    let mut per_job = vec![TensorMap::new(); n];
+    for spec in &small.outputs {
+        let t = out.get(&spec.name).ok_or_else(|| format!("output `{}` missing", spec.name))?;
+        let rows = spec.shape.first().copied().unwrap_or(1);
+        for (i, m) in per_job.iter_mut().enumerate() {
+            let slice = t.slice(0, i * rows, (i + 1) * rows).map_err(|e| e.to_string())?;
+            m.insert(spec.name.clone(), Arc::new(slice));
+        }
+    }
+    Ok((per_job, compute))
+}
+
+fn with_batch(shape: &[usize], b: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    if let Some(first) = s.first_mut() {
+        *first *= b;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sizes_are_powers_of_two() {
+        assert_eq!(batch_size(1, 8), 1);
+        assert_eq!(batch_size(3, 8), 4);
+        assert_eq!(batch_size(5, 8), 8);
+        assert_eq!(batch_size(9, 8), 8);
+    }
+}
