@@ -37,11 +37,21 @@ enum Command {
     Infer(cmd::infer::Args),
     Profile(cmd::profile::Args),
     Plan(cmd::plan::Args),
+    Serve(cmd::serve::Args),
+    Run(cmd::run::Args),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
 
 fn main() -> ExitCode {
+    // A panic inside the inference engine is caught and reported as a one-line error; don't
+    // also print the panic message. Any other panic is a bug and prints as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !cleave_graph::error::in_engine_call() {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
@@ -50,6 +60,8 @@ fn main() -> ExitCode {
         Command::Infer(a) => cmd::infer::run(a),
         Command::Profile(a) => cmd::profile::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Run(a) => cmd::run::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     };
     match result {

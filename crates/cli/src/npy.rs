@@ -39,6 +39,21 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Tensor> {
     Ok(t)
 }
 
+/// Writes outputs as `.npy`: `path` is the file for a single output, else a directory holding
+/// one file per output (names made file-safe).
+pub fn write_outputs(path: &Path, outputs: &cleave_engine::TensorMap) -> Result<()> {
+    if outputs.len() == 1 {
+        return write(path, outputs.values().next().expect("one output"));
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    for (name, t) in outputs {
+        let file: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+        write(&path.join(format!("{file}.npy")), t)?;
+    }
+    Ok(())
+}
+
 /// Writes a tensor as `.npy` (f16 is widened to f32).
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;

@@ -122,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     if let Some(out) = &args.output {
-        write_outputs(out, &result.outputs)?;
+        npy::write_outputs(out, &result.outputs)?;
     }
 
     if args.json {
@@ -188,20 +188,6 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(out) = &args.output {
         println!("wrote    {}", out.display());
-    }
-    Ok(())
-}
-
-fn write_outputs(path: &std::path::Path, outputs: &TensorMap) -> Result<()> {
-    if outputs.len() == 1 {
-        let t = outputs.values().next().expect("one output");
-        return npy::write(path, t);
-    }
-    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-    for (name, t) in outputs {
-        let file: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
-        npy::write(&path.join(format!("{file}.npy")), t)?;
     }
     Ok(())
 }

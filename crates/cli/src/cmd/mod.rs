@@ -5,4 +5,6 @@ pub mod infer;
 pub mod inspect;
 pub mod plan;
 pub mod profile;
+pub mod run;
+pub mod serve;
 pub mod split;

@@ -1,0 +1,267 @@
+//! `cleave run`: the device side of collaborative inference.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cleave_codec::{Codec, EncodeOptions};
+use cleave_cost::Link;
+use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
+use cleave_node::{Device, DeviceConfig, EdgeClient, FrameStatus, RunSummary};
+use cleave_plan::{Conditions, ProblemBuilder, plan};
+use serde_json::json;
+
+use crate::model_arg::ModelArgs;
+use crate::npy;
+use crate::output::{human_bytes, table};
+
+/// Run a model across this device and an edge server: the head here, the tail there.
+///
+/// Each frame runs the head up to the cut, encodes the tensors crossing it with the codec,
+/// sends them to the server (`cleave serve`) over the Open Inference Protocol, and takes the
+/// tail's answer. Frames are pipelined on one connection: the next frame's head computes while
+/// the previous frame is on the network. If a request fails, the device computes the tail itself
+/// and says so. `--cut auto` measures the link (RTT and an upload probe) and asks the planner.
+///
+/// Examples:
+///   cleave serve --model tiny=models/tiny_resnet.onnx &
+///   cleave run models/tiny_resnet.onnx --model-name tiny --edge 127.0.0.1:8001 --cut 5 --codec int8
+///   cleave run model.onnx --edge edge:8001 --cut auto --frames 100 --json
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The server, HOST:PORT.
+    #[arg(long)]
+    pub edge: String,
+
+    /// The model's name on the server (default: the file's stem).
+    #[arg(long)]
+    pub model_name: Option<String>,
+
+    /// Cut index (see `cleave inspect`), or `auto` to let the planner choose from the measured link.
+    #[arg(long, default_value = "auto")]
+    pub cut: String,
+
+    /// Codec for the tensors crossing the cut: fp32, fp16, bf16, int8, int4, int2 (with --cut
+    /// auto: the planner's choice).
+    #[arg(long)]
+    pub codec: Option<Codec>,
+
+    /// Quantize per channel instead of per tensor.
+    #[arg(long)]
+    pub per_channel: bool,
+
+    /// Compress the encoded tensors with LZ4.
+    #[arg(long)]
+    pub lz4: bool,
+
+    /// Input as .npy (`PATH` or `NAME=PATH`), used for every frame.
+    #[arg(long = "input", value_name = "[NAME=]PATH")]
+    pub inputs: Vec<String>,
+
+    /// Number of frames (random inputs, seeds 0.., unless --input).
+    #[arg(long, default_value_t = 10)]
+    pub frames: usize,
+
+    /// Frames on the network at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_in_flight: usize,
+
+    /// Deadline of each request; past it the device computes the tail itself.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub timeout: Duration,
+
+    /// Threads per inference on this device.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// With --cut auto: how many times faster than this device the server is.
+    #[arg(long, default_value_t = 1.0)]
+    pub server_speedup: f64,
+
+    /// With --cut auto: the server's profile (`cleave profile -o` on the server).
+    #[arg(long, value_name = "PATH")]
+    pub server_profile: Option<PathBuf>,
+
+    /// With --cut auto: this device's profile (default: profile now).
+    #[arg(long, value_name = "PATH")]
+    pub device_profile: Option<PathBuf>,
+
+    /// Also run local references and report differences per frame.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Write the last frame's outputs as .npy (a file, or a directory for several outputs).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Print JSON (frames and summary) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    cleave_cost::parse_duration_ms(s).map(|ms| Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let loaded = args.model.load()?;
+    let graph = Arc::new(loaded.graph);
+    let model_name = args.model_name.clone().unwrap_or_else(|| match &args.model.model {
+        Some(p) => p.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_owned(),
+        None => "tiny_resnet".to_owned(),
+    });
+    let frames = frames(&args, &graph)?;
+    let engine = Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 8 }));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut client = EdgeClient::connect(&args.edge, 64 << 20).await.context("--edge")?;
+        if !client.model_ready(&model_name).await.with_context(|| format!("asking {} about model `{model_name}`", args.edge))? {
+            bail!("the server at {} does not serve model `{model_name}` (set --model-name)", args.edge);
+        }
+        let (cut, codec, why) = choose(&args, &graph, &mut client, &model_name).await?;
+        if !args.json {
+            eprintln!("{why}");
+        }
+        let config = DeviceConfig {
+            model_name: model_name.clone(),
+            cut,
+            encode: EncodeOptions { codec, per_channel: args.per_channel, lz4: args.lz4 },
+            max_in_flight: args.max_in_flight,
+            timeout: Some(args.timeout),
+            check: args.check,
+        };
+        let device = Arc::new(Device::new(engine, graph.clone(), Some(client), config).map_err(anyhow::Error::msg)?);
+        let t0 = Instant::now();
+        let results = device.run(frames).await;
+        let summary = RunSummary::of(&results, t0.elapsed());
+        if let (Some(path), Some(last)) = (&args.output, results.last()) {
+            npy::write_outputs(path, &last.outputs)?;
+        }
+        if args.json {
+            let v = json!({
+                "model": model_name,
+                "edge": args.edge,
+                "cut": cut,
+                "codec": codec,
+                "decision": why,
+                "summary": summary,
+                "frames": results.iter().map(|f| &f.record).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let mut t = table(
+            &["frame", "status", "sent", "head ms", "rpc ms", "queue ms", "server ms", "total ms", "check"],
+            &[0, 2, 3, 4, 5, 6, 7],
+        );
+        for f in &results {
+            let r = &f.record;
+            t.add_row(vec![
+                r.frame.to_string(),
+                match r.status {
+                    FrameStatus::Remote => "remote".into(),
+                    FrameStatus::Device => "device".into(),
+                    FrameStatus::LocalFallback => format!("LOCAL ({})", r.error.as_deref().unwrap_or("?")),
+                },
+                human_bytes(r.bytes_up),
+                format!("{:.2}", r.head_ms),
+                format!("{:.2}", r.rpc_ms),
+                r.queue_ms.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
+                r.compute_ms.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
+                format!("{:.2}", r.total_ms),
+                r.check
+                    .as_ref()
+                    .map(|c| format!("tail {:.1e}, whole {:.1e}, codec {:.2}× bound", c.vs_local_tail, c.vs_whole, c.boundary_error_vs_bound))
+                    .unwrap_or_default(),
+            ]);
+        }
+        println!("{t}");
+        println!(
+            "{} frames: {} remote, {} local fallback, {} device-only; latency p50 {:.2} ms, p95 {:.2} ms; {:.1} frames/s; sent {}",
+            summary.frames,
+            summary.remote,
+            summary.local_fallback,
+            summary.device_only,
+            summary.p50_ms,
+            summary.p95_ms,
+            summary.fps,
+            human_bytes(summary.bytes_up)
+        );
+        Ok(())
+    })
+}
+
+/// The frames' inputs.
+fn frames(args: &Args, graph: &cleave_graph::ModelGraph) -> Result<Vec<TensorMap>> {
+    let specs = graph.inputs();
+    if args.inputs.is_empty() {
+        return Ok((0..args.frames.max(1))
+            .map(|k| specs.iter().map(|s| (s.name.clone(), random_input(s, k as u64))).collect())
+            .collect());
+    }
+    let mut inputs = TensorMap::new();
+    for arg in &args.inputs {
+        let (name, path) = match arg.split_once('=') {
+            Some((n, p)) => (n.to_owned(), PathBuf::from(p)),
+            None if specs.len() == 1 => (specs[0].name.clone(), PathBuf::from(arg)),
+            None => bail!("this model has several inputs: name each one, --input NAME=PATH"),
+        };
+        let spec =
+            specs.iter().find(|s| s.name == name).with_context(|| format!("`{name}` is not an input of this model"))?;
+        let t = npy::read(&path)?;
+        cleave_engine::check_input(spec, &t).with_context(|| format!("input file {}", path.display()))?;
+        inputs.insert(name, Arc::new(t));
+    }
+    Ok(vec![inputs; args.frames.max(1)])
+}
+
+/// The cut and codec: given, or planned from the measured link.
+async fn choose(
+    args: &Args,
+    graph: &cleave_graph::ModelGraph,
+    client: &mut EdgeClient,
+    model: &str,
+) -> Result<(usize, Codec, String)> {
+    if args.cut != "auto" {
+        let cut: usize =
+            args.cut.parse().with_context(|| format!("--cut `{}` is neither a cut index nor `auto`", args.cut))?;
+        graph.check_cut(cut)?;
+        let codec = args.codec.unwrap_or(Codec::Fp32);
+        return Ok((cut, codec, format!("cut {cut}, codec {codec} (as given)")));
+    }
+    // Measure: RTT from health calls, uplink from a probe the server answers without computing.
+    let rtt = client.rtt(5).await?;
+    let probe_bytes = 256 * 1024;
+    let t = client.probe(model, probe_bytes).await?;
+    let transfer = t.saturating_sub(rtt).max(Duration::from_micros(50));
+    let up_bps = probe_bytes as f64 * 8.0 / transfer.as_secs_f64();
+    let device = match &args.device_profile {
+        Some(p) => crate::cmd::profile::read_profile(p, graph)?,
+        None => crate::cmd::profile::measure(graph, args.threads, 1, 5, None, !args.json)?,
+    };
+    let server = match &args.server_profile {
+        Some(p) => crate::cmd::profile::read_profile(p, graph)?,
+        None => device.scaled(1.0 / args.server_speedup.max(1e-9), "server"),
+    };
+    let mut builder = ProblemBuilder::new(graph, &device).server(server);
+    if let Some(c) = args.codec {
+        builder = builder.codecs(vec![c]);
+    }
+    let problem = builder.build();
+    let link = Link::symmetric(up_bps, rtt.as_secs_f64() * 1e3);
+    let best = plan(&problem, &Conditions::two_tier(link))?;
+    let codec = best.codecs.first().copied().unwrap_or(args.codec.unwrap_or(Codec::Fp32));
+    let why = format!(
+        "measured RTT {:.2} ms and uplink {:.1} Mbit/s; the planner chose cut {} with {codec} (predicted {:.2} ms)",
+        rtt.as_secs_f64() * 1e3,
+        up_bps / 1e6,
+        best.cuts[0],
+        best.predicted.total_ms
+    );
+    Ok((best.cuts[0], codec, why))
+}

@@ -1,0 +1,166 @@
+//! `cleave serve`: an edge or cloud node.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cleave_engine::EngineConfig;
+use cleave_graph::InputShapes;
+use cleave_node::server::batcher::BatchConfig;
+use cleave_node::server::registry::{ModelEntry, Registry};
+use cleave_node::{RunningServer, ServerConfig};
+use cleave_proto::wire::Limits;
+
+/// Serve models over the Open Inference Protocol (KServe V2 gRPC), as an edge or cloud node.
+///
+/// Any OIP client (Triton's tritonclient, MLServer's, KServe's) can run the whole models by
+/// name. A cleave device (`cleave run --edge`) sends the tensors crossing a cut, encoded by a
+/// codec, and the server runs the tail. Requests for the same model, shapes and cut are batched
+/// dynamically (when the model's batch dimension is symbolic); the queue is bounded, and past it
+/// requests are refused with RESOURCE_EXHAUSTED and a retry hint. Deadlines (grpc-timeout) are
+/// honoured. Prometheus metrics (Triton's names) are at http://HOST:METRICS_PORT/metrics.
+/// SIGTERM or Ctrl-C drains: in-flight requests finish, new ones get UNAVAILABLE.
+///
+/// Examples:
+///   cleave serve --model resnet=resnet50.onnx
+///   cleave serve --model-repository models/ --grpc-port 9001 --max-batch 16
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// A model to serve, NAME=PATH (repeatable).
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    pub models: Vec<String>,
+
+    /// A directory of models: NAME.onnx or NAME/<version>/model.onnx (Triton's layout).
+    #[arg(long, value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+
+    /// Default shape of a model input with symbolic dimensions, INPUT=d0,d1,… (repeatable; a
+    /// symbolic batch defaults to 1). Requests may use other shapes the model allows.
+    #[arg(long = "shape", value_name = "INPUT=DIMS")]
+    pub shapes: Vec<String>,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// gRPC port (0: pick a free one).
+    #[arg(long, default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Prometheus metrics port (0: pick a free one).
+    #[arg(long, default_value_t = 8002)]
+    pub metrics_port: u16,
+
+    /// Inference engine.
+    #[arg(long, default_value = "tract", value_parser = ["tract"])]
+    pub engine: String,
+
+    /// Threads per inference.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// Batches computed at once (default: cores ÷ threads).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Largest dynamic batch (1 disables batching).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+
+    /// Longest a request waits to be batched with others (0: batch only what is already waiting).
+    #[arg(long, default_value = "0ms", value_parser = duration)]
+    pub max_queue_delay: Duration,
+
+    /// Most requests waiting; past it, RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+
+    /// Largest gRPC message accepted (e.g. 64MiB).
+    #[arg(long, default_value = "64MiB", value_parser = size)]
+    pub max_message_size: u64,
+
+    /// How many compiled parts to keep.
+    #[arg(long, default_value_t = 64)]
+    pub cache: usize,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    cleave_cost::parse_duration_ms(s).map(|ms| Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    cleave_cost::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut shapes = InputShapes::none();
+    for s in &args.shapes {
+        let (name, dims) = InputShapes::parse_one(s).map_err(anyhow::Error::msg)?;
+        shapes = shapes.with(name, dims);
+    }
+    let mut registry = Registry::default();
+    for m in &args.models {
+        let (name, path) = m.split_once('=').with_context(|| format!("--model `{m}` is not NAME=PATH"))?;
+        if name.is_empty() {
+            bail!("--model `{m}` has an empty name");
+        }
+        let entry = ModelEntry::load(name, std::path::Path::new(path), &shapes).map_err(anyhow::Error::msg)?;
+        registry.add(entry).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(dir) = &args.model_repository {
+        registry.load_repository(dir, &shapes).map_err(anyhow::Error::msg)?;
+    }
+    if registry.is_empty() {
+        bail!("no model to serve: give --model NAME=PATH or --model-repository DIR");
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let config = ServerConfig {
+        grpc_addr: SocketAddr::new(args.host, args.grpc_port),
+        metrics_addr: Some(SocketAddr::new(args.host, args.metrics_port)),
+        max_message_bytes: usize::try_from(args.max_message_size).context("--max-message-size is too large")?,
+        batch: BatchConfig {
+            max_batch: args.max_batch.max(1),
+            max_queue_delay: args.max_queue_delay,
+            max_queue: args.max_queue.max(1),
+            workers: args.workers.unwrap_or((cores / args.threads.max(1)).max(1)),
+        },
+        engine: EngineConfig { threads: args.threads, cache_capacity: args.cache.max(1) },
+        limits: Limits::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = RunningServer::start(registry, config).await.map_err(anyhow::Error::msg)?;
+        // One line a supervisor or test can parse for the actual ports.
+        println!(
+            "listening grpc={} metrics={} models={}",
+            server.grpc_addr,
+            server.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            server.state.registry.names().join(",")
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        wait_for_signal().await;
+        eprintln!("shutting down: finishing in-flight requests, refusing new ones");
+        server.shutdown().await.map_err(anyhow::Error::msg)?;
+        eprintln!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
