@@ -7,6 +7,25 @@
 //!
 //! Tensors are exchanged by ONNX name in a [`TensorMap`]; running a split model is running its
 //! parts in order over one map, each part reading its inputs from it and adding its outputs.
+//!
+//! ## Backends
+//!
+//! [`Engine::new`] runs parts with tract, always available and pure Rust. With the cargo feature
+//! `ort` (off by default), [`Engine::with_backend`]`(config, `[`Backend::Ort`]`)` runs the same
+//! parts with onnxruntime instead: each part is exported as standalone ONNX bytes, committed to
+//! an onnxruntime session with `config.threads` intra-op threads and cached in the same LRU, and
+//! its outputs come back as tract tensors, so callers see the same [`TensorMap`] either way. The
+//! onnxruntime library is loaded at run time; see [`onnxruntime`] for how it is found. Without
+//! the feature, asking for [`Backend::Ort`] is an [`EngineError::OrtNotBuilt`] error.
+//!
+//! ```no_run
+//! use cleave_engine::{Backend, Engine, EngineConfig};
+//! # fn main() -> Result<(), cleave_engine::EngineError> {
+//! let tract = Engine::new(EngineConfig::default());
+//! let ort = Engine::with_backend(EngineConfig { threads: 2, ..Default::default() }, Backend::Ort)?;
+//! assert_eq!((tract.name(), ort.name()), ("tract", "onnxruntime"));
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -16,14 +35,67 @@ use std::time::{Duration, Instant};
 use cleave_graph::{GraphError, ModelGraph, Part, TensorSpec, part_bounds};
 use thiserror::Error;
 
+pub mod onnxruntime;
 pub mod profile;
 use tract_onnx::prelude::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
 pub use tract_onnx::prelude::{DatumType, Tensor};
 
-/// The engine and version cleave runs parts with (the tract crates are pinned to it).
+/// The engine and version cleave runs parts with by default (the tract crates are pinned to it).
+/// [`Engine::version`] names the backend an engine actually uses.
 pub const ENGINE: &str = "tract 0.23.9";
+
+/// The inference engine that runs parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Backend {
+    /// tract: pure Rust, always built.
+    #[default]
+    Tract,
+    /// onnxruntime, loaded at run time; needs the cargo feature `ort` (see [`onnxruntime`]).
+    Ort,
+}
+
+impl Backend {
+    /// Every backend, in display order.
+    pub const ALL: [Backend; 2] = [Backend::Tract, Backend::Ort];
+
+    /// The engine's name: `tract` or `onnxruntime`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tract => "tract",
+            Backend::Ort => "onnxruntime",
+        }
+    }
+
+    /// Whether this build can run the backend (`Ort` needs the `ort` feature; the library itself
+    /// may still be missing at run time).
+    pub fn is_built(self) -> bool {
+        match self {
+            Backend::Tract => true,
+            Backend::Ort => cfg!(feature = "ort"),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    /// `tract`, or `ort` / `onnxruntime` (case-insensitive).
+    fn from_str(s: &str) -> std::result::Result<Backend, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tract" => Ok(Backend::Tract),
+            "ort" | "onnxruntime" => Ok(Backend::Ort),
+            _ => Err(format!("unknown engine `{s}` (expected `tract` or `ort`)")),
+        }
+    }
+}
 
 /// Tensors by ONNX name. Shared (`Arc`) so that passing a tensor from one part to the next, or
 /// to the network, never copies it.
@@ -44,6 +116,14 @@ pub enum EngineError {
     Run(String),
     #[error("the engine panicked: {0}")]
     Panic(String),
+    #[error(
+        "cleave was built without the `ort` feature; rebuild with `cargo build --release -p cleave-cli --features ort`"
+    )]
+    OrtNotBuilt,
+    #[error("onnxruntime is unavailable: {0}")]
+    OrtUnavailable(String),
+    #[error("onnxruntime could not compile {what}: {msg}")]
+    OrtCompile { what: String, msg: String },
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -63,7 +143,7 @@ impl Default for EngineConfig {
     }
 }
 
-/// A part compiled into an optimized tract plan.
+/// A part compiled for one backend: an optimized tract plan, or an onnxruntime session.
 #[derive(Debug)]
 pub struct CompiledPart {
     pub from_cut: usize,
@@ -72,7 +152,26 @@ pub struct CompiledPart {
     pub outputs: Vec<TensorSpec>,
     /// How long loading and optimizing took.
     pub compile_time: Duration,
-    plan: Arc<TypedRunnableModel>,
+    plan: Plan,
+}
+
+impl CompiledPart {
+    /// The backend this part was compiled for (and runs with).
+    pub fn backend(&self) -> Backend {
+        match self.plan {
+            Plan::Tract(_) => Backend::Tract,
+            #[cfg(feature = "ort")]
+            Plan::Ort(_) => Backend::Ort,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Plan {
+    Tract(Arc<TypedRunnableModel>),
+    /// `ort` sessions run one inference at a time (`Session::run` takes `&mut self`).
+    #[cfg(feature = "ort")]
+    Ort(Mutex<onnxruntime::Session>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -85,13 +184,14 @@ struct PartKey {
 /// The executor: compiles parts, caches them, runs them.
 pub struct Engine {
     config: EngineConfig,
+    backend: Backend,
     executor: Executor,
     cache: Mutex<lru::LruCache<PartKey, Arc<CompiledPart>>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Engine").field("config", &self.config).field("backend", &self.backend).finish_non_exhaustive()
     }
 }
 
@@ -107,17 +207,64 @@ pub struct SplitRun {
 }
 
 impl Engine {
-    /// An engine with the given configuration.
+    /// A tract engine with the given configuration.
     pub fn new(config: EngineConfig) -> Engine {
-        let threads = config.threads.max(1);
-        let executor = if threads == 1 { Executor::SingleThread } else { Executor::multithread(threads) };
-        let cap = NonZeroUsize::new(config.cache_capacity.max(1)).expect("nonzero");
-        Engine { config: EngineConfig { threads, ..config }, executor, cache: Mutex::new(lru::LruCache::new(cap)) }
+        Engine::build(config, Backend::Tract)
     }
 
-    /// The engine's name (`tract`).
+    /// An engine running parts with `backend`.
+    ///
+    /// [`Backend::Ort`] fails with [`EngineError::OrtNotBuilt`] in a build without the `ort`
+    /// feature, and with [`EngineError::OrtUnavailable`] when no onnxruntime library is loaded and
+    /// none can be loaded from `ORT_DYLIB_PATH` (see [`onnxruntime`]).
+    pub fn with_backend(config: EngineConfig, backend: Backend) -> Result<Engine> {
+        match backend {
+            Backend::Tract => {}
+            #[cfg(feature = "ort")]
+            Backend::Ort => {
+                onnxruntime::environment()?;
+            }
+            #[cfg(not(feature = "ort"))]
+            Backend::Ort => return Err(EngineError::OrtNotBuilt),
+        }
+        Ok(Engine::build(config, backend))
+    }
+
+    fn build(config: EngineConfig, backend: Backend) -> Engine {
+        let threads = config.threads.max(1);
+        // onnxruntime sessions have their own intra-op threads: no tract pool for them.
+        let executor = if threads == 1 || backend != Backend::Tract {
+            Executor::SingleThread
+        } else {
+            Executor::multithread(threads)
+        };
+        let cap = NonZeroUsize::new(config.cache_capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Engine {
+            config: EngineConfig { threads, ..config },
+            backend,
+            executor,
+            cache: Mutex::new(lru::LruCache::new(cap)),
+        }
+    }
+
+    /// The engine's name: `tract` or `onnxruntime`.
     pub fn name(&self) -> &str {
-        "tract"
+        self.backend.name()
+    }
+
+    /// The backend that compiles and runs parts.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The engine and its version, as recorded in profiles: `tract 0.23.9`, `onnxruntime 1.32.0`.
+    pub fn version(&self) -> String {
+        match self.backend {
+            Backend::Tract => ENGINE.to_owned(),
+            Backend::Ort => {
+                format!("onnxruntime {}", onnxruntime::loaded().map(|r| r.version).unwrap_or_else(|| "unknown".into()))
+            }
+        }
     }
 
     /// The configuration in use.
@@ -125,24 +272,16 @@ impl Engine {
         &self.config
     }
 
-    /// Compiles a part into an optimized plan (not cached).
+    /// Compiles a part for this engine's backend (not cached).
     pub fn compile(&self, part: &Part) -> Result<CompiledPart> {
-        let what = format!("part {}..{}", part.from_cut, part.to_cut);
         let t0 = Instant::now();
-        let plan = catch(|| {
-            let mut model = tract_onnx::onnx()
-                .model_for_proto_model(&part.proto)
-                .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })?;
-            for (ix, spec) in part.inputs.iter().enumerate() {
-                model
-                    .set_input_fact(ix, InferenceFact::dt_shape(spec.dtype.datum_type(), spec.shape.clone()))
-                    .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })?;
-            }
-            model
-                .into_optimized()
-                .and_then(|m| m.into_runnable())
-                .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })
-        })?;
+        let plan = match self.backend {
+            Backend::Tract => Plan::Tract(compile_tract(part)?),
+            #[cfg(feature = "ort")]
+            Backend::Ort => Plan::Ort(Mutex::new(onnxruntime::compile(part, self.config.threads)?)),
+            #[cfg(not(feature = "ort"))]
+            Backend::Ort => return Err(EngineError::OrtNotBuilt),
+        };
         Ok(CompiledPart {
             from_cut: part.from_cut,
             to_cut: part.to_cut,
@@ -156,11 +295,11 @@ impl Engine {
     /// The compiled part of `graph` between two cuts, from the cache or compiled now.
     pub fn part(&self, graph: &ModelGraph, from: usize, to: usize) -> Result<Arc<CompiledPart>> {
         let key = PartKey { model: graph.id(), from, to };
-        if let Some(p) = self.cache.lock().expect("cache lock").get(&key) {
+        if let Some(p) = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
             return Ok(p.clone());
         }
         let compiled = Arc::new(self.compile(&graph.part(from, to)?)?);
-        self.cache.lock().expect("cache lock").put(key, compiled.clone());
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).put(key, compiled.clone());
         Ok(compiled)
     }
 
@@ -169,24 +308,36 @@ impl Engine {
         self.part(graph, 0, graph.last_cut())
     }
 
-    /// Runs a compiled part. Reads its inputs from `inputs` by name (extra entries are ignored)
-    /// and returns its outputs by name.
+    /// Runs a compiled part with the backend it was compiled for. Reads its inputs from `inputs`
+    /// by name (extra entries are ignored) and returns its outputs by name.
     pub fn run(&self, part: &CompiledPart, inputs: &TensorMap) -> Result<TensorMap> {
-        let mut args: TVec<TValue> = tvec![];
+        let mut args: Vec<&Arc<Tensor>> = Vec::with_capacity(part.inputs.len());
         for spec in &part.inputs {
             let t = inputs.get(&spec.name).ok_or_else(|| EngineError::MissingInput {
                 name: spec.name.clone(),
                 expected: part.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
             })?;
             check_input(spec, t)?;
-            args.push(t.clone().into_tvalue());
+            args.push(t);
         }
-        let plan = part.plan.clone();
-        let outs = catch(|| {
-            multithread_tract_scope(self.executor.clone(), || plan.run(args))
-                .map_err(|e| EngineError::Run(format!("{e:#}")))
-        })?;
-        Ok(part.outputs.iter().zip(outs).map(|(s, v)| (s.name.clone(), v.into_arc_tensor())).collect())
+        match &part.plan {
+            Plan::Tract(plan) => {
+                let args: TVec<TValue> = args.into_iter().map(|t| t.clone().into_tvalue()).collect();
+                let plan = plan.clone();
+                let outs = catch(|| {
+                    multithread_tract_scope(self.executor.clone(), || plan.run(args))
+                        .map_err(|e| EngineError::Run(format!("{e:#}")))
+                })?;
+                Ok(part.outputs.iter().zip(outs).map(|(s, v)| (s.name.clone(), v.into_arc_tensor())).collect())
+            }
+            #[cfg(feature = "ort")]
+            Plan::Ort(session) => {
+                let args: Vec<(&TensorSpec, &Tensor)> =
+                    part.inputs.iter().zip(args.into_iter().map(|t| &**t)).collect();
+                let outs = onnxruntime::run(session, &args, &part.outputs)?;
+                Ok(part.outputs.iter().zip(outs).map(|(s, t)| (s.name.clone(), Arc::new(t))).collect())
+            }
+        }
     }
 
     /// Runs `graph` split at `cuts` (empty: the whole model), part after part.
@@ -240,16 +391,30 @@ pub fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Loads a part into tract and optimizes it into a runnable plan.
+fn compile_tract(part: &Part) -> Result<Arc<TypedRunnableModel>> {
+    let what = format!("part {}..{}", part.from_cut, part.to_cut);
+    catch(|| {
+        let mut model = tract_onnx::onnx()
+            .model_for_proto_model(&part.proto)
+            .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })?;
+        for (ix, spec) in part.inputs.iter().enumerate() {
+            model
+                .set_input_fact(ix, InferenceFact::dt_shape(spec.dtype.datum_type(), spec.shape.clone()))
+                .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })?;
+        }
+        model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| EngineError::Compile { what: what.clone(), msg: format!("{e:#}") })
+    })
+}
+
+/// Calls into an engine (tract or onnxruntime), turning a panic into [`EngineError::Panic`].
+/// Marked as an engine call ([`cleave_graph::error::guard_engine`]) so that the binary's panic
+/// hook stays quiet about panics reported as errors.
 fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => Err(EngineError::Panic(
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default(),
-        )),
-    }
+    cleave_graph::error::guard_engine(f).unwrap_or_else(|msg| Err(EngineError::Panic(msg)))
 }
 
 /// A seeded pseudo-random input for a spec: floats uniform in [-1, 1), integers in [0, 10).
@@ -288,4 +453,38 @@ pub fn relative_error(got: &Tensor, reference: &Tensor) -> Result<f64> {
         scale = scale.max(y.abs());
     }
     Ok(if scale == 0.0 { diff } else { diff / scale })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse_back() {
+        for b in Backend::ALL {
+            assert_eq!(b.name().parse::<Backend>(), Ok(b));
+        }
+        assert_eq!("ORT".parse::<Backend>(), Ok(Backend::Ort));
+        assert!("tvm".parse::<Backend>().unwrap_err().contains("expected `tract` or `ort`"));
+        assert_eq!(Backend::default(), Backend::Tract);
+    }
+
+    #[test]
+    fn tract_engine_is_named_tract() {
+        let e = Engine::with_backend(EngineConfig::default(), Backend::Tract).unwrap();
+        assert_eq!((e.name(), e.backend(), e.version()), ("tract", Backend::Tract, ENGINE.to_owned()));
+    }
+
+    #[cfg(not(feature = "ort"))]
+    #[test]
+    fn ort_without_the_feature_is_a_clear_error() {
+        let err = Engine::with_backend(EngineConfig::default(), Backend::Ort).unwrap_err();
+        assert!(matches!(err, EngineError::OrtNotBuilt));
+        assert_eq!(
+            err.to_string(),
+            "cleave was built without the `ort` feature; rebuild with `cargo build --release -p cleave-cli --features ort`"
+        );
+        assert!(matches!(onnxruntime::load(std::path::Path::new("/nonexistent")), Err(EngineError::OrtNotBuilt)));
+        assert!(!Backend::Ort.is_built());
+    }
 }

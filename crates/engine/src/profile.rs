@@ -70,7 +70,7 @@ pub fn profile(engine: &Engine, graph: &ModelGraph, opts: &ProfileOptions, progr
         format: Profile::FORMAT.into(),
         device: opts.device.clone(),
         host: opts.host.clone(),
-        engine: crate::ENGINE.into(),
+        engine: engine.version(),
         threads: engine.config().threads,
         model: graph.name().to_owned(),
         model_sha256: graph.sha256().to_owned(),
