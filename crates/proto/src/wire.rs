@@ -229,6 +229,18 @@ pub fn encode_input(
     data_le: &[u8],
     opts: EncodeOptions,
 ) -> Result<(InferInputTensor, Bytes), WireError> {
+    encode_input_shared(name, dtype, shape, Bytes::copy_from_slice(data_le), opts)
+}
+
+/// [`encode_input`] for data already in a shared buffer: uncoded tensors go on the wire without
+/// a copy.
+pub fn encode_input_shared(
+    name: &str,
+    dtype: DType,
+    shape: &[usize],
+    data_le: Bytes,
+    opts: EncodeOptions,
+) -> Result<(InferInputTensor, Bytes), WireError> {
     let plain = dtype != DType::F32 || (opts.codec == Codec::Fp32 && !opts.lz4);
     if plain {
         let tensor = InferInputTensor {
@@ -238,11 +250,25 @@ pub fn encode_input(
             parameters: HashMap::new(),
             contents: None,
         };
-        return Ok((tensor, Bytes::copy_from_slice(data_le)));
+        return Ok((tensor, data_le));
     }
-    let values: Vec<f32> = data_le.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if data_le.len() % 4 != 0 {
+        return Err(WireError::invalid(format!(
+            "input `{name}`: {} bytes is not a whole number of f32",
+            data_le.len()
+        )));
+    }
+    let copied;
+    let values: &[f32] = match bytemuck::try_cast_slice::<u8, f32>(&data_le) {
+        Ok(v) if cfg!(target_endian = "little") => v,
+        _ => {
+            copied =
+                data_le.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<f32>>();
+            &copied
+        }
+    };
     let enc =
-        cleave_codec::encode(&values, shape, opts).map_err(|e| WireError::invalid(format!("input `{name}`: {e}")))?;
+        cleave_codec::encode(values, shape, opts).map_err(|e| WireError::invalid(format!("input `{name}`: {e}")))?;
     Ok(encoded_tensor(name, &enc))
 }
 
