@@ -1,6 +1,6 @@
 //! The `cleave` binary, driven as a user drives it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use cleave_graph::DType;

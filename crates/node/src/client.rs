@@ -58,7 +58,8 @@ impl EdgeClient {
             .map_err(|e| ClientError::Connect { addr: addr.into(), message: e.to_string() })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            .http2_adaptive_window(true);
+            .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW);
         let channel = endpoint
             .connect()
             .await

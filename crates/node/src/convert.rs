@@ -40,3 +40,18 @@ pub fn to_wire(name: &str, t: &Tensor) -> Result<WireTensor, WireError> {
 pub fn bytes_of(t: &Tensor) -> Vec<u8> {
     t.to_aligned_default().map(|p| p.as_bytes().to_vec()).unwrap_or_default()
 }
+
+/// The bytes of a shared engine tensor, without copying them: the buffer keeps the tensor alive.
+pub fn shared_bytes(t: &Arc<Tensor>) -> Bytes {
+    struct Owner(Arc<Tensor>);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_plain_ram_storage().map(|s| s.as_bytes()).unwrap_or(&[])
+        }
+    }
+    let expected = t.len() * t.datum_type().size_of();
+    match t.as_plain_ram_storage() {
+        Some(s) if s.as_bytes().len() == expected && t.datum_type().is_copy() => Bytes::from_owner(Owner(t.clone())),
+        _ => Bytes::from(bytes_of(t)),
+    }
+}

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::client::{ClientError, EdgeClient};
-use crate::convert::{bytes_of, to_tensor};
+use crate::convert::{shared_bytes, to_tensor};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
 
 /// How the device runs.
@@ -192,7 +192,7 @@ impl Device {
         for spec in &self.boundary {
             let t = env.get(&spec.name).ok_or_else(|| format!("the head did not produce `{}`", spec.name))?;
             let (tensor, raw) =
-                wire::encode_input(&spec.name, spec.dtype, &spec.shape, &bytes_of(t), self.config.encode)
+                wire::encode_input_shared(&spec.name, spec.dtype, &spec.shape, shared_bytes(t), self.config.encode)
                     .map_err(|e| e.message)?;
             bytes += raw.len() as u64;
             req.inputs.push(tensor);

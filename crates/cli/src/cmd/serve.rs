@@ -53,9 +53,11 @@ pub struct Args {
     #[arg(long, default_value_t = 8002)]
     pub metrics_port: u16,
 
-    /// Inference engine.
-    #[arg(long, default_value = "tract", value_parser = ["tract"])]
-    pub engine: String,
+    /// Inference engine: tract (built in), or ort (onnxruntime, in a binary built with
+    /// `--features ort`; the library comes from ORT_DYLIB_PATH, else from python3's
+    /// `onnxruntime` package).
+    #[arg(long, default_value = "tract")]
+    pub engine: cleave_engine::Backend,
 
     /// Threads per inference.
     #[arg(long, default_value_t = 1)]
@@ -128,7 +130,11 @@ pub fn run(args: Args) -> Result<()> {
         },
         engine: EngineConfig { threads: args.threads, cache_capacity: args.cache.max(1) },
         limits: Limits::default(),
+        backend: args.engine,
     };
+    if args.engine == cleave_engine::Backend::Ort {
+        crate::cmd::load_onnxruntime()?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let server = RunningServer::start(registry, config).await.map_err(anyhow::Error::msg)?;

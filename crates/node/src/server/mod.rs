@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     pub batch: BatchConfig,
     pub engine: EngineConfig,
+    /// tract, or onnxruntime (needs the `ort` feature and a loaded library).
+    pub backend: cleave_engine::Backend,
     pub limits: Limits,
 }
 
@@ -57,6 +59,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 << 20,
             batch: BatchConfig::default(),
             engine: EngineConfig::default(),
+            backend: cleave_engine::Backend::Tract,
             limits: Limits::default(),
         }
     }
@@ -98,6 +101,11 @@ pub struct State {
     pub limits: Limits,
     pub shutting_down: AtomicBool,
 }
+
+/// HTTP/2 flow-control windows and frame size, on both ends (see [`crate::client`]).
+pub const HTTP2_STREAM_WINDOW: u32 = 8 << 20;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
+pub const HTTP2_MAX_FRAME: u32 = 1 << 20;
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -363,7 +371,7 @@ impl RunningServer {
         if registry.is_empty() {
             return Err("no model to serve: give --model NAME=PATH or --model-repository DIR".into());
         }
-        let engine = Arc::new(Engine::new(config.engine.clone()));
+        let engine = Arc::new(Engine::with_backend(config.engine.clone(), config.backend).map_err(|e| e.to_string())?);
         let state = Arc::new(State {
             registry: Arc::new(registry),
             batcher: Batcher::new(engine.clone(), config.batch.clone()),
@@ -387,6 +395,11 @@ impl RunningServer {
         let state2 = state.clone();
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                // Boundary tensors are hundreds of KiB: HTTP/2's default 64 KiB windows would
+                // stall every request on WINDOW_UPDATE round trips.
+                .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
+                .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
+                .max_frame_size(Some(HTTP2_MAX_FRAME))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -29,8 +29,13 @@ impl ModelEntry {
     /// `shapes`; shapes naming inputs this model does not have are ignored (they are for other
     /// models).
     pub fn load(name: &str, path: &Path, shapes: &InputShapes) -> Result<ModelEntry, String> {
-        use prost::Message;
         let bytes = std::fs::read(path).map_err(|e| format!("model `{name}`: cannot read {}: {e}", path.display()))?;
+        Self::from_bytes(name, path, bytes, shapes)
+    }
+
+    /// [`ModelEntry::load`] for a model already in memory; `path` only labels it.
+    pub fn from_bytes(name: &str, path: &Path, bytes: Vec<u8>, shapes: &InputShapes) -> Result<ModelEntry, String> {
+        use prost::Message;
         let inputs: std::collections::HashSet<String> = cleave_graph::pb::ModelProto::decode(&bytes[..])
             .ok()
             .and_then(|m| m.graph)
