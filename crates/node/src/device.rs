@@ -157,25 +157,33 @@ impl Device {
         self.model_outputs.iter().filter_map(|n| env.get(n).map(|t| (n.clone(), t.clone()))).collect()
     }
 
-    fn failed(&self, frame: usize, t0: Instant, head_ms: f64, error: String) -> FrameOutput {
-        FrameOutput {
-            record: FrameRecord {
-                frame,
-                cut: self.config.cut,
-                codec: None,
-                bytes_up: 0,
-                head_ms,
-                rpc_ms: 0.0,
-                queue_ms: None,
-                compute_ms: None,
-                batch: None,
-                total_ms: t0.elapsed().as_secs_f64() * 1e3,
-                status: FrameStatus::LocalFallback,
-                error: Some(error),
-                check: None,
-            },
-            outputs: TensorMap::new(),
+    /// A frame's record before anything beyond the head happened.
+    fn record(&self, frame: usize, head_ms: f64) -> FrameRecord {
+        FrameRecord {
+            frame,
+            cut: self.config.cut,
+            codec: None,
+            bytes_up: 0,
+            head_ms,
+            rpc_ms: 0.0,
+            queue_ms: None,
+            compute_ms: None,
+            batch: None,
+            total_ms: 0.0,
+            status: FrameStatus::Device,
+            error: None,
+            check: None,
         }
+    }
+
+    fn failed(&self, frame: usize, t0: Instant, head_ms: f64, error: String) -> FrameOutput {
+        let record = FrameRecord {
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            status: FrameStatus::LocalFallback,
+            error: Some(error),
+            ..self.record(frame, head_ms)
+        };
+        FrameOutput { record, outputs: TensorMap::new() }
     }
 
     /// The request carrying the tensors crossing the cut.
@@ -202,21 +210,7 @@ impl Device {
     }
 
     async fn finish(&self, frame: usize, inputs: TensorMap, env: TensorMap, t0: Instant, head_ms: f64) -> FrameOutput {
-        let mut record = FrameRecord {
-            frame,
-            cut: self.config.cut,
-            codec: None,
-            bytes_up: 0,
-            head_ms,
-            rpc_ms: 0.0,
-            queue_ms: None,
-            compute_ms: None,
-            batch: None,
-            total_ms: 0.0,
-            status: FrameStatus::Device,
-            error: None,
-            check: None,
-        };
+        let mut record = self.record(frame, head_ms);
         if self.config.cut == self.graph.last_cut() {
             record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
             let outputs = self.model_outputs_of(&env);
