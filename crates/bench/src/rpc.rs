@@ -102,6 +102,9 @@ pub struct ThroughputRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct RpcReport {
     pub host: serde_json::Value,
+    /// Median round trip of an empty gRPC call (ServerLive) on the same loopback: the latency
+    /// floor of any call on this machine, before a single byte of tensor.
+    pub empty_call_p50_us: f64,
     pub boundary_shape: Vec<usize>,
     pub goal_overhead_p50_us: f64,
     pub overhead: Vec<OverheadRow>,
@@ -159,6 +162,11 @@ pub async fn run(opts: &RpcOptions) -> Result<RpcReport, RpcBenchError> {
     let engine = Arc::new(Engine::new(EngineConfig::default()));
     let frame: TensorMap = graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, 1))).collect();
 
+    let empty_call_p50_us = {
+        let mut c = EdgeClient::connect(&addr, 64 << 20).await.map_err(|e| RpcBenchError::Client(e.to_string()))?;
+        c.rtt(20).await.map_err(|e| RpcBenchError::Client(e.to_string()))?;
+        us(c.rtt(opts.frames.max(1)).await.map_err(|e| RpcBenchError::Client(e.to_string()))?)
+    };
     let mut overhead = vec![];
     for &codec in &opts.codecs {
         let client = EdgeClient::connect(&addr, 64 << 20).await.map_err(|e| RpcBenchError::Client(e.to_string()))?;
@@ -170,6 +178,7 @@ pub async fn run(opts: &RpcOptions) -> Result<RpcReport, RpcBenchError> {
     server.shutdown().await.map_err(RpcBenchError::Server)?;
     Ok(RpcReport {
         host: crate::host(),
+        empty_call_p50_us,
         boundary_shape: shape,
         goal_overhead_p50_us: 200.0,
         overhead,
@@ -329,8 +338,8 @@ impl RpcReport {
     /// A human-readable summary.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "boundary tensor f32 {:?} on loopback; per-frame overhead = wall time − server compute (goal p50 ≤ {} µs)\n",
-            self.boundary_shape, self.goal_overhead_p50_us
+            "boundary tensor f32 {:?} on loopback; per-frame overhead = wall time − server compute (goal p50 ≤ {} µs)\nempty gRPC call (ServerLive) p50: {:.0} µs\n",
+            self.boundary_shape, self.goal_overhead_p50_us, self.empty_call_p50_us
         );
         s += &format!(
             "{:<6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>9} {:>8} {:>8} {:>11}\n",
