@@ -245,3 +245,38 @@ fn parts_agree_with_onnxruntime() {
         assert!(out.contains("all parts agree"), "the cross-check did not run:\n{out}");
     }
 }
+
+#[test]
+fn bench_rpc_writes_its_report() {
+    // A smoke run: the command works end to end and its JSON has the documented fields (the
+    // numbers themselves are for `cleave bench rpc` in release, not for a test).
+    let dir = tmp();
+    let json = dir.path().join("rpc.json");
+    let o = cleave(&[
+        "bench",
+        "rpc",
+        "--frames",
+        "5",
+        "--clients",
+        "2",
+        "--seconds",
+        "0.2",
+        "--codecs",
+        "fp32,int8",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["overhead"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert_eq!(r["frames"], 5);
+        assert!(r["overhead_p50_us"].as_f64().unwrap() > 0.0);
+        assert!(r["bytes_on_wire"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(rows[0]["bytes_on_wire"], 204800, "fp32 sends the 200 KiB boundary as is");
+    assert!(rows[1]["bytes_on_wire"].as_u64().unwrap() < 60000, "int8 sends a quarter");
+    assert!(v["throughput"]["frames"].as_u64().unwrap() > 0);
+    assert_eq!(v["throughput"]["failed"], 0);
+}
