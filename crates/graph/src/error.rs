@@ -53,6 +53,10 @@ pub enum GraphError {
     #[error("{0}")]
     BadCuts(String),
 
+    /// An early-exit declaration that does not fit the model.
+    #[error("early exit: {0}")]
+    BadExit(String),
+
     /// The engine panicked on this model; reported as an error instead of crashing.
     #[error("the engine failed on this model: {0}")]
     EnginePanic(String),

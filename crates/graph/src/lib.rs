@@ -40,7 +40,9 @@ pub use cuts::Cut;
 pub use dtype::DType;
 pub use error::{GraphError, Result};
 pub use manifest::Manifest;
-pub use model::{InputShapes, ModelGraph, NodeInfo, TensorId, TensorInfo, TensorKind, TensorSpec};
+pub use model::{
+    EXITS_KEY, InputShapes, ModelGraph, NodeInfo, TensorId, TensorInfo, TensorKind, TensorSpec, parse_exit_list,
+};
 pub use opcost::OpCost;
 pub use part::{Part, Split, part_bounds};
 

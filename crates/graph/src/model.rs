@@ -154,6 +154,16 @@ pub struct ModelGraph {
     pub(crate) positions: Vec<usize>,
     /// Every tensor each ONNX node reads (explicit and captured by subgraphs), by file index.
     pub(crate) onnx_inputs: Vec<Vec<TensorId>>,
+    /// Declared early exits, in network order.
+    exits: Vec<String>,
+}
+
+/// The metadata property declaring early exits: comma-separated output names.
+pub const EXITS_KEY: &str = "cleave.exits";
+
+/// Splits a comma-separated list of names, dropping empty entries and spaces.
+pub fn parse_exit_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect()
 }
 
 const NONDETERMINISTIC: &[&str] =
@@ -303,9 +313,12 @@ impl ModelGraph {
         // depends on a graph input or on a random op. Everything else is static, whether or not
         // tract materialized its value (it does not for large `ConstantOfShape` weights).
         let all_nodes: Vec<usize> = (0..graph.node.len()).collect();
-        let all_order =
-            topological(&all_nodes, |n| node_inputs[n].iter().filter_map(|t| producer.get(t).copied()).collect())
-                .ok_or_else(|| GraphError::Malformed("the graph has a cycle".into()))?;
+        let all_order = topological(
+            &all_nodes,
+            |n| node_inputs[n].iter().filter_map(|t| producer.get(t).copied()).collect(),
+            |_| 0,
+        )
+        .ok_or_else(|| GraphError::Malformed("the graph has a cycle".into()))?;
         let mut depends = vec![false; tensors.len()];
         for &id in &input_ids {
             depends[id] = true;
@@ -379,17 +392,21 @@ impl ModelGraph {
             }
         }
 
-        // Execution order of live nodes: Kahn's algorithm, ties broken by file order.
+        // Execution order of live nodes: Kahn's algorithm. Among ready nodes, the one serving the
+        // cheapest model output goes first (so an early exit is computed as soon as its branch
+        // can be, and a head that reaches it can stop there), then file order.
         let live: Vec<usize> = (0..graph.node.len()).filter(|&n| live_node[n]).collect();
-        let order = topological(&live, |n| {
+        let live_deps = |n: usize| -> Vec<usize> {
             node_inputs[n]
                 .iter()
                 .filter(|&&t| !is_static(t))
                 .filter_map(|t| producer.get(t).copied())
                 .filter(|&p| live_node[p])
                 .collect()
-        })
-        .ok_or_else(|| GraphError::Malformed("the graph has a cycle".into()))?;
+        };
+        let rank = output_rank(graph.node.len(), &output_ids, |t| producer.get(&t).copied(), &live_deps);
+        let order = topological(&live, live_deps, |n| rank[n])
+            .ok_or_else(|| GraphError::Malformed("the graph has a cycle".into()))?;
 
         // Static tensors independent of the inputs are rebuilt inside parts from the nodes that
         // compute them; the others (shape arithmetic) are written as their analysed value.
@@ -446,9 +463,60 @@ impl ModelGraph {
             materialized,
             positions: vec![],
             onnx_inputs: node_inputs,
+            exits: vec![],
         };
         graph.positions = graph.candidate_positions();
+        let declared = graph.metadata().get(EXITS_KEY).map(|v| parse_exit_list(v)).unwrap_or_default();
+        graph.set_exits(declared)?;
         Ok(graph)
+    }
+
+    /// The model's early exits, in network order: outputs a device may answer with when it is
+    /// confident enough, before the final output exists. Declared by the metadata property
+    /// `cleave.exits` (comma-separated output names) or set with [`ModelGraph::set_exits`].
+    pub fn exits(&self) -> &[String] {
+        &self.exits
+    }
+
+    /// Declares the early exits (replacing the model's own declaration): each must be a model
+    /// output of a floating-point type other than the last one computed. Stored in the
+    /// model's metadata too, so parts and exports carry it.
+    pub fn set_exits(&mut self, names: Vec<String>) -> Result<()> {
+        let outputs = self.outputs();
+        let last_output = outputs
+            .iter()
+            .max_by_key(|o| self.tensor_id(&o.name).and_then(|t| self.producer_pos[t]))
+            .map(|o| o.name.clone());
+        let mut exits: Vec<(usize, String)> = vec![];
+        for name in names {
+            let Some(spec) = outputs.iter().find(|o| o.name == name) else {
+                return Err(GraphError::BadExit(format!(
+                    "`{name}` is not an output of this model (outputs: {})",
+                    outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            };
+            if !spec.dtype.is_float() {
+                return Err(GraphError::BadExit(format!("`{name}` is {}, not scores or probabilities", spec.dtype)));
+            }
+            if last_output.as_deref() == Some(name.as_str()) {
+                return Err(GraphError::BadExit(format!(
+                    "`{name}` is the model's last output, so it is the final answer, not an early exit"
+                )));
+            }
+            if exits.iter().any(|(_, n)| *n == name) {
+                return Err(GraphError::BadExit(format!("`{name}` is named twice")));
+            }
+            let birth = self.tensor_id(&name).map(|t| self.birth(t)).unwrap_or(0);
+            exits.push((birth, name));
+        }
+        exits.sort();
+        self.exits = exits.into_iter().map(|(_, n)| n).collect();
+        let value = self.exits.join(",");
+        self.proto.metadata_props.retain(|p| p.key != EXITS_KEY);
+        if !value.is_empty() {
+            self.proto.metadata_props.push(pb::StringStringEntryProto { key: EXITS_KEY.into(), value });
+        }
+        Ok(())
     }
 
     /// Hex SHA-256 of the model bytes.
@@ -707,9 +775,43 @@ pub(crate) fn node_name(node: &pb::NodeProto, ix: usize) -> String {
     if node.name.is_empty() { format!("{}_{ix}", node.op_type) } else { node.name.clone() }
 }
 
-/// Kahn's algorithm over `nodes` (ONNX indices), ties broken by file order; `deps(n)` lists the
-/// nodes `n` reads from (others are ignored). `None` on a cycle.
-fn topological(nodes: &[usize], deps: impl Fn(usize) -> Vec<usize>) -> Option<Vec<usize>> {
+/// For each node (ONNX index), the number of nodes that the cheapest model output it
+/// contributes to depends on (`usize::MAX` for nodes no output needs). With one output every
+/// node gets the same rank; with an early exit, the exit's branch ranks before the trunk after it.
+fn output_rank(
+    nodes: usize,
+    outputs: &[TensorId],
+    producer: impl Fn(TensorId) -> Option<usize>,
+    deps: impl Fn(usize) -> Vec<usize>,
+) -> Vec<usize> {
+    let mut rank = vec![usize::MAX; nodes];
+    for &o in outputs {
+        let Some(start) = producer(o) else { continue };
+        let mut seen = vec![false; nodes];
+        let mut stack = vec![start];
+        let mut members = vec![];
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut seen[n], true) {
+                continue;
+            }
+            members.push(n);
+            stack.extend(deps(n));
+        }
+        for &n in &members {
+            rank[n] = rank[n].min(members.len());
+        }
+    }
+    rank
+}
+
+/// Kahn's algorithm over `nodes` (ONNX indices); among ready nodes the lowest `(priority(n), n)`
+/// goes first, so equal priorities keep file order. `deps(n)` lists the nodes `n` reads from
+/// (others are ignored). `None` on a cycle.
+fn topological(
+    nodes: &[usize],
+    deps: impl Fn(usize) -> Vec<usize>,
+    priority: impl Fn(usize) -> usize,
+) -> Option<Vec<usize>> {
     let members: HashSet<usize> = nodes.iter().copied().collect();
     let mut indegree: HashMap<usize, usize> = HashMap::new();
     let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -722,16 +824,16 @@ fn topological(nodes: &[usize], deps: impl Fn(usize) -> Vec<usize>) -> Option<Ve
             dependents.entry(p).or_default().push(n);
         }
     }
-    let mut ready: BinaryHeap<std::cmp::Reverse<usize>> =
-        nodes.iter().filter(|n| indegree[n] == 0).map(|&n| std::cmp::Reverse(n)).collect();
+    let mut ready: BinaryHeap<std::cmp::Reverse<(usize, usize)>> =
+        nodes.iter().filter(|n| indegree[n] == 0).map(|&n| std::cmp::Reverse((priority(n), n))).collect();
     let mut order = Vec::with_capacity(nodes.len());
-    while let Some(std::cmp::Reverse(n)) = ready.pop() {
+    while let Some(std::cmp::Reverse((_, n))) = ready.pop() {
         order.push(n);
         for &d in dependents.get(&n).map(|v| v.as_slice()).unwrap_or(&[]) {
             let e = indegree.get_mut(&d).expect("dependent is a member");
             *e -= 1;
             if *e == 0 {
-                ready.push(std::cmp::Reverse(d));
+                ready.push(std::cmp::Reverse((priority(d), d)));
             }
         }
     }
