@@ -39,6 +39,7 @@ enum Command {
     Plan(cmd::plan::Args),
     Serve(cmd::serve::Args),
     Run(cmd::run::Args),
+    Calibrate(cmd::calibrate::Args),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     };
     match result {

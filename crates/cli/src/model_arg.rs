@@ -19,6 +19,12 @@ pub struct ModelArgs {
     /// dimension defaults to 1; any other symbolic dimension must be pinned.
     #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = parse_shape)]
     pub shapes: Vec<(String, Vec<usize>)>,
+
+    /// Declare the model's early-exit outputs (comma-separated, e.g. `--exits exit_1,exit_2`),
+    /// replacing its `cleave.exits` metadata. An exit is an output a device may answer with
+    /// when it is confident, before the final output is computed.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub exits: Option<Vec<String>>,
 }
 
 fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
@@ -49,7 +55,11 @@ impl ModelArgs {
                 (DEFAULT_MODEL.to_vec(), DEFAULT_MODEL_NAME.to_string())
             }
         };
-        let graph = ModelGraph::from_bytes(&bytes, &self.input_shapes()).with_context(|| format!("model {source}"))?;
+        let mut graph =
+            ModelGraph::from_bytes(&bytes, &self.input_shapes()).with_context(|| format!("model {source}"))?;
+        if let Some(exits) = &self.exits {
+            graph.set_exits(exits.clone()).with_context(|| format!("--exits for model {source}"))?;
+        }
         Ok(Loaded { graph, source, bytes })
     }
 }

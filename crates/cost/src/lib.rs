@@ -16,7 +16,7 @@ pub mod link;
 pub mod predict;
 pub mod profile;
 
-pub use calibration::{Calibration, CutCodecAccuracy, ExitCalibration, ThresholdPoint};
+pub use calibration::{Calibration, CutCodecAccuracy, ExitCalibration, ThresholdPoint, argmax, confidence};
 pub use energy::EnergyModel;
 pub use link::{Link, parse_bandwidth, parse_bytes, parse_duration_ms};
 pub use predict::{Predictor, SegmentFeatures};

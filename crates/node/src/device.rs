@@ -34,6 +34,14 @@ pub struct DeviceConfig {
     pub check: bool,
 }
 
+/// "Answer with exit `name` when its confidence (largest softmax probability) is at least
+/// `threshold`; otherwise go on."
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitPolicy {
+    pub name: String,
+    pub threshold: f64,
+}
+
 /// Where a frame's answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -42,6 +50,8 @@ pub enum FrameStatus {
     Remote,
     /// Everything on the device (the plan said so).
     Device,
+    /// The device answered at an early exit; nothing was sent.
+    EarlyExit,
     /// The server failed; the device computed the tail.
     LocalFallback,
 }
@@ -72,6 +82,8 @@ pub struct FrameRecord {
     pub batch: Option<i64>,
     pub total_ms: f64,
     pub status: FrameStatus,
+    /// With an exit policy: the exit's confidence on this frame.
+    pub exit_confidence: Option<f64>,
     pub error: Option<String>,
     pub check: Option<FrameCheck>,
 }
@@ -91,6 +103,18 @@ pub struct Device {
     config: DeviceConfig,
     boundary: Vec<TensorSpec>,
     model_outputs: Vec<String>,
+    /// Answer at an early exit when it is confident enough ([`Device::with_exit`]).
+    exit: Option<ExitPolicy>,
+    /// The cut right after that exit.
+    exit_cut: Option<usize>,
+}
+
+/// What the head gives.
+enum Head {
+    /// The exit was confident: the frame is answered.
+    Exited(TensorMap, f64),
+    /// Go on, with the exit's confidence when there is a policy.
+    Continue(TensorMap, Option<f64>),
 }
 
 impl Device {
@@ -106,7 +130,35 @@ impl Device {
             return Err("a cut before the last needs a server (--edge)".into());
         }
         let model_outputs = graph.outputs().into_iter().map(|s| s.name).collect();
-        Ok(Device { engine, graph, client, config, boundary: cut.tensors, model_outputs })
+        Ok(Device { engine, graph, client, config, boundary: cut.tensors, model_outputs, exit: None, exit_cut: None })
+    }
+
+    /// Answers at an early exit when its confidence reaches the policy's threshold: the head
+    /// runs up to the exit, and goes on (and offloads) only when the exit is not sure enough.
+    /// The exit must be computed at or before the device's cut.
+    pub fn with_exit(mut self, policy: Option<ExitPolicy>) -> Result<Device, String> {
+        let (graph, config) = (&self.graph, &self.config);
+        self.exit_cut = match &policy {
+            None => None,
+            Some(p) => {
+                if !(0.0..=1.0).contains(&p.threshold) {
+                    return Err(format!("exit threshold {} is outside 0..1", p.threshold));
+                }
+                if !graph.outputs().iter().any(|o| o.name == p.name) {
+                    return Err(format!("`{}` is not an output of this model", p.name));
+                }
+                let e = graph.first_cut_after(&p.name).ok_or_else(|| format!("`{}` is never computed", p.name))?;
+                if e > config.cut {
+                    return Err(format!(
+                        "exit `{}` is computed after cut {e}, but the device stops at cut {}: choose a cut ≥ {e}",
+                        p.name, config.cut
+                    ));
+                }
+                Some(e)
+            }
+        };
+        self.exit = policy;
+        Ok(self)
     }
 
     /// Runs every frame and returns them in order.
@@ -125,7 +177,12 @@ impl Device {
             let head_ms = t0.elapsed().as_secs_f64() * 1e3;
             tasks.spawn(async move {
                 let out = match head {
-                    Ok(Ok(env)) => me.finish(k, inputs, env, t0, head_ms).await,
+                    Ok(Ok(Head::Exited(env, confidence))) => me.exited(k, &inputs, &env, confidence, t0, head_ms),
+                    Ok(Ok(Head::Continue(env, confidence))) => {
+                        let mut out = me.finish(k, inputs, env, t0, head_ms).await;
+                        out.record.exit_confidence = confidence;
+                        out
+                    }
                     Ok(Err(e)) => me.failed(k, t0, head_ms, e),
                     Err(e) => me.failed(k, t0, head_ms, e.to_string()),
                 };
@@ -138,14 +195,38 @@ impl Device {
         out
     }
 
-    /// Runs the head: the model inputs plus everything the head computes.
-    fn head(&self, inputs: &TensorMap) -> Result<TensorMap, String> {
+    /// Runs the head: the model inputs plus everything the head computes. With an exit policy
+    /// the head stops right after the exit, and goes on only when the exit is not confident.
+    fn head(&self, inputs: &TensorMap) -> Result<Head, String> {
         let mut env = inputs.clone();
-        if self.config.cut > 0 {
-            let part = self.engine.part(&self.graph, 0, self.config.cut).map_err(|e| e.to_string())?;
-            env.extend(self.engine.run(&part, inputs).map_err(|e| e.to_string())?);
+        let run = |env: &mut TensorMap, from: usize, to: usize| -> Result<(), String> {
+            if from < to {
+                let part = self.engine.part(&self.graph, from, to).map_err(|e| e.to_string())?;
+                let out = self.engine.run(&part, env).map_err(|e| e.to_string())?;
+                env.extend(out);
+            }
+            Ok(())
+        };
+        let (Some(policy), Some(e)) = (&self.exit, self.exit_cut) else {
+            run(&mut env, 0, self.config.cut)?;
+            return Ok(Head::Continue(env, None));
+        };
+        run(&mut env, 0, e)?;
+        let t = env.get(&policy.name).ok_or_else(|| format!("the head did not produce exit `{}`", policy.name))?;
+        let scores: Vec<f32> = t
+            .cast_to::<f32>()
+            .map_err(|e| e.to_string())?
+            .to_plain_array_view::<f32>()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .copied()
+            .collect();
+        let confidence = cleave_cost::confidence(&scores);
+        if confidence >= policy.threshold {
+            return Ok(Head::Exited(env, confidence));
         }
-        Ok(env)
+        run(&mut env, e, self.config.cut)?;
+        Ok(Head::Continue(env, Some(confidence)))
     }
 
     fn tail_locally(&self, env: &TensorMap) -> Result<TensorMap, String> {
@@ -171,6 +252,7 @@ impl Device {
             batch: None,
             total_ms: 0.0,
             status: FrameStatus::Device,
+            exit_confidence: None,
             error: None,
             check: None,
         }
@@ -184,6 +266,29 @@ impl Device {
             ..self.record(frame, head_ms)
         };
         FrameOutput { record, outputs: TensorMap::new() }
+    }
+
+    /// A frame answered at the exit.
+    fn exited(
+        &self,
+        frame: usize,
+        inputs: &TensorMap,
+        env: &TensorMap,
+        confidence: f64,
+        t0: Instant,
+        head_ms: f64,
+    ) -> FrameOutput {
+        let outputs = self.model_outputs_of(env);
+        let mut record = FrameRecord {
+            status: FrameStatus::EarlyExit,
+            exit_confidence: Some(confidence),
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..self.record(frame, head_ms)
+        };
+        if self.config.check {
+            record.check = self.check(inputs, &outputs, None);
+        }
+        FrameOutput { record, outputs }
     }
 
     /// The request carrying the tensors crossing the cut.
@@ -282,6 +387,12 @@ impl Device {
                 .map(|(n, t)| a.get(n).map(|x| relative_error(x, t).unwrap_or(f64::INFINITY)).unwrap_or(f64::INFINITY))
                 .fold(0.0, f64::max)
         };
+        // An early-exited frame answers with what the head computed: compare those outputs.
+        let whole: TensorMap = if outputs.len() < self.model_outputs.len() && sent.is_none() {
+            whole.into_iter().filter(|(n, _)| outputs.contains_key(n)).collect()
+        } else {
+            whole
+        };
         let vs_whole = worst(outputs, &whole);
         let (mut vs_local_tail, mut bound_ratio) = (0.0, 0.0);
         if let Some((req, env)) = sent {
@@ -331,6 +442,7 @@ pub struct RunSummary {
     pub remote: usize,
     pub local_fallback: usize,
     pub device_only: usize,
+    pub early_exit: usize,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub mean_ms: f64,
@@ -356,6 +468,7 @@ impl RunSummary {
             remote: count(FrameStatus::Remote),
             local_fallback: count(FrameStatus::LocalFallback),
             device_only: count(FrameStatus::Device),
+            early_exit: count(FrameStatus::EarlyExit),
             p50_ms: q(0.5),
             p95_ms: q(0.95),
             mean_ms: if totals.is_empty() { 0.0 } else { totals.iter().sum::<f64>() / totals.len() as f64 },

@@ -11,5 +11,5 @@ pub mod device;
 pub mod server;
 
 pub use client::{ClientError, EdgeClient};
-pub use device::{Device, DeviceConfig, FrameOutput, FrameRecord, FrameStatus, RunSummary};
+pub use device::{Device, DeviceConfig, ExitPolicy, FrameOutput, FrameRecord, FrameStatus, RunSummary};
 pub use server::{RunningServer, ServerConfig};

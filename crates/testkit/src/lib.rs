@@ -13,6 +13,8 @@ use cleave_graph::build::SeededNormal;
 use cleave_graph::{DType, InputShapes, ModelGraph, pb};
 use prost::Message;
 
+pub mod textlines;
+
 /// The `shared/` data directory: `$CLEAVE_SHARED`, else `../shared` beside the workspace.
 /// `Err` carries a reason to print when skipping.
 pub fn shared_dir() -> Result<PathBuf, String> {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use cleave_codec::Codec;
 use cleave_cost::{Calibration, EnergyModel, Link, Profile, parse_bandwidth, parse_bytes, parse_duration_ms};
+use cleave_graph::ModelGraph;
 use cleave_plan::{Conditions, Constraints, Objective, Plan, Problem, ProblemBuilder, alternatives, plan};
 use serde_json::json;
 
@@ -154,7 +155,23 @@ fn duration(s: &str) -> Result<f64, String> {
 fn bytes(s: &str) -> Result<u64, String> {
     parse_bytes(s).map_err(|e| e.to_string())
 }
-fn fraction(s: &str) -> Result<f64, String> {
+/// Reads a calibration (`cleave calibrate -o`) and checks it was measured on `graph`.
+pub(crate) fn read_calibration(path: &std::path::Path, graph: &ModelGraph) -> Result<Calibration> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("cannot read calibration {}", path.display()))?;
+    let c = Calibration::from_json(&s).with_context(|| format!("calibration {}", path.display()))?;
+    if c.model_sha256 != graph.sha256() {
+        bail!(
+            "calibration {} was measured on another model (sha256 {}…, this model is {}…)",
+            path.display(),
+            &c.model_sha256[..12.min(c.model_sha256.len())],
+            &graph.sha256()[..12]
+        );
+    }
+    Ok(c)
+}
+
+/// A percentage (`1%`) or a fraction (`0.01`) in 0..1.
+pub(crate) fn fraction(s: &str) -> Result<f64, String> {
     let t = s.trim();
     let v = match t.strip_suffix('%') {
         Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
@@ -212,21 +229,7 @@ pub fn run(args: Args) -> Result<()> {
     if cloud.is_some() && !three_tier {
         bail!("a cloud tier needs --cloud-uplink (the edge → cloud bandwidth)");
     }
-    let calibration = match &args.calibration {
-        Some(p) => {
-            let s = std::fs::read_to_string(p).with_context(|| format!("cannot read calibration {}", p.display()))?;
-            let c = Calibration::from_json(&s).with_context(|| format!("calibration {}", p.display()))?;
-            if c.model_sha256 != graph.sha256() {
-                bail!(
-                    "calibration {} was measured on another model (sha256 {})",
-                    p.display(),
-                    &c.model_sha256[..12.min(c.model_sha256.len())]
-                );
-            }
-            Some(c)
-        }
-        None => None,
-    };
+    let calibration = args.calibration.as_deref().map(|p| read_calibration(p, graph)).transpose()?;
     let codecs = match &args.codecs {
         Some(c) if c.is_empty() => bail!("--codecs needs at least one codec"),
         Some(c) => c.clone(),
@@ -370,7 +373,7 @@ fn describe(p: &Plan, last: usize) -> String {
 
 #[allow(clippy::too_many_arguments)]
 fn print_plan(
-    graph: &cleave_graph::ModelGraph,
+    graph: &ModelGraph,
     problem: &Problem,
     best: &Plan,
     device: &Profile,

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use cleave_codec::{Codec, EncodeOptions};
 use cleave_cost::Link;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
-use cleave_node::{Device, DeviceConfig, EdgeClient, FrameStatus, RunSummary};
-use cleave_plan::{Conditions, ProblemBuilder, plan};
+use cleave_node::{Device, DeviceConfig, EdgeClient, ExitPolicy, FrameStatus, RunSummary};
+use cleave_plan::{Conditions, Constraints, ProblemBuilder, plan};
 use serde_json::json;
 
 use crate::model_arg::ModelArgs;
@@ -24,10 +24,17 @@ use crate::output::{human_bytes, table};
 /// the previous frame is on the network. If a request fails, the device computes the tail itself
 /// and says so. `--cut auto` measures the link (RTT and an upload probe) and asks the planner.
 ///
+/// Early exits: with `--exit NAME --exit-threshold T` the head runs up to the exit and the
+/// device answers there, sending nothing, when the exit's confidence (largest softmax
+/// probability) reaches T. With `--cut auto --calibration calib.json` (from `cleave calibrate`)
+/// the planner picks the exit, its threshold and the codec too, keeping the measured accuracy
+/// loss within `--max-accuracy-drop`.
+///
 /// Examples:
 ///   cleave serve --model tiny=models/tiny_resnet.onnx &
 ///   cleave run models/tiny_resnet.onnx --model-name tiny --edge 127.0.0.1:8001 --cut 5 --codec int8
 ///   cleave run model.onnx --edge edge:8001 --cut auto --frames 100 --json
+///   cleave run digits.onnx --edge edge:8001 --cut auto --calibration calib.json --max-accuracy-drop 0.5%
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -91,6 +98,24 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub device_profile: Option<PathBuf>,
 
+    /// Answer at this early-exit output when it is confident (needs --exit-threshold).
+    #[arg(long, value_name = "NAME", requires = "exit_threshold")]
+    pub exit: Option<String>,
+
+    /// Confidence (largest softmax probability, 0..1) at which --exit answers.
+    #[arg(long, value_name = "T", requires = "exit")]
+    pub exit_threshold: Option<f64>,
+
+    /// With --cut auto: measured accuracy costs (`cleave calibrate -o`), so the planner may use
+    /// exits and 4/2-bit codecs within --max-accuracy-drop.
+    #[arg(long, value_name = "PATH")]
+    pub calibration: Option<PathBuf>,
+
+    /// With --cut auto: the largest accuracy loss allowed, e.g. 0.5% (without --calibration,
+    /// only codecs of 8 bits or more and no exits).
+    #[arg(long, value_parser = crate::cmd::plan::fraction)]
+    pub max_accuracy_drop: Option<f64>,
+
     /// Also run local references and report differences per frame.
     #[arg(long)]
     pub check: bool,
@@ -123,7 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         if !client.model_ready(&model_name).await.with_context(|| format!("asking {} about model `{model_name}`", args.edge))? {
             bail!("the server at {} does not serve model `{model_name}` (set --model-name)", args.edge);
         }
-        let (cut, codec, why) = choose(&args, &graph, &mut client, &model_name).await?;
+        let (cut, codec, exit, why) = choose(&args, &graph, &mut client, &model_name).await?;
         if !args.json {
             eprintln!("{why}");
         }
@@ -135,7 +160,10 @@ pub fn run(args: Args) -> Result<()> {
             timeout: Some(args.timeout),
             check: args.check,
         };
-        let device = Arc::new(Device::new(engine, graph.clone(), Some(client), config).map_err(anyhow::Error::msg)?);
+        let device = Device::new(engine, graph.clone(), Some(client), config)
+            .and_then(|d| d.with_exit(exit.clone()))
+            .map_err(anyhow::Error::msg)?;
+        let device = Arc::new(device);
         let t0 = Instant::now();
         let results = device.run(frames).await;
         let summary = RunSummary::of(&results, t0.elapsed());
@@ -148,6 +176,7 @@ pub fn run(args: Args) -> Result<()> {
                 "edge": args.edge,
                 "cut": cut,
                 "codec": codec,
+                "exit": exit.as_ref().map(|e| json!({"name": e.name, "threshold": e.threshold})),
                 "decision": why,
                 "summary": summary,
                 "frames": results.iter().map(|f| &f.record).collect::<Vec<_>>(),
@@ -166,6 +195,7 @@ pub fn run(args: Args) -> Result<()> {
                 match r.status {
                     FrameStatus::Remote => "remote".into(),
                     FrameStatus::Device => "device".into(),
+                    FrameStatus::EarlyExit => format!("exit ({:.3})", r.exit_confidence.unwrap_or(0.0)),
                     FrameStatus::LocalFallback => format!("LOCAL ({})", r.error.as_deref().unwrap_or("?")),
                 },
                 human_bytes(r.bytes_up),
@@ -182,9 +212,10 @@ pub fn run(args: Args) -> Result<()> {
         }
         println!("{t}");
         println!(
-            "{} frames: {} remote, {} local fallback, {} device-only; latency p50 {:.2} ms, p95 {:.2} ms; {:.1} frames/s; sent {}",
+            "{} frames: {} remote, {} early exit, {} local fallback, {} device-only; latency p50 {:.2} ms, p95 {:.2} ms; {:.1} frames/s; sent {}",
             summary.frames,
             summary.remote,
+            summary.early_exit,
             summary.local_fallback,
             summary.device_only,
             summary.p50_ms,
@@ -220,20 +251,30 @@ fn frames(args: &Args, graph: &cleave_graph::ModelGraph) -> Result<Vec<TensorMap
     Ok(vec![inputs; args.frames.max(1)])
 }
 
-/// The cut and codec: given, or planned from the measured link.
+/// The cut, codec and exit policy: given, or planned from the measured link.
 async fn choose(
     args: &Args,
     graph: &cleave_graph::ModelGraph,
     client: &mut EdgeClient,
     model: &str,
-) -> Result<(usize, Codec, String)> {
+) -> Result<(usize, Codec, Option<ExitPolicy>, String)> {
+    let given_exit = match (&args.exit, args.exit_threshold) {
+        (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
+        _ => None,
+    };
     if args.cut != "auto" {
         let cut: usize =
             args.cut.parse().with_context(|| format!("--cut `{}` is neither a cut index nor `auto`", args.cut))?;
         graph.check_cut(cut)?;
+        if args.calibration.is_some() || args.max_accuracy_drop.is_some() {
+            bail!(
+                "--calibration and --max-accuracy-drop guide --cut auto; with a fixed --cut, choose --codec and --exit yourself"
+            );
+        }
         let codec = args.codec.unwrap_or(Codec::Fp32);
-        return Ok((cut, codec, format!("cut {cut}, codec {codec} (as given)")));
+        return Ok((cut, codec, given_exit, format!("cut {cut}, codec {codec} (as given)")));
     }
+    let calibration = args.calibration.as_deref().map(|p| crate::cmd::plan::read_calibration(p, graph)).transpose()?;
     // Measure: RTT from health calls, uplink from a probe the server answers without computing.
     let rtt = client.rtt(5).await?;
     let probe_bytes = 256 * 1024;
@@ -248,20 +289,34 @@ async fn choose(
         Some(p) => crate::cmd::profile::read_profile(p, graph)?,
         None => device.scaled(1.0 / args.server_speedup.max(1e-9), "server"),
     };
-    let mut builder = ProblemBuilder::new(graph, &device).server(server);
-    if let Some(c) = args.codec {
-        builder = builder.codecs(vec![c]);
-    }
-    let problem = builder.build();
+    let codecs = match args.codec {
+        Some(c) => vec![c],
+        None if calibration.is_some() => Codec::FEATURE.to_vec(),
+        None => Codec::UNCALIBRATED_DEFAULT.to_vec(),
+    };
+    let constraints = Constraints { max_accuracy_drop: args.max_accuracy_drop, ..Default::default() };
+    let problem = ProblemBuilder::new(graph, &device)
+        .server(server)
+        .codecs(codecs)
+        .calibration(calibration.as_ref())
+        .constraints(constraints)
+        .build();
     let link = Link::symmetric(up_bps, rtt.as_secs_f64() * 1e3);
     let best = plan(&problem, &Conditions::two_tier(link))?;
     let codec = best.codecs.first().copied().unwrap_or(args.codec.unwrap_or(Codec::Fp32));
+    let planned_exit = match (&best.exit, best.exit_threshold) {
+        (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
+        _ => None,
+    };
+    let exit = given_exit.or(planned_exit);
     let why = format!(
-        "measured RTT {:.2} ms and uplink {:.1} Mbit/s; the planner chose cut {} with {codec} (predicted {:.2} ms)",
+        "measured RTT {:.2} ms and uplink {:.1} Mbit/s; the planner chose cut {} with {codec}{} (predicted {:.2} ms, accuracy drop {:.2}%)",
         rtt.as_secs_f64() * 1e3,
         up_bps / 1e6,
         best.cuts[0],
-        best.predicted.total_ms
+        exit.as_ref().map(|e| format!(", exit {} at confidence ≥ {}", e.name, e.threshold)).unwrap_or_default(),
+        best.predicted.total_ms,
+        best.predicted.accuracy_drop * 100.0,
     );
-    Ok((best.cuts[0], codec, why))
+    Ok((best.cuts[0], codec, exit, why))
 }
