@@ -125,3 +125,84 @@ where
     }
     Ok(())
 }
+
+/// One exit's policy curve: (exit rate, accuracy) points, by increasing threshold.
+pub struct ExitCurve {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Exit rate (x, %) against the policy's accuracy (y, %), one line per exit, with the final
+/// output's accuracy as a horizontal reference; into `path` (.png or .svg).
+pub fn exit_curves(path: &Path, caption: &str, curves: &[ExitCurve], baseline: f64) -> Result<()> {
+    register_font();
+    let size = (900, 560);
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            draw_curves(&root, caption, curves, baseline)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        Some("svg") => {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            draw_curves(&root, caption, curves, baseline)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        _ => bail!("--plot {}: use a .png or .svg file name", path.display()),
+    }
+    Ok(())
+}
+
+fn draw_curves<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    caption: &str,
+    curves: &[ExitCurve],
+    baseline: f64,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plot: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let lowest = curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)).fold(baseline, f64::min);
+    // Zoom on the interesting band: a little below the worst policy, a little above the best.
+    let y_lo = ((lowest * 100.0 - 0.5).floor()).max(0.0);
+    let y_hi = ((baseline * 100.0 + 0.5).ceil()).min(100.0).max(y_lo + 1.0);
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..100f64, y_lo..y_hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("frames answered at the exit (%)")
+        .y_desc("accuracy of the policy (%)")
+        .draw()
+        .map_err(err)?;
+    let b = baseline * 100.0;
+    chart
+        .draw_series(std::iter::once(PathElement::new(vec![(0.0, b), (100.0, b)], BLACK.stroke_width(1))))
+        .map_err(err)?
+        .label(format!("final output alone ({b:.2}%)"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(1)));
+    for (i, c) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64)> = c.points.iter().map(|&(r, a)| (r * 100.0, a * 100.0)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(format!("exit {}", c.name))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerLeft)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}

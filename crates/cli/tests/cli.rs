@@ -280,3 +280,83 @@ fn bench_rpc_writes_its_report() {
     assert!(v["throughput"]["frames"].as_u64().unwrap() > 0);
     assert_eq!(v["throughput"]["failed"], 0);
 }
+
+fn digits_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/digits")
+}
+
+#[test]
+fn calibrate_reports_exits_thresholds_and_cut_codec_accuracy() {
+    let d = digits_dir();
+    let dir = tmp();
+    let json = dir.path().join("c.json");
+    let md = dir.path().join("c.md");
+    let o = cleave(&[
+        "calibrate",
+        d.join("digits_exits.onnx").to_str().unwrap(),
+        "--data",
+        d.join("test.npz").to_str().unwrap(),
+        "--limit",
+        "60",
+        "--cuts",
+        "7,15",
+        "--codecs",
+        "int8,int2",
+        "--quiet",
+        "-o",
+        json.to_str().unwrap(),
+        "--markdown",
+        md.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["format"], "cleave-calibration/1");
+    assert_eq!(v["samples"], 60);
+    let base = v["baseline_accuracy"].as_f64().unwrap();
+    assert!(base > 0.9, "the trained model classifies digits: {base}");
+    for e in v["exits"].as_array().unwrap() {
+        let a = e["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a) && a > 0.8, "{e}");
+        let points = e["thresholds"].as_array().unwrap();
+        // A higher threshold never exits more often.
+        let rates: Vec<f64> = points.iter().map(|p| p["exit_rate"].as_f64().unwrap()).collect();
+        assert!(rates.windows(2).all(|w| w[0] >= w[1]), "{rates:?}");
+    }
+    let cuts = v["cuts"].as_array().unwrap();
+    assert_eq!(cuts.len(), 4);
+    let bytes = |cut: u64, codec: &str| {
+        cuts.iter().find(|e| e["cut"] == cut && e["codec"] == codec).unwrap()["bytes"].as_u64().unwrap()
+    };
+    assert_eq!(bytes(7, "int8"), 4 * bytes(7, "int2"));
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(table.contains("`exit_1` (exit)") && table.contains("| threshold | exit rate |"), "{table}");
+    assert!(stdout(&o).contains("final output with the features at each cut"));
+}
+
+#[test]
+fn regression_calibration_data_without_labels_is_a_clean_error() {
+    let dir = tmp();
+    let npz = dir.path().join("x.npz");
+    let x = cleave_data::Tensor::from_shape(&[2, 1, 28, 28], &[0f32; 2 * 784]).unwrap();
+    cleave_data::npz::write(std::fs::File::create(&npz).unwrap(), &[("x", &x)], false).unwrap();
+    let model = digits_dir().join("digits_exits.onnx");
+    let o = cleave(&["calibrate", model.to_str().unwrap(), "--data", npz.to_str().unwrap()]);
+    assert_clean_error(&o, "no `y` array");
+    // Samples of the wrong size name both shapes.
+    let y = cleave_data::Tensor::from_shape(&[2], &[1i64, 2]).unwrap();
+    let x = cleave_data::Tensor::from_shape(&[2, 3, 3], &[0f32; 18]).unwrap();
+    cleave_data::npz::write(std::fs::File::create(&npz).unwrap(), &[("x", &x), ("y", &y)], false).unwrap();
+    let o = cleave(&["calibrate", model.to_str().unwrap(), "--data", npz.to_str().unwrap()]);
+    assert_clean_error(&o, "[3, 3]");
+    // Not an archive at all.
+    std::fs::write(&npz, b"hello").unwrap();
+    let o = cleave(&["calibrate", model.to_str().unwrap(), "--data", npz.to_str().unwrap()]);
+    assert_clean_error(&o, "not a usable .npz");
+}
+
+#[test]
+fn regression_unknown_exit_name_is_a_clean_error() {
+    let model = digits_dir().join("digits_exits.onnx");
+    let o = cleave(&["inspect", model.to_str().unwrap(), "--exits", "exit_9"]);
+    assert_clean_error(&o, "`exit_9` is not an output");
+}

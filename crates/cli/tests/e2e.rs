@@ -201,3 +201,137 @@ fn run_against_a_dead_server_is_a_clean_error() {
     assert!(err.starts_with("error: ") && err.contains("cannot reach"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The committed early-exit digits model and its held-out digits.
+fn digits() -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/digits");
+    (root.join("digits_exits.onnx"), root.join("test.npz"))
+}
+
+/// Held-out digit `i` as a model input `.npy`.
+fn digit_npy(data: &Path, i: usize, dir: &Path) -> PathBuf {
+    let set = cleave_data::Labelled::from_npz(std::fs::File::open(data).unwrap()).unwrap();
+    let x = set.sample(i, &[1, 1, 28, 28], cleave_data::DatumType::F32).unwrap();
+    let path = dir.join(format!("digit{i}.npy"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    cleave_data::npy::write(&mut f, &x).unwrap();
+    path
+}
+
+/// The accuracy a plan loses according to the calibration file (exit policy + cut × codec).
+fn calibrated_drop(cal: &Value, v: &Value, last_cut: usize) -> f64 {
+    let base = cal["baseline_accuracy"].as_f64().unwrap();
+    let mut drop = 0.0;
+    if let Some(exit) = v["exit"].as_object() {
+        let e = cal["exits"].as_array().unwrap().iter().find(|e| e["name"] == exit["name"]).unwrap();
+        let p = e["thresholds"].as_array().unwrap().iter().find(|p| p["threshold"] == exit["threshold"]).unwrap();
+        drop += (base - p["accuracy"].as_f64().unwrap()).max(0.0);
+    }
+    let cut = v["cut"].as_u64().unwrap() as usize;
+    let codec = v["codec"].as_str().unwrap();
+    if cut < last_cut && codec != "fp32" {
+        let e = cal["cuts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cut"] == cut && e["codec"] == codec)
+            .unwrap_or_else(|| panic!("the planner chose cut {cut} {codec}, which was not calibrated"));
+        drop += (base - e["accuracy"].as_f64().unwrap()).max(0.0);
+    }
+    drop
+}
+
+#[test]
+fn digits_auto_plan_honours_the_accuracy_budget_and_exits_early() {
+    let (model, data) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib.json");
+    let out = cleave()
+        .arg("calibrate")
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .args(["--limit", "300", "--cuts", "0,3,7,11,15,19", "--quiet", "-o"])
+        .arg(&calib)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "calibrate: {}", String::from_utf8_lossy(&out.stderr));
+    let cal: Value = serde_json::from_str(&std::fs::read_to_string(&calib).unwrap()).unwrap();
+    assert_eq!(cal["samples"], 300);
+    let exits: Vec<&str> = cal["exits"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(exits, ["exit_1", "exit_2"]);
+    let last_cut = num_cuts(&model, &[]) - 1;
+
+    let server = Server::start(&["--model", &format!("digits={}", model.display())]);
+    let input = digit_npy(&data, 7, dir.path());
+    for (budget, limit) in [("0.5%", 0.005), ("0%", 0.0), ("3%", 0.03)] {
+        let out = cleave()
+            .arg("run")
+            .arg(&model)
+            .args(["--model-name", "digits", "--edge", &server.grpc, "--cut", "auto", "--server-speedup", "4"])
+            .arg("--calibration")
+            .arg(&calib)
+            .args(["--max-accuracy-drop", budget, "--frames", "4", "--check", "--json", "--input"])
+            .arg(&input)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{budget}: {stderr}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let drop = calibrated_drop(&cal, &v, last_cut);
+        eprintln!("budget {budget}: {} (calibrated drop {drop})", v["decision"]);
+        assert!(drop <= limit + 1e-12, "budget {budget}: the plan loses {drop} ({})", v["decision"]);
+        for f in v["frames"].as_array().unwrap() {
+            let status = f["status"].as_str().unwrap();
+            let check = &f["check"];
+            match status {
+                "early-exit" => {
+                    assert_eq!(f["bytes_up"], 0, "{f}");
+                    let t = v["exit"]["threshold"].as_f64().unwrap();
+                    assert!(f["exit_confidence"].as_f64().unwrap() >= t, "{f}");
+                    assert!(check["vs_whole"].as_f64().unwrap() <= 1e-5, "{f}");
+                }
+                "remote" => assert!(check["vs_local_tail"].as_f64().unwrap() <= 1e-5, "{f}"),
+                "device" => assert!(check["vs_whole"].as_f64().unwrap() <= 1e-5, "{f}"),
+                other => panic!("budget {budget}: frame {other}: {f}"),
+            }
+        }
+    }
+
+    // A fixed exit policy: a clear digit is answered at exit_1, with nothing sent.
+    let v = run(
+        &model,
+        "digits",
+        &server.grpc,
+        19,
+        "int8",
+        &["--exit", "exit_1", "--exit-threshold", "0.5", "--input", input.to_str().unwrap()],
+    );
+    for f in v["frames"].as_array().unwrap() {
+        assert_eq!(f["status"], "early-exit", "{f}");
+        assert_eq!(f["bytes_up"], 0);
+        assert!(f["check"]["vs_whole"].as_f64().unwrap() <= 1e-5, "{f}");
+    }
+    // An exit after the cut cannot be used: a clear error.
+    let out = cleave()
+        .arg("run")
+        .arg(&model)
+        .args([
+            "--model-name",
+            "digits",
+            "--edge",
+            &server.grpc,
+            "--cut",
+            "3",
+            "--exit",
+            "exit_2",
+            "--exit-threshold",
+            "0.9",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exit `exit_2` is computed after cut"), "{stderr}");
+    assert!(server.stop().success());
+}

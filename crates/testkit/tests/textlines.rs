@@ -17,6 +17,7 @@ use cleave_testkit::{load, shared_file};
 fn fonts() -> Option<Vec<PathBuf>> {
     let fonts = textlines::find_fonts();
     if fonts.is_empty() {
+        assert!(std::env::var_os("CLEAVE_REQUIRE_FONT").is_none(), "CLEAVE_REQUIRE_FONT is set: {NO_FONT_HINT}");
         eprintln!("SKIP: {NO_FONT_HINT}");
         return None;
     }

@@ -55,6 +55,10 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub markdown: Option<PathBuf>,
 
+    /// Also plot each exit's exit rate against the policy's accuracy (.png or .svg).
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
+
     /// The model output that is the final answer (default: the last one computed that is not an
     /// exit).
     #[arg(long, value_name = "NAME")]
@@ -78,7 +82,7 @@ pub struct Args {
     pub limit: Option<usize>,
 
     /// Confidence thresholds to tabulate for each exit (comma-separated, 0..1).
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.97,0.98,0.99,0.995,0.999")]
+    #[arg(long, value_delimiter = ',', default_value = "0,0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.97,0.98,0.99,0.995,0.999")]
     pub thresholds: Vec<f64>,
 
     /// Worker threads (each runs one sample at a time); default: the machine's cores.
@@ -175,6 +179,22 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(p) = &args.output {
         std::fs::write(p, serde_json::to_string_pretty(&calibration)? + "\n")
             .with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.plot {
+        if calibration.exits.is_empty() {
+            bail!("--plot draws the exits' curves, and this model declares no exits (see --exits)");
+        }
+        let curves: Vec<crate::plot::ExitCurve> = calibration
+            .exits
+            .iter()
+            .map(|e| crate::plot::ExitCurve {
+                name: e.name.clone(),
+                points: e.thresholds.iter().map(|t| (t.exit_rate, t.accuracy)).collect(),
+            })
+            .collect();
+        let caption = format!("{}: early exits on {} labelled samples", calibration.model, calibration.samples);
+        crate::plot::exit_curves(p, &caption, &curves, calibration.baseline_accuracy)?;
         eprintln!("wrote {}", p.display());
     }
     if let Some(p) = &args.markdown {

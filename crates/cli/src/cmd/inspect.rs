@@ -45,6 +45,7 @@ pub fn run(args: Args) -> Result<()> {
                 "flops": total.flops,
                 "macs": total.macs,
                 "param_bytes": g.param_bytes(),
+                "exits": g.exits().iter().map(|e| json!({"name": e, "first_cut_after": g.first_cut_after(e)})).collect::<Vec<_>>(),
             },
             "cuts": cuts,
         });
@@ -60,7 +61,13 @@ pub fn run(args: Args) -> Result<()> {
         println!("input    {} {} {}", i.name, i.dtype, shape(&i.shape));
     }
     for o in g.outputs() {
-        println!("output   {} {} {}", o.name, o.dtype, shape(&o.shape));
+        let exit = match g.exits().contains(&o.name) {
+            true => {
+                format!("  early exit: a head reaching cut {} computes it", g.first_cut_after(&o.name).unwrap_or(0))
+            }
+            false => String::new(),
+        };
+        println!("output   {} {} {}{exit}", o.name, o.dtype, shape(&o.shape));
     }
     println!(
         "compute  {} nodes, {} MFLOPs ({} MMACs), weights {}",
