@@ -37,7 +37,7 @@
 //! [`estimate`].
 //!
 //! ## Wiring it between a client and a server
-//! ```ignore
+//! ```no_run
 //! # async fn demo(server_addr: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use cleave_link::{Direction, LinkConfig, LinkProxy, Trace};
@@ -61,10 +61,12 @@
 
 pub mod estimate;
 pub mod schedule;
+pub mod shaped;
 pub mod trace;
 
 pub use estimate::{BandwidthEstimator, LoadEstimator, RttEstimator};
 pub use schedule::{Delivery, Shaper};
+pub use shaped::{DEFAULT_QUEUE_LIMIT, Direction, LinkConfig, LinkHandle, LinkProxy, LinkStats};
 pub use trace::{PACKET_BYTES, Trace};
 
 /// Errors of this crate: malformed traces and invalid parameters.
