@@ -71,8 +71,9 @@ impl Trace {
         Trace::parse(&text)
     }
 
-    /// A trace from `(millisecond, opportunities)` runs: milliseconds strictly increasing, counts
-    /// positive, the last millisecond (the period) positive.
+    /// A trace from `(millisecond, opportunities)` runs: milliseconds strictly increasing, the
+    /// last one with opportunities (the period) positive. Runs with a count of 0 are skipped, so
+    /// they do not lengthen the period.
     pub fn from_runs(runs: impl IntoIterator<Item = (u64, u32)>) -> Result<Trace, LinkError> {
         let mut builder = Builder::default();
         let mut prev: Option<u64> = None;
