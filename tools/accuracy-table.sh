@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 
 cls="${PPOCR_CLS:-../shared/models/ch_ppocr_mobile_v2.0_cls_infer.onnx}"
 lines="${TEXTLINES:-1000}"
-cargo build --release --quiet -p cleave-cli --bin cleave
-cargo build --release --quiet -p cleave-testkit --example textlines
+# One invocation, so both targets share one feature resolution (one build of tract).
+cargo build --release --quiet -p cleave-cli -p cleave-testkit --bin cleave --example textlines
 cleave=target/release/cleave
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
