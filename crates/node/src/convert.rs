@@ -36,6 +36,14 @@ pub fn to_wire(name: &str, t: &Tensor) -> Result<WireTensor, WireError> {
     })
 }
 
+/// [`to_wire`] for a shared tensor: its bytes go on the wire without a copy when they can.
+pub fn to_wire_shared(name: &str, t: &Arc<Tensor>) -> Result<WireTensor, WireError> {
+    let dtype = DType::from_datum_type(t.datum_type()).ok_or_else(|| {
+        WireError::invalid(format!("output `{name}` has type {:?}, which the protocol cannot carry", t.datum_type()))
+    })?;
+    Ok(WireTensor { name: name.to_owned(), dtype, shape: t.shape().to_vec(), data: shared_bytes(t) })
+}
+
 /// Little-endian bytes of an engine tensor.
 pub fn bytes_of(t: &Tensor) -> Vec<u8> {
     t.to_aligned_default().map(|p| p.as_bytes().to_vec()).unwrap_or_default()

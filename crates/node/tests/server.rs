@@ -113,6 +113,42 @@ async fn concurrent_requests_batch_and_stay_correct() {
     f.server.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_requests_skip_the_queue_and_a_queue_delay_still_gathers_a_batch() {
+    // No delay: requests one at a time never wait (the short tail runs where it arrives).
+    let f = start(BatchConfig { max_batch: 8, workers: 1, ..Default::default() }, 64 << 20).await;
+    let mut c = client(&f).await;
+    let data = Bytes::from(vec![0u8; 3 * 32 * 32 * 4]);
+    for _ in 0..20 {
+        let req = raw_request(vec![(image_input(vec![1, 3, 32, 32], 0).0, data.clone())], vec![]);
+        let r = c.infer(req, Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(r.batch, Some(1));
+        assert!(r.queue_ms.unwrap() < 50.0, "a lone request waited {:?} ms", r.queue_ms);
+    }
+    let metrics = http_get(f.server.metrics_addr.unwrap(), "/metrics").await;
+    assert!(metrics.contains("nv_inference_request_success{model=\"tiny\",version=\"1\"} 20"), "{metrics}");
+    assert!(metrics.contains("nv_inference_exec_count{model=\"tiny\",version=\"1\"} 20"), "{metrics}");
+    assert!(metrics.contains("nv_inference_pending_request_count{model=\"tiny\",version=\"1\"} 0"), "{metrics}");
+    f.server.shutdown().await.unwrap();
+
+    // With a queue delay, even a request that finds a free worker waits for company.
+    let f = start(
+        BatchConfig { max_batch: 8, workers: 1, max_queue_delay: Duration::from_millis(200), ..Default::default() },
+        64 << 20,
+    )
+    .await;
+    let c = client(&f).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut c = c.clone();
+        let req = raw_request(vec![(image_input(vec![1, 3, 32, 32], 0).0, data.clone())], vec![]);
+        tasks.spawn(async move { c.infer(req, Some(Duration::from_secs(10))).await.unwrap() });
+    }
+    let batches: Vec<i64> = tasks.join_all().await.iter().map(|r| r.batch.unwrap()).collect();
+    assert!(batches.iter().any(|&b| b > 1), "4 requests within a 200 ms queue delay should batch: {batches:?}");
+    f.server.shutdown().await.unwrap();
+}
+
 fn raw_request(inputs: Vec<(InferInputTensor, Bytes)>, params: Vec<(&str, InferParameter)>) -> ModelInferRequest {
     let (inputs, raw): (Vec<_>, Vec<_>) = inputs.into_iter().unzip();
     ModelInferRequest {

@@ -252,7 +252,7 @@ pub fn encode_input_shared(
         };
         return Ok((tensor, data_le));
     }
-    if data_le.len() % 4 != 0 {
+    if !data_le.len().is_multiple_of(4) {
         return Err(WireError::invalid(format!(
             "input `{name}`: {} bytes is not a whole number of f32",
             data_le.len()
@@ -267,13 +267,19 @@ pub fn encode_input_shared(
             &copied
         }
     };
-    let enc =
+    let mut enc =
         cleave_codec::encode(values, shape, opts).map_err(|e| WireError::invalid(format!("input `{name}`: {e}")))?;
-    Ok(encoded_tensor(name, &enc))
+    let payload = Bytes::from(std::mem::take(&mut enc.payload));
+    Ok((encoded_metadata(name, &enc, payload.len()), payload))
 }
 
 /// The wire form of an encoded f32 tensor.
 pub fn encoded_tensor(name: &str, enc: &Encoded) -> (InferInputTensor, Bytes) {
+    (encoded_metadata(name, enc, enc.payload.len()), Bytes::copy_from_slice(&enc.payload))
+}
+
+/// The tensor description of an encoded f32 tensor whose payload has `payload_len` bytes.
+fn encoded_metadata(name: &str, enc: &Encoded, payload_len: usize) -> InferInputTensor {
     let mut parameters = HashMap::new();
     parameters.insert(PARAM_CODEC.to_owned(), str_param(enc.codec.name()));
     parameters.insert(PARAM_DTYPE.to_owned(), str_param("FP32"));
@@ -297,14 +303,13 @@ pub fn encoded_tensor(name: &str, enc: &Encoded) -> (InferInputTensor, Bytes) {
     if enc.lz4 {
         parameters.insert(PARAM_COMPRESSION.to_owned(), str_param("lz4"));
     }
-    let tensor = InferInputTensor {
+    InferInputTensor {
         name: name.to_owned(),
         datatype: "UINT8".to_owned(),
-        shape: vec![enc.payload.len() as i64],
+        shape: vec![payload_len as i64],
         parameters,
         contents: None,
-    };
-    (tensor, Bytes::copy_from_slice(&enc.payload))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,8 +427,22 @@ pub fn decode_tensor(
     let enc = Encoded { codec, shape: orig_shape.clone(), quant, lz4, payload: data.to_vec() };
     let values = cleave_codec::decode(&enc).map_err(|e| WireError::invalid(format!("input `{name}`: {e}")))?;
     debug_assert_eq!(values.len(), orig_n);
-    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(WireTensor { name: name.to_owned(), dtype: DType::F32, shape: orig_shape, data: Bytes::from(data) })
+    Ok(WireTensor { name: name.to_owned(), dtype: DType::F32, shape: orig_shape, data: f32_le_bytes(values) })
+}
+
+/// Little-endian bytes of f32 values; on little-endian machines the vector itself, not a copy.
+fn f32_le_bytes(values: Vec<f32>) -> Bytes {
+    if cfg!(target_endian = "little") {
+        struct Le(Vec<f32>);
+        impl AsRef<[u8]> for Le {
+            fn as_ref(&self) -> &[u8] {
+                bytemuck::cast_slice(&self.0)
+            }
+        }
+        Bytes::from_owner(Le(values))
+    } else {
+        Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+    }
 }
 
 fn b64_param(name: &str, params: &HashMap<String, InferParameter>, key: &str) -> Result<Vec<u8>, WireError> {

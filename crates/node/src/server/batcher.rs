@@ -15,17 +15,23 @@
 //! `DEADLINE_EXCEEDED` and never computed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cleave_engine::{Engine, Tensor, TensorMap};
+use cleave_engine::{CompiledPart, Engine, Tensor, TensorMap};
 use cleave_graph::{InputShapes, ModelGraph};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use super::metrics::{Failure, ModelMetrics};
 use super::registry::ModelEntry;
+
+/// A tail whose single-request compute time (moving average) is at most this runs on the thread
+/// that received the request when it would not wait anyway (its queue is empty, a worker is
+/// free, and no `max_queue_delay` applies): handing it to another thread and back costs more than
+/// computing it. Longer tails run on the blocking pool, never on the async threads.
+pub const INLINE_MAX_COMPUTE: Duration = Duration::from_micros(100);
 
 /// Batching and queueing limits.
 #[derive(Debug, Clone)]
@@ -52,7 +58,11 @@ impl Default for BatchConfig {
 pub struct Work {
     pub entry: Arc<ModelEntry>,
     pub graph: Arc<ModelGraph>,
+    /// `graph.id()` (computed once: it hashes).
+    pub graph_id: Arc<str>,
     pub cut: usize,
+    /// The compiled tail: `graph` from `cut` to its last cut.
+    pub part: Arc<CompiledPart>,
     pub metrics: Arc<ModelMetrics>,
 }
 
@@ -73,14 +83,45 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<JobResult, Status>>,
 }
 
-type Key = (String, String, usize);
+type Key = (String, Arc<str>, usize);
+
+/// One (model, shapes, cut) queue.
+struct Queue {
+    tx: mpsc::UnboundedSender<Job>,
+    state: Arc<QueueState>,
+}
+
+/// What a queue's dispatcher and workers share: its length and what is known of its tail.
+struct QueueState {
+    /// Jobs given to this queue and not yet taken for compute.
+    waiting: AtomicUsize,
+    /// Whether its requests may be computed together (cleared when the tail turns out not to
+    /// carry the batch on axis 0).
+    batchable: AtomicBool,
+    /// Moving average of one request's compute time in nanoseconds (0: not measured yet).
+    compute_ns: AtomicU64,
+}
+
+impl QueueState {
+    fn record_compute(&self, d: Duration) {
+        let x = d.as_nanos().min(u64::MAX as u128) as u64;
+        let old = self.compute_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { old - old / 8 + x / 8 };
+        self.compute_ns.store(new.max(1), Ordering::Relaxed);
+    }
+
+    fn inline_ok(&self) -> bool {
+        let ns = self.compute_ns.load(Ordering::Relaxed);
+        ns != 0 && ns <= INLINE_MAX_COMPUTE.as_nanos() as u64
+    }
+}
 
 /// The batcher: queues, dispatchers and the compute pool.
 pub struct Batcher {
     engine: Arc<Engine>,
     config: BatchConfig,
     waiting: Arc<AtomicUsize>,
-    queues: Mutex<HashMap<Key, mpsc::UnboundedSender<Job>>>,
+    queues: Mutex<HashMap<Key, Arc<Queue>>>,
     compute: Arc<Semaphore>,
 }
 
@@ -106,8 +147,75 @@ impl Batcher {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// The queue of `work`, with its dispatcher started on first use.
+    fn queue(&self, work: &Work) -> Arc<Queue> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        if let Some(q) = queues.get(&(work.entry.name.clone(), work.graph_id.clone(), work.cut)) {
+            return q.clone();
+        }
+        let q = self.spawn_dispatcher(work.clone());
+        queues.insert((work.entry.name.clone(), work.graph_id.clone(), work.cut), q.clone());
+        q
+    }
+
+    /// Computes `inputs` with `work`, answering when the result is there or `deadline` passed.
+    ///
+    /// A request that would not wait (its queue is empty, a compute worker is free, and it is
+    /// not to wait for company) skips the queue: a short tail is computed right here, a longer
+    /// one on the blocking pool. Otherwise it is queued for the dispatcher, which batches.
+    pub async fn infer(&self, work: &Work, inputs: TensorMap, deadline: Option<Instant>) -> Result<JobResult, Status> {
+        let queue = self.queue(work);
+        let (tx, mut rx) = oneshot::channel();
+        let job = Job { inputs, enqueued: Instant::now(), deadline, reply: tx };
+        match self.free_worker(&queue.state) {
+            Some(permit) if queue.state.inline_ok() => {
+                run_jobs(&self.engine, work, &queue.state, &self.config, vec![job]);
+                drop(permit);
+                let result = rx.try_recv().map_err(|_| Status::internal("the computation gave no answer"))?;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    work.metrics.fail(Failure::Canceled);
+                    return Err(Status::deadline_exceeded("the request's deadline passed"));
+                }
+                return result;
+            }
+            Some(permit) => {
+                let (engine, work2, config) = (self.engine.clone(), work.clone(), self.config.clone());
+                let state = queue.state.clone();
+                tokio::task::spawn_blocking(move || {
+                    run_jobs(&engine, &work2, &state, &config, vec![job]);
+                    drop(permit);
+                });
+            }
+            None => self.enqueue(work, &queue, job)?,
+        }
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
+                work.metrics.fail(Failure::Canceled);
+                Status::deadline_exceeded("the request's deadline passed")
+            })?,
+            None => rx.await,
+        }
+        .map_err(|_| Status::unavailable("the server dropped the request while shutting down"))?
+    }
+
+    /// A compute worker for a request that would not wait in `queue`, if there is one.
+    fn free_worker(&self, queue: &QueueState) -> Option<OwnedSemaphorePermit> {
+        if queue.batchable.load(Ordering::Relaxed) && !self.config.max_queue_delay.is_zero() {
+            return None; // it is to wait for company
+        }
+        if queue.waiting.load(Ordering::Acquire) != 0 {
+            return None; // others came first
+        }
+        self.compute.clone().try_acquire_owned().ok()
+    }
+
     /// Queues a job, or refuses it when the queue is full.
     pub fn submit(&self, work: &Work, job: Job) -> Result<(), Status> {
+        let queue = self.queue(work);
+        self.enqueue(work, &queue, job)
+    }
+
+    fn enqueue(&self, work: &Work, queue: &Queue, job: Job) -> Result<(), Status> {
         // Reserve a place first so that concurrent submissions cannot overshoot the bound.
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
         if before >= self.config.max_queue {
@@ -126,10 +234,9 @@ impl Batcher {
             return Err(status);
         }
         work.metrics.pending.fetch_add(1, Ordering::Relaxed);
-        let key = (work.entry.name.clone(), work.graph.id(), work.cut);
-        let mut queues = self.queues.lock().expect("queues lock");
-        let tx = queues.entry(key).or_insert_with(|| self.spawn_dispatcher(work.clone()));
-        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+        queue.state.waiting.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(job)) = queue.tx.send(job) {
+            queue.state.waiting.fetch_sub(1, Ordering::AcqRel);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             work.metrics.pending.fetch_sub(1, Ordering::Relaxed);
             let _ = job.reply.send(Err(Status::unavailable("the server is shutting down")));
@@ -137,17 +244,23 @@ impl Batcher {
         Ok(())
     }
 
-    fn spawn_dispatcher(&self, work: Work) -> mpsc::UnboundedSender<Job> {
+    fn spawn_dispatcher(&self, work: Work) -> Arc<Queue> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let state = Arc::new(QueueState {
+            waiting: AtomicUsize::new(0),
+            batchable: AtomicBool::new(work.entry.batchable && self.config.max_batch > 1),
+            compute_ns: AtomicU64::new(0),
+        });
+        let queue = Arc::new(Queue { tx, state: state.clone() });
         let engine = self.engine.clone();
         let config = self.config.clone();
         let waiting = self.waiting.clone();
         let compute = self.compute.clone();
-        let batchable = Arc::new(AtomicBool::new(work.entry.batchable && config.max_batch > 1));
         tokio::spawn(async move {
+            let queue = state;
             while let Some(first) = rx.recv().await {
                 let mut jobs = vec![first];
-                let batching = batchable.load(Ordering::Relaxed);
+                let batching = queue.batchable.load(Ordering::Relaxed);
                 if batching && !config.max_queue_delay.is_zero() {
                     let until = tokio::time::Instant::now() + config.max_queue_delay;
                     while jobs.len() < config.max_batch {
@@ -166,21 +279,21 @@ impl Batcher {
                     }
                 }
                 waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
+                queue.waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
                 work.metrics.pending.fetch_sub(jobs.len() as i64, Ordering::Relaxed);
-                let (engine, work, config, batchable) =
-                    (engine.clone(), work.clone(), config.clone(), batchable.clone());
+                let (engine, work, config, queue) = (engine.clone(), work.clone(), config.clone(), queue.clone());
                 tokio::task::spawn_blocking(move || {
-                    run_jobs(&engine, &work, &config, &batchable, jobs);
+                    run_jobs(&engine, &work, &queue, &config, jobs);
                     drop(permit);
                 });
             }
         });
-        tx
+        queue
     }
 }
 
 /// Runs a gathered set of jobs: expired ones are answered, the rest computed together.
-fn run_jobs(engine: &Engine, work: &Work, config: &BatchConfig, batchable: &AtomicBool, jobs: Vec<Job>) {
+fn run_jobs(engine: &Engine, work: &Work, queue: &QueueState, config: &BatchConfig, jobs: Vec<Job>) {
     let now = Instant::now();
     let mut live = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -194,7 +307,7 @@ fn run_jobs(engine: &Engine, work: &Work, config: &BatchConfig, batchable: &Atom
     if live.is_empty() {
         return;
     }
-    if live.len() > 1 && batchable.load(Ordering::Relaxed) {
+    if live.len() > 1 && queue.batchable.load(Ordering::Relaxed) {
         match run_batched(engine, work, config, &live) {
             Ok((outputs, compute)) => {
                 let n = live.len();
@@ -208,27 +321,23 @@ fn run_jobs(engine: &Engine, work: &Work, config: &BatchConfig, batchable: &Atom
             Err(e) => {
                 // Not batchable at this cut after all: remember, and run one by one.
                 tracing::info!("model {} cut {}: running unbatched ({e})", work.entry.name, work.cut);
-                batchable.store(false, Ordering::Relaxed);
+                queue.batchable.store(false, Ordering::Relaxed);
             }
         }
     }
     for job in live {
         let start = Instant::now();
         let result = engine
-            .part(&work.graph, work.cut, work.graph.last_cut())
-            .and_then(|part| engine.run(&part, &job.inputs))
+            .run(&work.part, &job.inputs)
             .map_err(|e| {
                 work.metrics.fail(Failure::Backend);
                 Status::internal(format!("inference failed: {e}"))
             })
             .map(|outputs| {
+                let compute = start.elapsed();
+                queue.record_compute(compute);
                 work.metrics.exec_count.fetch_add(1, Ordering::Relaxed);
-                JobResult {
-                    outputs,
-                    queue: start.saturating_duration_since(job.enqueued),
-                    compute: start.elapsed(),
-                    batch: 1,
-                }
+                JobResult { outputs, queue: start.saturating_duration_since(job.enqueued), compute, batch: 1 }
             });
         let _ = job.reply.send(result);
     }
@@ -250,7 +359,7 @@ fn run_batched(
         return Err("the model's cuts differ at another batch size".into());
     }
     let part = engine.part(&big, work.cut, big.last_cut()).map_err(|e| e.to_string())?;
-    let small = engine.part(&work.graph, work.cut, work.graph.last_cut()).map_err(|e| e.to_string())?;
+    let small = &work.part;
     // Every boundary tensor and output must carry the batch on axis 0.
     for (s, l) in small.inputs.iter().zip(&part.inputs).chain(small.outputs.iter().zip(&part.outputs)) {
         let carries_batch = !s.shape.is_empty()

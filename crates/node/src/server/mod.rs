@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use batcher::{BatchConfig, Batcher, Job, Work};
+use batcher::{BatchConfig, Batcher, Work};
 use metrics::{Failure, Metrics};
 use registry::Registry;
 
@@ -197,29 +197,47 @@ impl Service {
             }
             None => InputShapes(tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()),
         };
-        // Analysing a new shape or compiling a part takes milliseconds: off the async threads.
-        let (engine, entry2, shapes2) = (state.engine.clone(), entry.clone(), shapes.clone());
-        let (graph, part) = tokio::task::spawn_blocking(move || {
-            let graph = entry2.graph(&shapes2)?;
-            let c = match cut {
-                None => 0,
-                Some(c) => usize::try_from(c).ok().filter(|&c| c < graph.last_cut()).ok_or_else(|| {
-                    WireError::invalid(format!(
-                        "cut {c} is not a cut with a tail (this model has cuts 0..{} at these shapes)",
-                        graph.last_cut()
-                    ))
-                })?,
-            };
-            let part = engine.part(&graph, c, graph.last_cut()).map_err(|e| WireError {
-                code: tonic::Code::Internal,
-                message: format!("cannot compile the tail of `{}` after cut {c}: {e}", entry2.name),
-            })?;
-            Ok::<_, WireError>((graph, part))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
-        .map_err(Status::from)
-        .map_err(reject)?;
+        // Analysing a new shape or compiling a part takes milliseconds: off the async threads,
+        // once per (shapes, cut); then the route is remembered.
+        let key = (shapes, cut);
+        let route = match entry.route(&key) {
+            Some((r, refresh)) => {
+                if refresh {
+                    // Let the engine's cache see that this part is in use (a cache hit).
+                    let (engine, graph, from) = (state.engine.clone(), r.graph.clone(), r.part.from_cut);
+                    tokio::task::spawn_blocking(move || engine.part(&graph, from, graph.last_cut()));
+                }
+                r
+            }
+            None => {
+                let (engine, entry2) = (state.engine.clone(), entry.clone());
+                tokio::task::spawn_blocking(move || {
+                    let (shapes, cut) = &key;
+                    let graph = entry2.graph(shapes)?;
+                    let c = match *cut {
+                        None => 0,
+                        Some(c) => usize::try_from(c).ok().filter(|&c| c < graph.last_cut()).ok_or_else(|| {
+                            WireError::invalid(format!(
+                                "cut {c} is not a cut with a tail (this model has cuts 0..{} at these shapes)",
+                                graph.last_cut()
+                            ))
+                        })?,
+                    };
+                    let part = engine.part(&graph, c, graph.last_cut()).map_err(|e| WireError {
+                        code: tonic::Code::Internal,
+                        message: format!("cannot compile the tail of `{}` after cut {c}: {e}", entry2.name),
+                    })?;
+                    let route = registry::Route { graph_id: graph.id().into(), graph, part };
+                    entry2.remember_route(key, &route);
+                    Ok::<_, WireError>(route)
+                })
+                .await
+                .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+                .map_err(Status::from)
+                .map_err(reject)?
+            }
+        };
+        let part = &route.part;
         // The request must carry exactly the part's inputs, at their types and shapes.
         let mut inputs = TensorMap::new();
         let mut given: HashMap<&str, &wire::WireTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -253,17 +271,18 @@ impl Service {
                 return Err(reject(Status::invalid_argument(format!("unknown output `{r}`"))));
             }
         }
-        let work = Work { entry: entry.clone(), graph, cut: part.from_cut, metrics: m.clone() };
-        let (tx, rx) = oneshot::channel();
-        state.batcher.submit(&work, Job { inputs, enqueued: Instant::now(), deadline, reply: tx }).map_err(reject)?;
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
-                m.fail(Failure::Canceled);
-                Status::deadline_exceeded("the request's deadline passed")
-            })?,
-            None => rx.await,
-        }
-        .map_err(|_| Status::unavailable("the server dropped the request while shutting down"))??;
+        let work = Work {
+            entry: entry.clone(),
+            graph: route.graph.clone(),
+            graph_id: route.graph_id.clone(),
+            cut: part.from_cut,
+            part: part.clone(),
+            metrics: m.clone(),
+        };
+        let result = match state.batcher.infer(&work, inputs, deadline).await {
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => return Err(reject(e)),
+            r => r?,
+        };
 
         let mut resp = ModelInferResponse {
             model_name: entry.name.clone(),
@@ -279,7 +298,7 @@ impl Service {
                 .outputs
                 .get(&spec.name)
                 .ok_or_else(|| Status::internal(format!("output `{}` missing", spec.name)))?;
-            let (o, raw) = wire::encode_output(&crate::convert::to_wire(&spec.name, t).map_err(Status::from)?);
+            let (o, raw) = wire::encode_output(&crate::convert::to_wire_shared(&spec.name, t).map_err(Status::from)?);
             resp.outputs.push(o);
             resp.raw_output_contents.push(raw);
         }

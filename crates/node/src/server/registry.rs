@@ -2,14 +2,44 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
+use cleave_engine::CompiledPart;
 use cleave_graph::{InputShapes, ModelGraph};
 use cleave_proto::wire::WireError;
 use tonic::Code;
 
 /// How many distinct input-shape sets one model may be analysed at (each costs an analysis).
 pub const MAX_SHAPE_SETS: usize = 16;
+/// How many (input shapes, cut) routes one model remembers.
+const MAX_ROUTES: usize = 256;
+
+/// A request's input shapes and cut (`None`: the whole model).
+pub type RouteKey = (InputShapes, Option<i64>);
+
+/// What a request with given input shapes and cut runs: the model analysed at those shapes,
+/// its id, and the tail after the cut, compiled. Remembered so that a request for a tail already
+/// compiled finds it without hashing the model or leaving the async thread.
+#[derive(Clone)]
+pub struct Route {
+    pub graph: Arc<ModelGraph>,
+    /// `graph.id()`.
+    pub graph_id: Arc<str>,
+    pub part: Arc<CompiledPart>,
+}
+
+/// A remembered route holds its part weakly: the engine's cache decides how long parts live.
+struct WeakRoute {
+    graph: Arc<ModelGraph>,
+    graph_id: Arc<str>,
+    part: Weak<CompiledPart>,
+    hits: AtomicU64,
+}
+
+/// Every this many uses, a remembered route asks for its part from the engine's cache again, so
+/// that the cache still sees which parts are in use when it evicts.
+pub const ROUTE_REFRESH_EVERY: u64 = 32;
 
 /// One served model.
 pub struct ModelEntry {
@@ -22,6 +52,7 @@ pub struct ModelEntry {
     /// Whether the first input dimension is symbolic, so that requests can be batched.
     pub batchable: bool,
     graphs: Mutex<HashMap<InputShapes, Arc<ModelGraph>>>,
+    routes: Mutex<HashMap<RouteKey, WeakRoute>>,
 }
 
 impl ModelEntry {
@@ -57,7 +88,37 @@ impl ModelEntry {
             default: Arc::new(default),
             batchable,
             graphs: Mutex::new(graphs),
+            routes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The route of a request with these input shapes and cut, if it was remembered and its
+    /// part is still compiled; and whether it is time to refresh the part in the engine's cache
+    /// (see [`ROUTE_REFRESH_EVERY`]).
+    pub fn route(&self, key: &RouteKey) -> Option<(Route, bool)> {
+        let routes = self.routes.lock().expect("routes lock");
+        let r = routes.get(key)?;
+        let route = Route { graph: r.graph.clone(), graph_id: r.graph_id.clone(), part: r.part.upgrade()? };
+        let refresh = r.hits.fetch_add(1, Ordering::Relaxed) % ROUTE_REFRESH_EVERY == ROUTE_REFRESH_EVERY - 1;
+        Some((route, refresh))
+    }
+
+    /// Remembers a route (see [`ModelEntry::route`]).
+    pub fn remember_route(&self, key: RouteKey, route: &Route) {
+        let mut routes = self.routes.lock().expect("routes lock");
+        if routes.len() >= MAX_ROUTES {
+            routes.retain(|_, r| r.part.strong_count() > 0);
+            if routes.len() >= MAX_ROUTES {
+                routes.clear();
+            }
+        }
+        let weak = WeakRoute {
+            graph: route.graph.clone(),
+            graph_id: route.graph_id.clone(),
+            part: Arc::downgrade(&route.part),
+            hits: AtomicU64::new(0),
+        };
+        routes.insert(key, weak);
     }
 
     /// The model analysed at `shapes` (cached; bounded).
