@@ -90,7 +90,7 @@ fn run(model: &Path, name: &str, edge: &str, cut: usize, codec: &str, extra: &[&
         .arg("run")
         .arg(model)
         .args(["--model-name", name, "--edge", edge, "--cut", &cut.to_string(), "--codec", codec])
-        .args(["--frames", "3", "--check", "--json"])
+        .args(["--frames", "3", "--check", "--json", "--timeout", "60s"])
         .args(extra)
         .output()
         .unwrap();
@@ -271,7 +271,7 @@ fn digits_auto_plan_honours_the_accuracy_budget_and_exits_early() {
             .args(["--model-name", "digits", "--edge", &server.grpc, "--cut", "auto", "--server-speedup", "4"])
             .arg("--calibration")
             .arg(&calib)
-            .args(["--max-accuracy-drop", budget, "--frames", "4", "--check", "--json", "--input"])
+            .args(["--max-accuracy-drop", budget, "--frames", "4", "--check", "--json", "--timeout", "60s", "--input"])
             .arg(&input)
             .output()
             .unwrap();
