@@ -14,7 +14,7 @@
 //!   compute comes from the server profile in the [`Problem`].
 //!
 //! ## Before any sample
-//! [`AdaptiveDevice::bootstrap`] measures 3 health round trips and sends one 64 KiB probe
+//! [`AdaptiveDevice::bootstrap`] measures 3 health round trips and sends one 32 KiB probe (half a second at 0.5 Mbit/s)
 //! (answered by the server without computing). If that fails, or no sample exists yet, the
 //! estimate is a conservative 1 Mbit/s uplink and a 100 ms RTT ([`DEFAULT_UP_BPS`],
 //! [`DEFAULT_RTT_MS`]): a cellular uplink at its worst, so a device starts close to home.
@@ -61,7 +61,7 @@ pub const DEFAULT_UP_BPS: f64 = 1e6;
 /// Round trip assumed before any measurement, ms.
 pub const DEFAULT_RTT_MS: f64 = 100.0;
 /// Size of the bootstrap probe.
-pub const BOOTSTRAP_PROBE_BYTES: usize = 64 * 1024;
+pub const BOOTSTRAP_PROBE_BYTES: usize = 32 * 1024;
 
 /// Errors of the adaptive device's set-up.
 #[derive(Debug, thiserror::Error)]
@@ -360,7 +360,7 @@ impl AdaptiveDevice {
         Ok(())
     }
 
-    /// Measures the link before the first frame: 3 round trips and a 64 KiB probe. Failures
+    /// Measures the link before the first frame: 3 round trips and a 32 KiB probe. Failures
     /// leave the conservative defaults in place.
     pub async fn bootstrap(&mut self) {
         let Some(client) = self.client.clone() else { return };
