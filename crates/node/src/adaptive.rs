@@ -5,7 +5,8 @@
 //! - **Uplink bandwidth**: every answered request is one sample: the payload bytes (plus the
 //!   per-message overhead) over the call's wall time minus the server's reported queue and
 //!   compute time minus the smallest round trip seen (the propagation part, which the planner
-//!   adds separately). Samples go to [`cleave_link::BandwidthEstimator`], the harmonic mean of
+//!   adds separately; at most half the call, because on a bursty trace an empty call's round
+//!   trip includes a wait for a delivery opportunity). Samples go to [`cleave_link::BandwidthEstimator`], the harmonic mean of
 //!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate).
 //! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty health calls (ServerLive),
 //!   issued concurrently with the head's compute at most once a second.
@@ -119,7 +120,11 @@ impl LinkEstimates {
     /// when it was used (transfers under 16 KiB are not).
     pub fn observe_transfer(&mut self, bytes: u64, rpc: Duration, server: Duration) -> Option<f64> {
         let base = Duration::from_secs_f64(self.min_rtt_ms.unwrap_or(0.0) / 1e3);
-        let wire = rpc.saturating_sub(server).saturating_sub(base);
+        let call = rpc.saturating_sub(server);
+        // An empty call's round trip also waits for a delivery opportunity, so on a bursty link
+        // it can exceed the propagation time that a transfer shares with it: never let the
+        // subtraction claim more than half of the call (at most 2× the naive rate).
+        let wire = call.saturating_sub(base).max(call / 2);
         if self.bandwidth.observe(bytes, wire) { self.bandwidth.samples().last() } else { None }
     }
 
@@ -703,6 +708,12 @@ mod tests {
         assert!((s - 10e6).abs() < 1e3, "{s}");
         // Too small to measure.
         assert!(l.observe_transfer(2_000, Duration::from_millis(45), Duration::ZERO).is_none());
+        // A round trip inflated by a wait for an opportunity cannot make a transfer look faster
+        // than twice bytes / call time.
+        let mut l = LinkEstimates::new();
+        l.observe_rtt(Duration::from_millis(48));
+        let s = l.observe_transfer(32_768, Duration::from_millis(52), Duration::ZERO).unwrap();
+        assert!((s - 32_768.0 * 8.0 / 0.026).abs() < 1e3, "{s}");
     }
 
     /// The choice reacts to a bandwidth step: a fast link sends the raw input, a slow one keeps
