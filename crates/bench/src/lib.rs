@@ -10,6 +10,7 @@ pub mod predict;
 pub mod rpc;
 pub mod split;
 pub mod stats;
+pub mod trace;
 
 /// A short description of the machine, for reports.
 pub fn host() -> serde_json::Value {

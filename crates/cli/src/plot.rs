@@ -206,3 +206,154 @@ where
         .map_err(err)?;
     Ok(())
 }
+
+/// `cleave bench trace --plot`: three panels over time, one above the other: the trace's
+/// bandwidth with the adaptive device's estimate, the cut chosen per frame (adaptive and
+/// oracle), and per-frame latency (adaptive and oracle, with the means of best-static and
+/// device-only as reference lines).
+pub fn trace_timeline(path: &Path, report: &cleave_bench::trace::TraceReport) -> Result<()> {
+    register_font();
+    let size = (1200, 960);
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            draw_timeline(&root, report)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        Some("svg") => {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            draw_timeline(&root, report)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        _ => bail!("--plot {}: use a .png or .svg file name", path.display()),
+    }
+    Ok(())
+}
+
+fn draw_timeline<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    report: &cleave_bench::trace::TraceReport,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plot: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let caption = format!(
+        "{} on {} ({} ms delay each way, device {:.1}× slower)",
+        std::path::Path::new(&report.model).file_name().and_then(|s| s.to_str()).unwrap_or(&report.model),
+        std::path::Path::new(&report.trace).file_name().and_then(|s| s.to_str()).unwrap_or(&report.trace),
+        report.delay_ms,
+        report.device_speed.slowdown
+    );
+    let root = root.titled(&caption, ("sans-serif", 22)).map_err(err)?;
+    let panels = root.split_evenly((3, 1));
+    let find = |name: &str| report.strategies.iter().find(|s| s.strategy == name);
+    let adaptive = find("adaptive").map(|s| s.per_frame.as_slice()).unwrap_or(&[]);
+    let oracle = find("oracle").map(|s| s.per_frame.as_slice()).unwrap_or(&[]);
+    let t_max = report.bandwidth.last().map(|p| p.0).unwrap_or(1.0).max(1.0);
+    let blue = RGBColor(66, 133, 244);
+    let orange = RGBColor(234, 67, 53);
+    let grey = RGBColor(120, 120, 120);
+
+    // 1. Bandwidth.
+    let bw_max =
+        report.bandwidth.iter().map(|p| p.1).chain(adaptive.iter().filter_map(|f| f.estimate_mbps)).fold(1.0, f64::max)
+            * 1.1;
+    let mut chart = ChartBuilder::on(&panels[0])
+        .caption("uplink", ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..bw_max)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("time (s)").y_desc("Mbit/s").draw().map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(report.bandwidth.iter().copied(), grey.stroke_width(2)))
+        .map_err(err)?
+        .label("trace capacity (1 s window)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], grey.stroke_width(2)));
+    chart
+        .draw_series(adaptive.iter().filter_map(|f| f.estimate_mbps.map(|e| Circle::new((f.t_s, e), 3, blue.filled()))))
+        .map_err(err)?
+        .label("adaptive's estimate")
+        .legend(move |(x, y)| Circle::new((x + 7, y), 3, blue.filled()));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+
+    // 2. Chosen cut.
+    let last = report.last_cut as f64;
+    let mut chart = ChartBuilder::on(&panels[1])
+        .caption(format!("chosen cut (0 = send the input, {} = device-only)", report.last_cut), ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, -0.5f64..(last + 0.5))
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("time (s)").y_desc("cut").draw().map_err(err)?;
+    chart
+        .draw_series(oracle.iter().map(|f| Cross::new((f.t_s, f.cut as f64), 4, orange.stroke_width(1))))
+        .map_err(err)?
+        .label("oracle")
+        .legend(move |(x, y)| Cross::new((x + 7, y), 4, orange.stroke_width(1)));
+    chart
+        .draw_series(adaptive.iter().map(|f| Circle::new((f.t_s, f.cut as f64), 3, blue.filled())))
+        .map_err(err)?
+        .label("adaptive")
+        .legend(move |(x, y)| Circle::new((x + 7, y), 3, blue.filled()));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+
+    // 3. Latency.
+    let mean = |name: &str| find(name).map(|s| s.mean_ms).filter(|v| v.is_finite());
+    let mut lat: Vec<f64> = adaptive.iter().chain(oracle).map(|f| f.latency_ms).collect();
+    lat.sort_by(f64::total_cmp);
+    let p98 = lat.get(lat.len() * 98 / 100).copied().unwrap_or(1.0);
+    let y_max = [Some(p98), mean("best-static"), mean("device-only")].into_iter().flatten().fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&panels[2])
+        .caption("latency per frame (release → answer)", ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("time (s)").y_desc("ms").draw().map_err(err)?;
+    let clip = |v: f64| v.min(y_max);
+    chart
+        .draw_series(LineSeries::new(oracle.iter().map(|f| (f.t_s, clip(f.latency_ms))), orange.stroke_width(1)))
+        .map_err(err)?
+        .label("oracle")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], orange.stroke_width(1)));
+    chart
+        .draw_series(LineSeries::new(adaptive.iter().map(|f| (f.t_s, clip(f.latency_ms))), blue.stroke_width(2)))
+        .map_err(err)?
+        .label("adaptive")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], blue.stroke_width(2)));
+    for (name, color) in [("best-static", RGBColor(52, 168, 83)), ("device-only", BLACK)] {
+        if let Some(m) = mean(name) {
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(0.0, m), (t_max, m)], color.stroke_width(1))))
+                .map_err(err)?
+                .label(format!("{name} mean ({m:.0} ms)"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(1)));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}

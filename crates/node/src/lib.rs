@@ -3,13 +3,16 @@
 //! The runtime: [`server`] is an edge or cloud node speaking the Open Inference Protocol over
 //! gRPC (whole models for any OIP client, tails after a cut for cleave devices), with dynamic
 //! batching, bounded queues, deadlines, Prometheus metrics and graceful shutdown. [`device`]
-//! runs heads and sends what crosses the cut; [`client`] is the connection underneath.
+//! runs heads and sends what crosses the cut; [`adaptive`] re-plans
+//! the cut and codec for every frame from live link estimates; [`client`] is the connection underneath.
 
+pub mod adaptive;
 pub mod client;
 pub mod convert;
 pub mod device;
 pub mod server;
 
+pub use adaptive::{AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Estimate, LinkEstimates, Strategy};
 pub use client::{ClientError, EdgeClient};
 pub use device::{Device, DeviceConfig, ExitPolicy, FrameOutput, FrameRecord, FrameStatus, RunSummary};
 pub use server::{RunningServer, ServerConfig};

@@ -13,6 +13,105 @@ pub enum Bench {
     Predict(PredictArgs),
     Rpc(RpcArgs),
     Engines(EnginesArgs),
+    Trace(TraceArgs),
+}
+
+/// Adaptive split against every baseline, on a bandwidth trace.
+///
+/// The edge runs as a separate `cleave serve` process on loopback; the device runs here, behind
+/// a proxy that shapes its uplink by the trace (mahimahi format: one line per 1500-byte delivery
+/// opportunity, in ms; it loops) plus a fixed one-way delay each way. Every strategy starts at
+/// the same trace millisecond and runs the same frames, released at --fps; a frame's latency is
+/// from its release to its answer (frames are handled one at a time, so a slow frame delays the
+/// next ones, as on a real device).
+///
+/// Strategies: device-only; offload-raw-fp32 (cut 0, fp32); best-static (every static cut ×
+/// codec among cut 0 and the bottleneck cuts that shrink the boundary, the best mean in
+/// hindsight); adaptive (re-plans cut × codec per frame from the bandwidth, RTT and server time
+/// it measures); oracle (per frame, the best choice given the bandwidth the frame really had and
+/// the compute measured in the runs; simulated offline).
+///
+/// The device is made slower than the edge by a compute-time multiplier: after each compute
+/// step it sleeps (X − 1) × the measured time (--device-slowdown X). The report states the method
+/// and the device/edge speed ratio it measured. Inputs are random (seeded per frame) unless
+/// --input is given: latency does not depend on the values (early exits aside).
+///
+/// Examples:
+///   cleave bench trace --trace markov:7 --frames 60 --fps 5 --plot trace.png
+///   cleave bench trace --model resnet50.onnx --trace ATT-LTE-driving-2016.up \
+///       --frames 40 --fps 1 --delay 20ms --json att.json --plot att.png
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct TraceArgs {
+    /// ONNX model file (default: the built-in tiny-resnet demo model).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// Pin an input's shape, e.g. `--shape x=1,3,224,224` (repeatable).
+    #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = parse_shape)]
+    pub shapes: Vec<(String, Vec<usize>)>,
+
+    /// Uplink trace: a mahimahi file, or `markov:SEED` for a generated Markov-modulated
+    /// 0.5–20 Mbit/s trace (2 min, mean dwell 3 s).
+    #[arg(long, value_name = "PATH|markov:SEED")]
+    pub trace: String,
+
+    /// Trace millisecond at which every strategy starts.
+    #[arg(long, default_value_t = 0)]
+    pub offset_ms: u64,
+
+    /// Frames per strategy.
+    #[arg(long, default_value_t = 200)]
+    pub frames: usize,
+
+    /// Frames released per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub fps: f64,
+
+    /// One-way delay added in each direction, e.g. 20ms.
+    #[arg(long, default_value = "20ms", value_parser = duration)]
+    pub delay: std::time::Duration,
+
+    /// How many times slower the device computes than this machine (≥ 1).
+    #[arg(long, default_value_t = 4.0)]
+    pub device_slowdown: f64,
+
+    /// Deadline of each request; past it the device computes the tail itself.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub timeout: std::time::Duration,
+
+    /// Static cuts to run for best-static, comma-separated (default: cut 0 and the bottleneck
+    /// cuts that shrink the boundary, at most 4).
+    #[arg(long, value_delimiter = ',')]
+    pub static_cuts: Option<Vec<usize>>,
+
+    /// Codecs for the static runs and the adaptive device.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,int8")]
+    pub codecs: Vec<cleave_codec::Codec>,
+
+    /// A strategy that falls this far behind its frame releases is stopped (and reported so).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub max_backlog: std::time::Duration,
+
+    /// The input of every frame, as .npy (single-input models).
+    #[arg(long, value_name = "PATH")]
+    pub input: Option<PathBuf>,
+
+    /// Write the results as JSON: a list with one object per strategy.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Plot bandwidth, the adaptive cut and per-frame latency over time (.png or .svg).
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
+}
+
+fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    cleave_graph::InputShapes::parse_one(s)
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    cleave_cost::parse_duration_ms(s).map(|ms| std::time::Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
 }
 
 /// Time tract against onnxruntime on the same models, side by side.
@@ -148,7 +247,72 @@ pub fn run(b: Bench) -> Result<()> {
         Bench::Predict(a) => predict(a),
         Bench::Rpc(a) => rpc(a),
         Bench::Engines(a) => engines(a),
+        Bench::Trace(a) => trace(a),
     }
+}
+
+fn trace(a: TraceArgs) -> Result<()> {
+    use std::sync::Arc;
+    let trace = match a.trace.strip_prefix("markov:") {
+        Some(seed) => {
+            let seed: u64 =
+                seed.parse().with_context(|| format!("--trace {}: the seed must be an integer", a.trace))?;
+            cleave_link::Trace::markov(seed, 120_000, &[0.5, 2.0, 5.0, 10.0, 20.0], 3_000.0)?
+        }
+        None => {
+            let text = std::fs::read_to_string(&a.trace).with_context(|| format!("cannot read trace {}", a.trace))?;
+            cleave_link::Trace::parse(&text).with_context(|| format!("trace {}", a.trace))?
+        }
+    };
+    let model_args = ModelArgs { model: a.model.clone(), shapes: a.shapes.clone(), exits: None };
+    let loaded = model_args.load()?;
+    let tmp = tempfile::tempdir()?;
+    let model_path = match &a.model {
+        Some(p) => p.clone(),
+        None => {
+            let p = tmp.path().join("tiny_resnet.onnx");
+            std::fs::write(&p, crate::model_arg::DEFAULT_MODEL)?;
+            p
+        }
+    };
+    let graph = Arc::new(loaded.graph);
+    let input: Option<cleave_engine::TensorMap> = match &a.input {
+        None => None,
+        Some(p) => {
+            let specs = graph.inputs();
+            if specs.len() != 1 {
+                anyhow::bail!("--input works for single-input models; this one has {} inputs", specs.len());
+            }
+            let t = crate::npy::read(p)?;
+            cleave_engine::check_input(&specs[0], &t).with_context(|| format!("input file {}", p.display()))?;
+            Some([(specs[0].name.clone(), Arc::new(t))].into_iter().collect())
+        }
+    };
+    let opts = cleave_bench::trace::TraceOptions {
+        model_path,
+        shapes: model_args.input_shapes(),
+        trace,
+        trace_name: a.trace.clone(),
+        start_offset_ms: a.offset_ms,
+        frames: a.frames,
+        fps: a.fps,
+        delay: a.delay,
+        device_slowdown: a.device_slowdown,
+        timeout: a.timeout,
+        static_cuts: a.static_cuts.clone(),
+        codecs: a.codecs.clone(),
+        input,
+        server_exe: std::env::current_exe().context("cannot find the cleave executable to run the edge")?,
+        max_backlog: a.max_backlog,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(cleave_bench::trace::run(graph, &opts, &mut |m: &str| eprintln!("bench trace: {m}")))?;
+    println!("{}", report.render());
+    if let Some(p) = &a.plot {
+        crate::plot::trace_timeline(p, &report)?;
+        println!("wrote {}", p.display());
+    }
+    write_json(a.json.as_deref(), &report.json_list())
 }
 
 fn engines(a: EnginesArgs) -> Result<()> {

@@ -1,0 +1,968 @@
+//! `cleave bench trace`: adaptive split against honest baselines on a bandwidth trace.
+//!
+//! ## Set-up
+//! - **Edge**: a separate `cleave serve` process on loopback (the caller passes the executable,
+//!   normally the running `cleave` itself), serving the model with batching off. Before any timed
+//!   frame it receives one request per candidate cut, so every tail is compiled.
+//! - **Link**: for each strategy a fresh [`LinkProxy`] between the device and the edge shapes
+//!   the uplink by the trace, starting at the same trace millisecond (`start_offset_ms`), with a
+//!   fixed one-way delay in each direction; the downlink is not rate-limited.
+//! - **Device**: this process, an [`AdaptiveDevice`] with every head compiled ahead. Frames are
+//!   released at `fps` from one second after the link starts (the adaptive device's bootstrap
+//!   probe runs in that second; the other strategies wait), and handled one at a time: a frame
+//!   starts at its release or when the previous one is answered, whichever is later, and its
+//!   latency runs from its release to its answer. A strategy that falls more than `max_backlog`
+//!   behind its releases is stopped and reported as such.
+//! - **A slower device**: the device sleeps (X − 1) × each measured compute (`device_slowdown`
+//!   X), the documented fallback for a CPU quota. The report states the method and the ratio
+//!   measured in the run: the device-only strategy's median frame time over the edge's median
+//!   reported compute of the whole model (the offload-raw-fp32 strategy's frames).
+//! - **Inputs**: random data (seeded per frame) unless the caller gives an input; latency does
+//!   not depend on the values, except for early exits.
+//!
+//! ## Strategies
+//! `device-only`; `offload-raw-fp32` (cut 0, fp32); `best-static`: every candidate static
+//! choice is run (cut 0 and the bottleneck cuts whose boundary is smaller than every earlier
+//! cut's, × the codecs, plus the two above) and the one with the lowest mean latency is reported,
+//! in hindsight; `adaptive`; `oracle`.
+//!
+//! ## The oracle
+//! Computed offline after the runs: for each frame in turn, every choice the adaptive device
+//! had (candidate cuts × codecs, and device-only) is simulated with the frame model above, and
+//! the one that answers the frame first is taken (greedy per frame, in hindsight). A choice's
+//! simulated latency is: wait for the previous frame + head + (when sent) the trace's exact
+//! transfer time for the request's bytes handed to an idle link when the head ends
+//! ([`Trace::transfer_ms`], i.e. the bandwidth the frame really had) + 2 × the one-way delay +
+//! the edge's compute + a fixed per-request cost. Compute is measured: a cut's head and tail
+//! times are the medians observed at that cut in the runs, and for cuts no run used, the profile
+//! scaled by the median measured/profiled ratio of the runs. The fixed per-request cost is the
+//! median, over all sent frames, of what the frame took beyond its head, its ideal transfer, the
+//! delays and the edge's reported time (encoding, HTTP/2, decoding). The oracle is therefore a
+//! model calibrated on the runs, not a measured run: it can be beaten by a little where the model
+//! is pessimistic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cleave_codec::Codec;
+use cleave_cost::Profile;
+use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
+use cleave_graph::{InputShapes, ModelGraph};
+use cleave_link::{LinkConfig, LinkProxy, Trace};
+use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Strategy};
+use cleave_node::{EdgeClient, FrameStatus};
+use cleave_plan::{Problem, ProblemBuilder};
+use serde::Serialize;
+
+use crate::stats::{median, quantile};
+
+/// Time between the link's start and the first frame's release.
+const LEAD: Duration = Duration::from_secs(1);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    /// The model file the edge serves.
+    pub model_path: PathBuf,
+    /// Pinned input shapes (passed to the edge too).
+    pub shapes: InputShapes,
+    /// The uplink trace and its name.
+    pub trace: Trace,
+    pub trace_name: String,
+    /// Trace millisecond at which every strategy starts.
+    pub start_offset_ms: u64,
+    pub frames: usize,
+    /// Frame release rate.
+    pub fps: f64,
+    /// One-way delay in each direction.
+    pub delay: Duration,
+    /// Device compute multiplier X ≥ 1.
+    pub device_slowdown: f64,
+    /// Request deadline; past it the device computes the tail.
+    pub timeout: Duration,
+    /// Static cuts to run (default: cut 0 and the shrinking bottleneck cuts).
+    pub static_cuts: Option<Vec<usize>>,
+    /// Codecs for static runs and the adaptive device.
+    pub codecs: Vec<Codec>,
+    /// The input of every frame (default: random, seeded per frame).
+    pub input: Option<TensorMap>,
+    /// The `cleave` executable that runs the edge (`serve`).
+    pub server_exe: PathBuf,
+    /// A strategy that falls this far behind its releases is stopped.
+    pub max_backlog: Duration,
+}
+
+/// How the device was made slower than the edge, and what was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSpeed {
+    pub method: String,
+    pub slowdown: f64,
+    /// Median device-only frame time over the edge's median reported compute of the whole
+    /// model; `None` when a strategy needed for it has no frames.
+    pub measured_ratio: Option<f64>,
+    pub device_whole_ms: Option<f64>,
+    pub edge_whole_ms: Option<f64>,
+}
+
+/// One strategy's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyResult {
+    pub strategy: String,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    /// Payload bytes sent (probes not included; see `probe_bytes`).
+    pub bytes_up: u64,
+    /// Answered frames per second of the run (frames / (last answer − first release)).
+    pub fps: f64,
+    pub frames: usize,
+    pub local_fallback: usize,
+    /// Stopped early because it fell too far behind.
+    pub stopped: bool,
+    /// The fixed choice, for static strategies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub probe_bytes: u64,
+    pub device_speed: DeviceSpeed,
+    /// For best-static: every static run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<StaticSummary>,
+    /// For adaptive and oracle: every frame.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_frame: Vec<FramePoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A static run, in short.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaticSummary {
+    pub cut: usize,
+    pub codec: Option<String>,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub bytes_up: u64,
+    pub stopped: bool,
+}
+
+/// One frame of the adaptive run or the oracle.
+#[derive(Debug, Clone, Serialize)]
+pub struct FramePoint {
+    pub frame: usize,
+    /// Release time, s since the link started.
+    pub t_s: f64,
+    pub cut: usize,
+    pub codec: Option<String>,
+    pub latency_ms: f64,
+    pub bytes_up: u64,
+    /// Adaptive: the uplink estimate the decision used, Mbit/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate_mbps: Option<f64>,
+    /// Adaptive: the planner's predicted latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_ms: Option<f64>,
+    /// The trace's capacity over the frame's transfer (or its release second), Mbit/s.
+    pub trace_mbps: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<FrameStatus>,
+}
+
+/// Everything `cleave bench trace` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceReport {
+    pub host: serde_json::Value,
+    pub model: String,
+    pub trace: String,
+    pub trace_mean_mbps: f64,
+    pub start_offset_ms: u64,
+    pub delay_ms: f64,
+    pub frames: usize,
+    pub fps: f64,
+    pub device_speed: DeviceSpeed,
+    /// Candidate cuts of the adaptive device and the oracle.
+    pub adaptive_cuts: Vec<usize>,
+    pub last_cut: usize,
+    pub strategies: Vec<StrategyResult>,
+    /// The trace's capacity (1 s window) every 100 ms over the run: (s, Mbit/s).
+    pub bandwidth: Vec<(f64, f64)>,
+    /// Every adaptive frame, as recorded.
+    pub adaptive_records: Vec<AdaptiveRecord>,
+}
+
+/// Errors of the benchmark's set-up (a failed frame is counted, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum TraceBenchError {
+    #[error("{0}")]
+    Options(String),
+    #[error("the model: {0}")]
+    Model(String),
+    #[error("the edge process: {0}")]
+    Edge(String),
+    #[error("the link proxy: {0}")]
+    Link(String),
+    #[error("the device: {0}")]
+    Device(String),
+}
+
+/// A `cleave serve` child process on a free loopback port; killed when dropped.
+pub struct EdgeProcess {
+    child: Child,
+    pub grpc: SocketAddr,
+}
+
+impl EdgeProcess {
+    /// Starts `exe serve …` for one model named `m` and waits (up to 120 s) for its
+    /// `listening grpc=…` line.
+    pub fn spawn(
+        exe: &std::path::Path,
+        model: &std::path::Path,
+        shapes: &InputShapes,
+        cache: usize,
+    ) -> Result<Self, TraceBenchError> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--max-batch", "1"])
+            .arg("--cache")
+            .arg(cache.to_string())
+            .arg("--model")
+            .arg(format!("m={}", model.display()));
+        for (name, dims) in &shapes.0 {
+            let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            cmd.arg("--shape").arg(format!("{name}={}", d.join(",")));
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| TraceBenchError::Edge(format!("cannot start {} serve: {e}", exe.display())))?;
+        let stdout = child.stdout.take().ok_or_else(|| TraceBenchError::Edge("no stdout".into()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.starts_with("listening ") {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        let mut edge = EdgeProcess { child, grpc: SocketAddr::from(([127, 0, 0, 1], 0)) };
+        let line = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(l) => l,
+            Err(_) => {
+                let status = edge.child.try_wait().ok().flatten();
+                return Err(TraceBenchError::Edge(match status {
+                    Some(s) => format!("`serve` exited ({s}) before listening (its error is above)"),
+                    None => "`serve` did not report listening within 120 s".into(),
+                }));
+            }
+        };
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| TraceBenchError::Edge(format!("cannot parse the address in `{line}`")))?;
+        edge.grpc = addr;
+        Ok(edge)
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Static cuts by default: cut 0 and each bottleneck cut whose boundary is smaller than every
+/// earlier cut's (the cuts where keeping more layers on the device sends less), at most 4,
+/// spread evenly; the last cut is never included (device-only is its own strategy).
+pub fn default_static_cuts(graph: &ModelGraph) -> Vec<usize> {
+    let cuts = graph.cuts();
+    let last = graph.last_cut();
+    let mut out = vec![0];
+    let mut smallest = cuts[0].bytes;
+    for c in &cuts[1..last] {
+        if c.bottleneck && c.bytes < smallest {
+            out.push(c.index);
+            smallest = c.bytes;
+        }
+    }
+    if out.len() > 4 {
+        let n = out.len();
+        out = (0..4).map(|i| out[i * (n - 1) / 3]).collect();
+        out.dedup();
+    }
+    out
+}
+
+/// Candidate cuts of the adaptive device: cut 0, every bottleneck cut, and the last.
+pub fn adaptive_cuts(graph: &ModelGraph) -> BTreeSet<usize> {
+    let mut s: BTreeSet<usize> = graph.cuts().iter().filter(|c| c.bottleneck).map(|c| c.index).collect();
+    s.insert(0);
+    s.insert(graph.last_cut());
+    s
+}
+
+/// Runs every strategy and computes the oracle. `progress` gets one line per step.
+pub async fn run(
+    graph: Arc<ModelGraph>,
+    opts: &TraceOptions,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<TraceReport, TraceBenchError> {
+    if opts.frames == 0 {
+        return Err(TraceBenchError::Options("--frames must be at least 1".into()));
+    }
+    if !(opts.fps.is_finite() && opts.fps > 0.0) {
+        return Err(TraceBenchError::Options(format!("--fps {} must be a positive number", opts.fps)));
+    }
+    if !(opts.device_slowdown.is_finite() && opts.device_slowdown >= 1.0) {
+        return Err(TraceBenchError::Options(format!("--device-slowdown {} must be ≥ 1", opts.device_slowdown)));
+    }
+    if opts.codecs.is_empty() {
+        return Err(TraceBenchError::Options("--codecs: give at least one codec".into()));
+    }
+    let last = graph.last_cut();
+    let static_cuts = opts.static_cuts.clone().unwrap_or_else(|| default_static_cuts(&graph));
+    if let Some(&c) = static_cuts.iter().find(|&&c| c > last) {
+        return Err(TraceBenchError::Options(format!("--static-cuts: cut {c} is beyond the last cut, {last}")));
+    }
+    let mut cand = adaptive_cuts(&graph);
+    cand.extend(static_cuts.iter().copied());
+
+    // Compute profile of this machine: the edge's; the device's is X times slower.
+    progress("profiling compute per cut");
+    let engine = Arc::new(Engine::new(EngineConfig { threads: 1, cache_capacity: 2 * cand.len() + 16 }));
+    let popts =
+        cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: crate::host() };
+    let edge_profile = cleave_engine::profile::profile(&engine, &graph, &popts, &mut |_: usize, _: usize, _: &str| {})
+        .map_err(|e| TraceBenchError::Model(e.to_string()))?;
+    let device_profile = edge_profile.scaled(opts.device_slowdown, "device");
+    let mut problem =
+        ProblemBuilder::new(&graph, &device_profile).server(edge_profile.clone()).codecs(opts.codecs.clone()).build();
+    adaptive::restrict_cuts(&mut problem, &cand);
+    let adaptive_set: BTreeSet<usize> = adaptive_cuts(&graph);
+    let mut adaptive_problem = problem.clone();
+    adaptive::restrict_cuts(&mut adaptive_problem, &adaptive_set);
+
+    progress("starting the edge (`cleave serve`)");
+    let edge = EdgeProcess::spawn(&opts.server_exe, &opts.model_path, &opts.shapes, cand.len() + 16)?;
+    let config = AdaptiveConfig {
+        model_name: "m".into(),
+        timeout: opts.timeout,
+        device_slowdown: opts.device_slowdown,
+        // The bench's downlink is not shaped: only the one-way delay applies.
+        down_bps: Some(1e9),
+        probe: true,
+    };
+    let frames: Vec<TensorMap> = (0..opts.frames)
+        .map(|k| match &opts.input {
+            Some(i) => i.clone(),
+            None => graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k as u64))).collect(),
+        })
+        .collect();
+
+    {
+        progress(&format!("compiling {} heads and warming the edge's tails", cand.len()));
+        let direct = EdgeClient::connect(&edge.grpc.to_string(), 64 << 20)
+            .await
+            .map_err(|e| TraceBenchError::Edge(e.to_string()))?;
+        let warm = AdaptiveDevice::new(
+            engine.clone(),
+            graph.clone(),
+            Some(direct.clone()),
+            problem.clone(),
+            Strategy::Adaptive,
+            config.clone(),
+        )
+        .map_err(|e| TraceBenchError::Device(e.to_string()))?;
+        let warm = tokio::task::spawn_blocking(move || warm.prepare().map(|_| warm))
+            .await
+            .map_err(|e| TraceBenchError::Device(e.to_string()))?
+            .map_err(|e| TraceBenchError::Device(e.to_string()))?;
+        warm.warm_server(&direct).await.map_err(|e| TraceBenchError::Device(e.to_string()))?;
+    }
+
+    let run_one = |strategy: Strategy, problem: Problem| {
+        let (engine, graph, config, frames, edge_addr) =
+            (engine.clone(), graph.clone(), config.clone(), frames.clone(), edge.grpc);
+        async move { run_strategy(engine, graph, problem, strategy, config, &frames, edge_addr, opts).await }
+    };
+
+    progress("device-only");
+    let device_only = run_one(Strategy::Fixed { cut: last, codec: Codec::Fp32 }, problem.clone()).await?;
+    progress("offload-raw-fp32 (cut 0, fp32)");
+    let raw = run_one(Strategy::Fixed { cut: 0, codec: Codec::Fp32 }, problem.clone()).await?;
+    let mut statics: Vec<(usize, Option<Codec>, Run)> = vec![];
+    for &cut in &static_cuts {
+        for &codec in &opts.codecs {
+            if cut == 0 && codec == Codec::Fp32 {
+                continue;
+            }
+            progress(&format!("static cut {cut} {codec}"));
+            let r = run_one(Strategy::Fixed { cut, codec }, problem.clone()).await?;
+            statics.push((cut, Some(codec), r));
+        }
+    }
+    progress("adaptive");
+    let adaptive_run = run_one(Strategy::Adaptive, adaptive_problem.clone()).await?;
+    drop(edge);
+
+    // Everything that ran, for the oracle's measured compute.
+    let mut all: Vec<&AdaptiveRecord> = device_only.records.iter().chain(raw.records.iter()).collect();
+    for (_, _, r) in &statics {
+        all.extend(r.records.iter());
+    }
+    all.extend(adaptive_run.records.iter());
+    let model = OracleModel::fit(&all, &problem, &edge_profile, &device_profile, opts);
+    let oracle = model.simulate(&adaptive_problem, opts);
+
+    let device_speed = {
+        let mut d: Vec<f64> = device_only.records.iter().map(|r| r.head_ms).collect();
+        let mut e: Vec<f64> = raw.records.iter().filter_map(|r| r.compute_ms).collect();
+        let (d, e) = (finite(median(&mut d)), finite(median(&mut e)));
+        DeviceSpeed {
+            method: format!(
+                "compute-time multiplier: the device sleeps {:.2}× each measured compute after it (no cgroup CPU quota)",
+                opts.device_slowdown - 1.0
+            ),
+            slowdown: opts.device_slowdown,
+            measured_ratio: d.zip(e).map(|(d, e)| d / e),
+            device_whole_ms: d,
+            edge_whole_ms: e,
+        }
+    };
+
+    let trace_mbps = |t_ms: f64, bytes: u64| -> f64 {
+        // Capacity over the frame's transfer when it sent something, else over its second.
+        let start = opts.start_offset_ms + t_ms.max(0.0) as u64;
+        let span = if bytes > 0 { opts.trace.transfer_ms(start, bytes).max(1) } else { 1000 };
+        (opts.trace.bytes_between(start, start + span) * 8) as f64 / (span as f64 * 1e3)
+    };
+    let summary = |name: &str, run: &Run, cut: Option<usize>, codec: Option<Codec>| {
+        let mut s = summarize(name, &run.records, run.stopped, device_speed.clone());
+        s.cut = cut;
+        s.codec = codec.map(|c| c.to_string());
+        s
+    };
+    let mut strategies = vec![
+        summary("device-only", &device_only, Some(last), None),
+        summary("offload-raw-fp32", &raw, Some(0), Some(Codec::Fp32)),
+    ];
+    let mut candidates: Vec<(StaticSummary, StrategyResult)> = vec![];
+    let short = |s: &StrategyResult| StaticSummary {
+        cut: s.cut.unwrap_or(0),
+        codec: s.codec.clone(),
+        mean_ms: s.mean_ms,
+        p50_ms: s.p50_ms,
+        p95_ms: s.p95_ms,
+        bytes_up: s.bytes_up,
+        stopped: s.stopped,
+    };
+    for s in &strategies {
+        candidates.push((short(s), s.clone()));
+    }
+    for (cut, codec, r) in &statics {
+        let s = summary(
+            &format!("static-{cut}-{}", codec.map(|c| c.to_string()).unwrap_or_default()),
+            r,
+            Some(*cut),
+            *codec,
+        );
+        candidates.push((short(&s), s));
+    }
+    let best = candidates
+        .iter()
+        .filter(|(c, _)| !c.stopped)
+        .min_by(|a, b| a.0.mean_ms.total_cmp(&b.0.mean_ms))
+        .or_else(|| candidates.iter().min_by(|a, b| a.0.mean_ms.total_cmp(&b.0.mean_ms)))
+        .map(|(_, s)| s.clone())
+        .ok_or_else(|| TraceBenchError::Device("no static run".into()))?;
+    let mut best = StrategyResult {
+        strategy: "best-static".into(),
+        candidates: candidates.iter().map(|(c, _)| c.clone()).collect(),
+        note: Some(format!(
+            "the static choice with the lowest mean latency in hindsight: cut {} {}",
+            best.cut.unwrap_or(0),
+            best.codec.clone().unwrap_or_else(|| "(device-only)".into())
+        )),
+        ..best
+    };
+    best.per_frame.clear();
+    strategies.push(best);
+    let mut ad = summarize("adaptive", &adaptive_run.records, adaptive_run.stopped, device_speed.clone());
+    ad.probe_bytes = adaptive_run.records.iter().map(|r| r.probe_bytes).sum();
+    ad.per_frame = adaptive_run
+        .records
+        .iter()
+        .map(|r| FramePoint {
+            frame: r.frame,
+            t_s: r.release_ms / 1e3,
+            cut: r.cut,
+            codec: r.codec.map(|c| c.to_string()),
+            latency_ms: r.total_ms,
+            bytes_up: r.bytes_up,
+            estimate_mbps: Some(r.estimate.up_bps / 1e6),
+            predicted_ms: r.predicted_ms,
+            trace_mbps: trace_mbps(r.send_ms.unwrap_or(r.release_ms), r.bytes_up),
+            status: Some(r.status),
+        })
+        .collect();
+    strategies.push(ad);
+    let mut or = summarize_points("oracle", &oracle, device_speed.clone());
+    or.per_frame = oracle
+        .iter()
+        .map(|f| FramePoint { trace_mbps: trace_mbps(f.send_ms.unwrap_or(f.release_ms), f.bytes), ..f.point.clone() })
+        .collect();
+    or.note = Some(
+        "per-frame hindsight, simulated from the trace's exact transfer times and the compute measured in the runs (see the docs)".into(),
+    );
+    strategies.push(or);
+
+    let span_s = LEAD.as_secs_f64() + opts.frames as f64 / opts.fps + 2.0;
+    let bandwidth = (0..=(span_s * 10.0) as u64)
+        .map(|i| {
+            let t_ms = i * 100;
+            (t_ms as f64 / 1e3, opts.trace.rate_at(opts.start_offset_ms + t_ms + 500, 1000) / 1e6)
+        })
+        .collect();
+    Ok(TraceReport {
+        host: crate::host(),
+        model: opts.model_path.display().to_string(),
+        trace: opts.trace_name.clone(),
+        trace_mean_mbps: opts.trace.mean_bps() / 1e6,
+        start_offset_ms: opts.start_offset_ms,
+        delay_ms: opts.delay.as_secs_f64() * 1e3,
+        frames: opts.frames,
+        fps: opts.fps,
+        device_speed,
+        adaptive_cuts: adaptive_set.into_iter().collect(),
+        last_cut: last,
+        strategies,
+        bandwidth,
+        adaptive_records: adaptive_run.records,
+    })
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+/// One strategy's frames.
+struct Run {
+    records: Vec<AdaptiveRecord>,
+    stopped: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_strategy(
+    engine: Arc<Engine>,
+    graph: Arc<ModelGraph>,
+    problem: Problem,
+    strategy: Strategy,
+    config: AdaptiveConfig,
+    frames: &[TensorMap],
+    edge: SocketAddr,
+    opts: &TraceOptions,
+) -> Result<Run, TraceBenchError> {
+    let link = LinkConfig {
+        up: Some(opts.trace.clone()),
+        delay: opts.delay,
+        start_offset_ms: opts.start_offset_ms,
+        ..LinkConfig::default()
+    };
+    let proxy = LinkProxy::start(edge, link).await.map_err(|e| TraceBenchError::Link(e.to_string()))?;
+    let origin = proxy.handle().origin().into_std();
+    let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20)
+        .await
+        .map_err(|e| TraceBenchError::Link(e.to_string()))?;
+    let mut device = AdaptiveDevice::new(engine, graph, Some(client), problem, strategy, config)
+        .map_err(|e| TraceBenchError::Device(e.to_string()))?
+        .with_epoch(origin);
+    if strategy == Strategy::Adaptive {
+        device.bootstrap().await;
+    }
+    let first = origin + LEAD;
+    let mut records = Vec::with_capacity(frames.len());
+    let mut stopped = false;
+    for (k, inputs) in frames.iter().enumerate() {
+        let release = first + Duration::from_secs_f64(k as f64 / opts.fps);
+        if Instant::now() > release + opts.max_backlog {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep_until(release.into()).await;
+        let (rec, _) = device.frame(k, inputs.clone(), release).await;
+        records.push(rec);
+    }
+    drop(proxy);
+    Ok(Run { records, stopped })
+}
+
+fn summarize(name: &str, records: &[AdaptiveRecord], stopped: bool, device_speed: DeviceSpeed) -> StrategyResult {
+    let lat: Vec<f64> = records.iter().map(|r| r.total_ms).collect();
+    let first = records.first().map_or(0.0, |r| r.release_ms);
+    let end = records.iter().map(|r| r.release_ms + r.total_ms).fold(0.0, f64::max);
+    let mut s = stats(name, lat, records.iter().map(|r| r.bytes_up).sum(), (end - first) / 1e3, device_speed);
+    s.local_fallback = records.iter().filter(|r| r.status == FrameStatus::LocalFallback).count();
+    s.stopped = stopped;
+    s
+}
+
+fn stats(name: &str, mut lat: Vec<f64>, bytes_up: u64, span_s: f64, device_speed: DeviceSpeed) -> StrategyResult {
+    let n = lat.len();
+    let mean = if n == 0 { f64::NAN } else { lat.iter().sum::<f64>() / n as f64 };
+    StrategyResult {
+        strategy: name.into(),
+        mean_ms: mean,
+        p50_ms: quantile(&mut lat, 0.5),
+        p95_ms: quantile(&mut lat, 0.95),
+        bytes_up,
+        fps: if span_s > 0.0 { n as f64 / span_s } else { 0.0 },
+        frames: n,
+        local_fallback: 0,
+        stopped: false,
+        cut: None,
+        codec: None,
+        probe_bytes: 0,
+        device_speed,
+        candidates: vec![],
+        per_frame: vec![],
+        note: None,
+    }
+}
+
+fn summarize_points(name: &str, frames: &[OracleFrame], device_speed: DeviceSpeed) -> StrategyResult {
+    let first = frames.first().map_or(0.0, |f| f.release_ms);
+    let end = frames.iter().map(|f| f.release_ms + f.point.latency_ms).fold(0.0, f64::max);
+    stats(
+        name,
+        frames.iter().map(|f| f.point.latency_ms).collect(),
+        frames.iter().map(|f| f.bytes).sum(),
+        (end - first) / 1e3,
+        device_speed,
+    )
+}
+
+/// A frame of the oracle.
+#[derive(Debug, Clone)]
+pub struct OracleFrame {
+    pub release_ms: f64,
+    pub send_ms: Option<f64>,
+    pub bytes: u64,
+    pub point: FramePoint,
+}
+
+/// What the oracle knows: per-cut head and tail times, the fixed per-request cost, the link.
+#[derive(Debug, Clone)]
+pub struct OracleModel {
+    /// Head time (slowdown included) at each cut, ms.
+    pub head_ms: Vec<f64>,
+    /// Edge compute of the tail after each cut, ms.
+    pub tail_ms: Vec<f64>,
+    /// What a sent frame costs beyond head, ideal transfer, delays and edge time, ms.
+    pub fixed_ms: f64,
+    pub trace: Trace,
+    pub start_offset_ms: u64,
+    pub delay_ms: f64,
+}
+
+/// Bytes on the wire for a request with `payload` bytes.
+fn wire(payload: u64) -> u64 {
+    payload + cleave_cost::link::DEFAULT_MESSAGE_OVERHEAD
+}
+
+impl OracleModel {
+    /// Fits the model on the recorded frames of every run (see the module docs).
+    pub fn fit(
+        records: &[&AdaptiveRecord],
+        problem: &Problem,
+        edge: &Profile,
+        device: &Profile,
+        opts: &TraceOptions,
+    ) -> OracleModel {
+        let n = problem.num_cuts();
+        let last = n - 1;
+        let (dev, srv) = (device.prefix(), edge.prefix());
+        let mut heads: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        let mut tails: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        let (mut head_ratio, mut tail_ratio, mut fixed) = (vec![], vec![], vec![]);
+        let delay_ms = opts.delay.as_secs_f64() * 1e3;
+        for r in records {
+            if r.status == FrameStatus::EarlyExit || r.status == FrameStatus::LocalFallback || r.exit.is_some() {
+                continue;
+            }
+            heads.entry(r.cut).or_default().push(r.head_ms);
+            if dev[r.cut] > 0.0 {
+                head_ratio.push(r.head_ms / dev[r.cut]);
+            }
+            if let (FrameStatus::Remote, Some(c), Some(send)) = (r.status, r.compute_ms, r.send_ms) {
+                tails.entry(r.cut).or_default().push(c);
+                let predicted = srv[last] - srv[r.cut];
+                if predicted > 0.0 {
+                    tail_ratio.push(c / predicted);
+                }
+                let start = opts.start_offset_ms + send.max(0.0) as u64;
+                let ideal = opts.trace.transfer_ms(start, wire(r.bytes_up)) as f64;
+                let rest = r.total_ms
+                    - (r.start_ms - r.release_ms)
+                    - r.head_ms
+                    - ideal
+                    - 2.0 * delay_ms
+                    - c
+                    - r.queue_ms.unwrap_or(0.0);
+                fixed.push(rest.max(0.0));
+            }
+        }
+        let ratio = |v: &mut Vec<f64>| {
+            let m = median(v);
+            if m.is_finite() { m } else { 1.0 }
+        };
+        let (hr, tr) = (ratio(&mut head_ratio), ratio(&mut tail_ratio));
+        let pick = |m: &mut BTreeMap<usize, Vec<f64>>, c: usize, predicted: f64| match m.get_mut(&c) {
+            Some(v) if v.len() >= 3 => median(v),
+            _ => predicted,
+        };
+        let head_ms = (0..n).map(|c| pick(&mut heads, c, dev[c] * hr)).collect();
+        let tail_ms = (0..n).map(|c| pick(&mut tails, c, (srv[last] - srv[c]) * tr)).collect();
+        let fixed_ms = {
+            let m = median(&mut fixed);
+            if m.is_finite() { m } else { 0.0 }
+        };
+        OracleModel {
+            head_ms,
+            tail_ms,
+            fixed_ms,
+            trace: opts.trace.clone(),
+            start_offset_ms: opts.start_offset_ms,
+            delay_ms,
+        }
+    }
+
+    /// Greedy per-frame hindsight over the choices `problem` allows (see the module docs).
+    pub fn simulate(&self, problem: &Problem, opts: &TraceOptions) -> Vec<OracleFrame> {
+        let choices = choices(problem);
+        let period = 1e3 / opts.fps;
+        let lead = LEAD.as_secs_f64() * 1e3;
+        let mut prev_end = 0.0f64;
+        let mut out = Vec::with_capacity(opts.frames);
+        for k in 0..opts.frames {
+            let release = lead + k as f64 * period;
+            let start = release.max(prev_end);
+            let best = choices
+                .iter()
+                .map(|&(c, q)| {
+                    let (end, send, bytes) = self.finish(problem, c, q, start);
+                    (end, send, bytes, c, q)
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            let Some((end, send, bytes, c, q)) = best else { break };
+            prev_end = end;
+            out.push(OracleFrame {
+                release_ms: release,
+                send_ms: send,
+                bytes,
+                point: FramePoint {
+                    frame: k,
+                    t_s: release / 1e3,
+                    cut: c,
+                    codec: q.map(|q| problem.codecs[q].to_string()),
+                    latency_ms: end - release,
+                    bytes_up: bytes,
+                    estimate_mbps: None,
+                    predicted_ms: None,
+                    trace_mbps: 0.0,
+                    status: None,
+                },
+            });
+        }
+        out
+    }
+
+    /// When a frame started at `start` (ms since the link started) is answered with cut `c` and
+    /// codec `q`: (end, send time, payload bytes).
+    pub fn finish(&self, problem: &Problem, c: usize, q: Option<usize>, start: f64) -> (f64, Option<f64>, u64) {
+        let head_end = start + self.head_ms[c];
+        let Some(q) = q else { return (head_end, None, 0) };
+        let bytes = problem.bytes[c][q];
+        let t0 = self.start_offset_ms + head_end.max(0.0).ceil() as u64;
+        let transfer =
+            self.trace.transfer_ms(t0, wire(bytes)) as f64 + (t0 as f64 - self.start_offset_ms as f64 - head_end);
+        (head_end + transfer + 2.0 * self.delay_ms + self.tail_ms[c] + self.fixed_ms, Some(head_end), bytes)
+    }
+}
+
+/// Every (cut, codec) `problem` allows; device-only as (last, None).
+fn choices(problem: &Problem) -> Vec<(usize, Option<usize>)> {
+    let last = problem.last();
+    let mut v = vec![(last, None)];
+    for c in 0..last {
+        for q in 0..problem.codecs.len() {
+            if problem.drop[c][q].is_finite() {
+                v.push((c, Some(q)));
+            }
+        }
+    }
+    v
+}
+
+impl TraceReport {
+    /// The JSON file: one object per strategy.
+    pub fn json_list(&self) -> &[StrategyResult] {
+        &self.strategies
+    }
+
+    /// A human-readable table.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "trace {} (mean {:.2} Mbit/s, from {} ms), one-way delay {:.0} ms, {} frames at {} fps\n",
+            self.trace, self.trace_mean_mbps, self.start_offset_ms, self.delay_ms, self.frames, self.fps
+        );
+        let ds = &self.device_speed;
+        s += &format!(
+            "device speed: {}; measured device/edge ratio {} (device-only frame {} ms, edge whole-model compute {} ms)\n",
+            ds.method,
+            ds.measured_ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
+            ds.device_whole_ms.map_or("n/a".into(), |v| format!("{v:.1}")),
+            ds.edge_whole_ms.map_or("n/a".into(), |v| format!("{v:.1}")),
+        );
+        s += &format!(
+            "{:<18} {:>10} {:>10} {:>10} {:>12} {:>7} {:>9}  {}\n",
+            "strategy", "mean ms", "p50 ms", "p95 ms", "bytes up", "fps", "fallback", "note"
+        );
+        for r in &self.strategies {
+            s += &format!(
+                "{:<18} {:>10.1} {:>10.1} {:>10.1} {:>12} {:>7.2} {:>9}  {}{}\n",
+                r.strategy,
+                r.mean_ms,
+                r.p50_ms,
+                r.p95_ms,
+                r.bytes_up,
+                r.fps,
+                r.local_fallback,
+                if r.stopped { format!("STOPPED after {} frames (fell behind); ", r.frames) } else { String::new() },
+                r.note.clone().unwrap_or_default()
+            );
+        }
+        if let Some(b) = self.strategies.iter().find(|r| r.strategy == "best-static") {
+            s += "static runs:";
+            for c in &b.candidates {
+                s += &format!(
+                    " [cut {} {}: {:.1} ms{}]",
+                    c.cut,
+                    c.codec.as_deref().unwrap_or("device"),
+                    c.mean_ms,
+                    if c.stopped { ", stopped" } else { "" }
+                );
+            }
+            s += "\n";
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleave_plan::build::tests_support::toy_problem;
+
+    fn model(trace: Trace) -> OracleModel {
+        OracleModel {
+            head_ms: vec![0.0, 20.0, 60.0, 80.0],
+            tail_ms: vec![8.0, 6.0, 2.0, 0.0],
+            fixed_ms: 1.0,
+            trace,
+            start_offset_ms: 0,
+            delay_ms: 10.0,
+        }
+    }
+
+    fn opts(trace: Trace, frames: usize, fps: f64) -> TraceOptions {
+        TraceOptions {
+            model_path: PathBuf::new(),
+            shapes: InputShapes::none(),
+            trace,
+            trace_name: "t".into(),
+            start_offset_ms: 0,
+            frames,
+            fps,
+            delay: Duration::from_millis(10),
+            device_slowdown: 4.0,
+            timeout: Duration::from_secs(5),
+            static_cuts: None,
+            codecs: vec![],
+            input: None,
+            server_exe: PathBuf::new(),
+            max_backlog: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn oracle_finish_time_uses_the_trace_exactly() {
+        // 12 Mbit/s = one 1500-byte packet per ms.
+        let t = Trace::constant(12e6).unwrap();
+        let m = model(t);
+        let p = toy_problem();
+        // Cut 2 int8: 10 000 B + 300 B overhead = 7 packets → 7 ms after the head ends at 60.
+        let (end, send, bytes) = m.finish(&p, 2, Some(2), 0.0);
+        assert_eq!(bytes, 10_000);
+        assert_eq!(send, Some(60.0));
+        assert!((end - (60.0 + 7.0 + 20.0 + 2.0 + 1.0)).abs() < 1e-9, "{end}");
+        // Device-only: the head alone.
+        assert_eq!(m.finish(&p, 3, None, 5.0).0, 85.0);
+    }
+
+    #[test]
+    fn oracle_picks_per_frame_and_follows_a_bandwidth_step() {
+        // 1 s at 96 Mbit/s (8 packets/ms), then 1 s at 0.12 Mbit/s (1 packet per 100 ms).
+        let mut runs = vec![];
+        for ms in 1..=1000 {
+            runs.push((ms, 8));
+        }
+        for ms in (1100..=2000).step_by(100) {
+            runs.push((ms, 1));
+        }
+        let t = Trace::from_runs(runs).unwrap();
+        // Releases at 1000, 1200, … ms after the start, i.e. trace ms 2400, 2600, … with this
+        // offset: 400, 600, 800 of the second loop (fast), then 1000 and on (slow).
+        let o = TraceOptions { start_offset_ms: 1400, ..opts(t.clone(), 6, 5.0) };
+        let m = OracleModel { start_offset_ms: 1400, ..model(t) };
+        let p = toy_problem();
+        let frames = m.simulate(&p, &o);
+        assert_eq!(frames.len(), 6);
+        let cuts: Vec<usize> = frames.iter().map(|f| f.point.cut).collect();
+        assert_eq!(cuts[0], 0, "{cuts:?}");
+        assert_eq!(*cuts.last().unwrap(), 3, "{cuts:?}");
+        // Each frame is the best of every choice given its start.
+        for f in &frames {
+            let start = f.release_ms;
+            let best = choices(&p).into_iter().map(|(c, q)| m.finish(&p, c, q, start).0).fold(f64::INFINITY, f64::min);
+            assert!((f.point.latency_ms - (best - start)).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn default_static_cuts_shrink() {
+        use prost::Message;
+        let bytes = cleave_graph::build::zoo::tiny_resnet(1).encode_to_vec();
+        let g = ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap();
+        let cuts = default_static_cuts(&g);
+        assert_eq!(cuts[0], 0);
+        let all = g.cuts();
+        assert!(cuts.windows(2).all(|w| all[w[1]].bytes < all[w[0]].bytes), "{cuts:?}");
+        assert!(!cuts.contains(&g.last_cut()));
+    }
+}

@@ -1,0 +1,74 @@
+//! `cleave bench trace` end to end: a real `cleave serve` child process, the shaping proxy, and
+//! every strategy on a generated Markov trace, with the built-in tiny model.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_trace_reports_every_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("trace.json");
+    let plot = dir.path().join("trace.png");
+    let t0 = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_cleave"))
+        .args(["bench", "trace", "--trace", "markov:3", "--frames", "12", "--fps", "10", "--delay", "10ms"])
+        .args(["--static-cuts", "0", "--codecs", "fp32,int8", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stderr}\n{stdout}");
+    eprintln!("{stdout}\n(took {:.1} s)", t0.elapsed().as_secs_f64());
+    assert!(stdout.contains("measured device/edge ratio"), "the output states the speed method: {stdout}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let list = v.as_array().expect("a list of strategies");
+    let names: Vec<&str> = list.iter().map(|s| s["strategy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["device-only", "offload-raw-fp32", "best-static", "adaptive", "oracle"]);
+    let get = |name: &str| list.iter().find(|s| s["strategy"] == name).unwrap();
+    for s in list {
+        for f in ["mean_ms", "p50_ms", "p95_ms"] {
+            let x = s[f].as_f64().unwrap_or_else(|| panic!("{} has no {f}", s["strategy"]));
+            assert!(x > 0.0, "{}: {f} = {x}", s["strategy"]);
+        }
+        assert!(s["bytes_up"].as_u64().is_some());
+        assert_eq!(s["device_speed"]["slowdown"], 4.0);
+    }
+    assert_eq!(get("device-only")["bytes_up"], 0);
+    // Cut 0 in fp32 sends the 1×3×32×32 input as is, every frame.
+    assert_eq!(get("offload-raw-fp32")["bytes_up"], 12 * 3 * 32 * 32 * 4);
+    assert_eq!(get("adaptive")["per_frame"].as_array().unwrap().len(), 12);
+    assert_eq!(get("oracle")["per_frame"].as_array().unwrap().len(), 12);
+    // best-static is the best of its candidates, which include the two fixed baselines.
+    let best = get("best-static")["mean_ms"].as_f64().unwrap();
+    for c in get("best-static")["candidates"].as_array().unwrap() {
+        assert!(best <= c["mean_ms"].as_f64().unwrap() + 1e-9);
+    }
+    let adaptive = get("adaptive")["mean_ms"].as_f64().unwrap();
+    let device_only = get("device-only")["mean_ms"].as_f64().unwrap();
+    // A weak, honest bound: on this tiny model the whole network computes in about a
+    // millisecond, so any remote choice costs the link's round trip and adaptive should rarely
+    // send; it must not be far off computing everything locally.
+    assert!(adaptive <= device_only * 1.5 + 20.0, "adaptive {adaptive} ms vs device-only {device_only} ms");
+    assert!(std::fs::metadata(&plot).unwrap().len() > 10_000, "a plot was drawn");
+}
+
+#[test]
+fn bench_trace_rejects_bad_input_clearly() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_cleave")).args(args).output().unwrap();
+    let o = run(&["bench", "trace", "--trace", "/nonexistent.up", "--frames", "2"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read trace /nonexistent.up"));
+    let o = run(&["bench", "trace", "--trace", "markov:x"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("seed must be an integer"));
+    let o = run(&["bench", "trace", "--trace", "markov:1", "--fps", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--fps 0 must be a positive number"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

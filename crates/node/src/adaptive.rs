@@ -1,0 +1,755 @@
+//! The adaptive device: re-plans cut × codec (× early exit, when the problem has calibrated
+//! exits) for every frame from live estimates of the link and the server.
+//!
+//! ## Estimates ([`LinkEstimates`], pure)
+//! - **Uplink bandwidth**: every answered request is one sample: the payload bytes (plus the
+//!   per-message overhead) over the call's wall time minus the server's reported queue and
+//!   compute time minus the smallest round trip seen (the propagation part, which the planner
+//!   adds separately; at most half the call, because on a bursty trace an empty call's round
+//!   trip includes a wait for a delivery opportunity). Samples go to [`cleave_link::BandwidthEstimator`], the harmonic mean of
+//!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate).
+//! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty health calls (ServerLive),
+//!   issued concurrently with the head's compute at most once a second.
+//! - **Server time**: [`cleave_link::LoadEstimator`] over the reported queue and compute time;
+//!   the smoothed queue delay goes into the planner's [`Conditions::server_queue_ms`]. The tail's
+//!   compute comes from the server profile in the [`Problem`].
+//!
+//! ## Before any sample
+//! [`AdaptiveDevice::bootstrap`] measures 3 health round trips and sends one 32 KiB probe (half a second at 0.5 Mbit/s)
+//! (answered by the server without computing). If that fails, or no sample exists yet, the
+//! estimate is a conservative 1 Mbit/s uplink and a 100 ms RTT ([`DEFAULT_UP_BPS`],
+//! [`DEFAULT_RTT_MS`]): a cellular uplink at its worst, so a device starts close to home.
+//!
+//! ## Staying informed while computing locally
+//! A device that stops sending stops learning: the estimate would freeze at the rate that made it
+//! stop. So when a frame sends less than the estimator can measure (device-only or a tiny
+//! boundary) and the last bandwidth sample is older than 2 s, a probe sized to take about a
+//! quarter second at the current estimate (16–128 KiB) goes out concurrently with the head. Before
+//! a frame is sent, any probe still on the link is awaited, so the frame's sample stays clean.
+//!
+//! ## Switching costs nothing
+//! [`AdaptiveDevice::prepare`] compiles the head of every candidate cut (and the exit parts)
+//! before the first frame; `warm_server` sends one request per candidate cut so the server has
+//! every tail compiled. There is no hysteresis: with every part ready, switching has no cost
+//! to amortise, and the harmonic mean already damps single outliers.
+//!
+//! ## A slower device
+//! With `device_slowdown` X > 1 the device sleeps (X − 1) × its measured compute after each
+//! compute step (head or local tail): the documented stand-in for a CPU-quota'd device.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cleave_codec::{Codec, EncodeOptions};
+use cleave_cost::Link;
+use cleave_engine::{Engine, TensorMap, random_input};
+use cleave_graph::{ModelGraph, TensorSpec};
+use cleave_link::{BandwidthEstimator, LoadEstimator, RttEstimator};
+use cleave_plan::{Conditions, Plan, PlanError, Planner, Problem};
+use cleave_proto::inference::ModelInferRequest;
+use cleave_proto::wire;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::client::EdgeClient;
+use crate::convert::{shared_bytes, to_tensor};
+use crate::device::{ExitPolicy, FrameStatus};
+use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
+
+/// Uplink assumed before any measurement, bit/s.
+pub const DEFAULT_UP_BPS: f64 = 1e6;
+/// Round trip assumed before any measurement, ms.
+pub const DEFAULT_RTT_MS: f64 = 100.0;
+/// Size of the bootstrap probe.
+pub const BOOTSTRAP_PROBE_BYTES: usize = 32 * 1024;
+
+/// Errors of the adaptive device's set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum AdaptiveError {
+    #[error("planning problem: {0}")]
+    Plan(#[from] PlanError),
+    #[error("cut {cut} is not a cut of this model (it has {cuts})")]
+    BadCut { cut: usize, cuts: usize },
+    #[error("a cut before the last needs a server")]
+    NoServer,
+    #[error("device slowdown {0} must be a finite number ≥ 1")]
+    BadSlowdown(f64),
+    #[error("compiling part {from}..{to}: {message}")]
+    Compile { from: usize, to: usize, message: String },
+    #[error("warming the server's tail at cut {cut}: {message}")]
+    Warm { cut: usize, message: String },
+}
+
+/// What the planner is told about the link and the server for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    /// Uplink, bit/s.
+    pub up_bps: f64,
+    /// Smoothed round trip, ms.
+    pub rtt_ms: f64,
+    /// Smoothed server queue delay, ms.
+    pub server_queue_ms: f64,
+    /// False while the uplink figure is the default (no sample yet).
+    pub measured: bool,
+}
+
+/// The live estimates a device keeps (pure: callers pass measured durations in).
+#[derive(Debug, Clone, Default)]
+pub struct LinkEstimates {
+    bandwidth: BandwidthEstimator,
+    rtt: RttEstimator,
+    min_rtt_ms: Option<f64>,
+    load: LoadEstimator,
+}
+
+impl LinkEstimates {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One round trip of an empty call.
+    pub fn observe_rtt(&mut self, rtt: Duration) {
+        self.rtt.observe(rtt);
+        let ms = rtt.as_secs_f64() * 1e3;
+        self.min_rtt_ms = Some(self.min_rtt_ms.map_or(ms, |m| m.min(ms)));
+    }
+
+    /// One transfer of `bytes` (on the wire) in a call of `rpc` wall time, of which `server`
+    /// was the server's reported queue and compute time. Returns the throughput sample, bit/s,
+    /// when it was used (transfers under 16 KiB are not).
+    pub fn observe_transfer(&mut self, bytes: u64, rpc: Duration, server: Duration) -> Option<f64> {
+        let base = Duration::from_secs_f64(self.min_rtt_ms.unwrap_or(0.0) / 1e3);
+        let call = rpc.saturating_sub(server);
+        // An empty call's round trip also waits for a delivery opportunity, so on a bursty link
+        // it can exceed the propagation time that a transfer shares with it: never let the
+        // subtraction claim more than half of the call (at most 2× the naive rate).
+        let wire = call.saturating_sub(base).max(call / 2);
+        if self.bandwidth.observe(bytes, wire) { self.bandwidth.samples().last() } else { None }
+    }
+
+    /// One answer's reported queue delay and compute time, ms.
+    pub fn observe_server(&mut self, queue_ms: f64, compute_ms: f64) {
+        let d = |ms: f64| Duration::from_secs_f64(ms.max(0.0) / 1e3);
+        self.load.observe(d(queue_ms), d(compute_ms));
+    }
+
+    /// The estimate for the next frame, with the documented defaults where nothing was measured.
+    pub fn estimate(&self) -> Estimate {
+        let up = self.bandwidth.estimate_bps();
+        Estimate {
+            up_bps: up.unwrap_or(DEFAULT_UP_BPS),
+            rtt_ms: self.rtt.srtt().map_or(DEFAULT_RTT_MS, |d| d.as_secs_f64() * 1e3),
+            server_queue_ms: self.load.queue_ms().unwrap_or(0.0),
+            measured: up.is_some(),
+        }
+    }
+}
+
+/// Forbids every cut outside `cuts` (the last cut, device-only, always stays allowed), so the
+/// planner only chooses among parts that were prepared.
+pub fn restrict_cuts(problem: &mut Problem, cuts: &BTreeSet<usize>) {
+    let last = problem.last();
+    for (c, row) in problem.drop.iter_mut().enumerate() {
+        if c != last && !cuts.contains(&c) {
+            row.iter_mut().for_each(|d| *d = f64::INFINITY);
+        }
+    }
+}
+
+/// Cuts the planner may choose in `problem` (some codec allowed), plus the last.
+pub fn allowed_cuts(problem: &Problem) -> BTreeSet<usize> {
+    let mut s: BTreeSet<usize> =
+        problem.drop.iter().enumerate().filter(|(_, r)| r.iter().any(|d| d.is_finite())).map(|(c, _)| c).collect();
+    s.insert(problem.last());
+    s
+}
+
+/// The per-frame decision: a plan for the estimate (pure).
+pub fn decide(problem: &Problem, est: &Estimate, down_bps: Option<f64>) -> Result<Plan, PlanError> {
+    let mut link = Link::symmetric(est.up_bps, est.rtt_ms);
+    link.down_bps = down_bps.unwrap_or(est.up_bps);
+    let cond = Conditions { server_queue_ms: est.server_queue_ms, ..Conditions::two_tier(link) };
+    Planner::new(problem)?.plan(&cond)
+}
+
+/// How frames are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Re-plan every frame from the estimates.
+    Adaptive,
+    /// Always this cut and codec (the last cut: device-only).
+    Fixed { cut: usize, codec: Codec },
+}
+
+/// How the adaptive device runs.
+#[derive(Debug, Clone)]
+pub struct AdaptiveConfig {
+    /// The model's name on the server.
+    pub model_name: String,
+    /// Deadline of each request; past it the device computes the tail itself.
+    pub timeout: Duration,
+    /// Device compute multiplier (≥ 1): sleep (X − 1) × each measured compute.
+    pub device_slowdown: f64,
+    /// The downlink rate to plan with; `None`: assume it equals the uplink estimate.
+    pub down_bps: Option<f64>,
+    /// Probe the uplink while computing locally (see the module docs).
+    pub probe: bool,
+}
+
+/// What happened to one frame. Times in ms; instants in ms since the device's epoch.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptiveRecord {
+    pub frame: usize,
+    /// When the frame was released (its latency counts from here).
+    pub release_ms: f64,
+    /// When the device started on it (later than release when the previous frame was late).
+    pub start_ms: f64,
+    pub cut: usize,
+    pub codec: Option<Codec>,
+    pub exit: Option<String>,
+    pub status: FrameStatus,
+    /// Payload bytes sent (encoded tensors).
+    pub bytes_up: u64,
+    /// Head time including the emulated slowdown.
+    pub head_ms: f64,
+    /// Head compute actually measured (before the slowdown).
+    pub head_compute_ms: f64,
+    /// When the request left the device.
+    pub send_ms: Option<f64>,
+    pub rpc_ms: f64,
+    pub queue_ms: Option<f64>,
+    pub compute_ms: Option<f64>,
+    /// Release → answer.
+    pub total_ms: f64,
+    /// The estimate the decision used.
+    pub estimate: Estimate,
+    /// The planner's predicted latency for the choice.
+    pub predicted_ms: Option<f64>,
+    /// This frame's bandwidth sample, bit/s, when it gave one.
+    pub sample_bps: Option<f64>,
+    /// Bytes of a probe sent while this frame's head computed.
+    pub probe_bytes: u64,
+    pub error: Option<String>,
+}
+
+/// What a concurrent side task measured: a round trip and a probe (bytes, wall time).
+struct SideResult {
+    rtt: Option<Duration>,
+    probe: Option<(usize, Duration)>,
+}
+
+/// A device that places each frame by [`Strategy`].
+pub struct AdaptiveDevice {
+    engine: Arc<Engine>,
+    graph: Arc<ModelGraph>,
+    client: Option<EdgeClient>,
+    config: AdaptiveConfig,
+    problem: Problem,
+    strategy: Strategy,
+    estimates: LinkEstimates,
+    boundaries: Vec<Vec<TensorSpec>>,
+    model_outputs: Vec<String>,
+    epoch: Instant,
+    side: Option<JoinHandle<SideResult>>,
+    last_sample: Option<Instant>,
+    last_rtt: Option<Instant>,
+}
+
+impl AdaptiveDevice {
+    /// A device. `problem` is the model's planning problem (its server profile describes the
+    /// edge); only its allowed cuts are prepared and chosen.
+    pub fn new(
+        engine: Arc<Engine>,
+        graph: Arc<ModelGraph>,
+        client: Option<EdgeClient>,
+        problem: Problem,
+        strategy: Strategy,
+        config: AdaptiveConfig,
+    ) -> Result<AdaptiveDevice, AdaptiveError> {
+        Planner::new(&problem)?;
+        let cuts = graph.num_cuts();
+        if problem.num_cuts() != cuts {
+            return Err(
+                PlanError::Invalid(format!("the problem has {} cuts, the model {cuts}", problem.num_cuts())).into()
+            );
+        }
+        if !(config.device_slowdown.is_finite() && config.device_slowdown >= 1.0) {
+            return Err(AdaptiveError::BadSlowdown(config.device_slowdown));
+        }
+        let needs_server = match strategy {
+            Strategy::Adaptive => true,
+            Strategy::Fixed { cut, .. } => {
+                if cut >= cuts {
+                    return Err(AdaptiveError::BadCut { cut, cuts });
+                }
+                cut < graph.last_cut()
+            }
+        };
+        if needs_server && client.is_none() {
+            return Err(AdaptiveError::NoServer);
+        }
+        let boundaries = graph.cuts().into_iter().map(|c| c.tensors).collect();
+        let model_outputs = graph.outputs().into_iter().map(|s| s.name).collect();
+        Ok(AdaptiveDevice {
+            engine,
+            graph,
+            client,
+            config,
+            problem,
+            strategy,
+            estimates: LinkEstimates::new(),
+            boundaries,
+            model_outputs,
+            epoch: Instant::now(),
+            side: None,
+            last_sample: None,
+            last_rtt: None,
+        })
+    }
+
+    /// Measures record times from `epoch` (e.g. the link's trace origin).
+    pub fn with_epoch(mut self, epoch: Instant) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The cuts this device may run at.
+    pub fn candidate_cuts(&self) -> BTreeSet<usize> {
+        match self.strategy {
+            Strategy::Adaptive => allowed_cuts(&self.problem),
+            Strategy::Fixed { cut, .. } => BTreeSet::from([cut]),
+        }
+    }
+
+    /// The current estimates.
+    pub fn estimates(&self) -> &LinkEstimates {
+        &self.estimates
+    }
+
+    /// Compiles every head (and exit part) this device may run, so that switching costs nothing.
+    pub fn prepare(&self) -> Result<(), AdaptiveError> {
+        let mut parts: BTreeSet<(usize, usize)> = self.candidate_cuts().into_iter().map(|c| (0, c)).collect();
+        if self.strategy == Strategy::Adaptive {
+            for e in &self.problem.exits {
+                parts.insert((0, e.cut));
+                for c in self.candidate_cuts().into_iter().filter(|&c| c > e.cut) {
+                    parts.insert((e.cut, c));
+                }
+            }
+        }
+        for (from, to) in parts.into_iter().filter(|(f, t)| f < t) {
+            self.engine.part(&self.graph, from, to).map_err(|e| AdaptiveError::Compile {
+                from,
+                to,
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends one request per candidate cut (random boundary tensors) to `client`, so that the
+    /// server compiles every tail before the first timed frame.
+    pub async fn warm_server(&self, client: &EdgeClient) -> Result<(), AdaptiveError> {
+        for cut in self.candidate_cuts().into_iter().filter(|&c| c < self.graph.last_cut()) {
+            let env: TensorMap =
+                self.boundaries[cut].iter().map(|s| (s.name.clone(), random_input(s, cut as u64))).collect();
+            let (req, _) = self
+                .request(0, cut, EncodeOptions::new(Codec::Fp32), &env)
+                .map_err(|message| AdaptiveError::Warm { cut, message })?;
+            let mut c = client.clone();
+            c.infer(req, Some(Duration::from_secs(120)))
+                .await
+                .map_err(|e| AdaptiveError::Warm { cut, message: e.to_string() })?;
+        }
+        Ok(())
+    }
+
+    /// Measures the link before the first frame: 3 round trips and a 32 KiB probe. Failures
+    /// leave the conservative defaults in place.
+    pub async fn bootstrap(&mut self) {
+        let Some(client) = self.client.clone() else { return };
+        let mut c = client;
+        for _ in 0..3 {
+            match c.rtt(1).await {
+                Ok(d) => self.estimates.observe_rtt(d),
+                Err(e) => tracing::warn!("bootstrap RTT probe failed: {e}"),
+            }
+        }
+        self.last_rtt = Some(Instant::now());
+        match c.probe(&self.config.model_name, BOOTSTRAP_PROBE_BYTES).await {
+            Ok(d) => {
+                self.estimates.observe_transfer(probe_wire_bytes(BOOTSTRAP_PROBE_BYTES), d, Duration::ZERO);
+                self.last_sample = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!("bootstrap bandwidth probe failed: {e}"),
+        }
+    }
+
+    fn ms_since_epoch(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.epoch).as_secs_f64() * 1e3
+    }
+
+    /// Takes a finished side task's measurements; with `wait`, waits for a running one.
+    async fn harvest(&mut self, wait: bool) {
+        let ready = self.side.as_ref().is_some_and(|h| wait || h.is_finished());
+        if !ready {
+            return;
+        }
+        if let Some(h) = self.side.take()
+            && let Ok(r) = h.await
+        {
+            if let Some(d) = r.rtt {
+                self.estimates.observe_rtt(d);
+            }
+            if let Some((bytes, d)) = r.probe
+                && self.estimates.observe_transfer(probe_wire_bytes(bytes), d, Duration::ZERO).is_some()
+            {
+                self.last_sample = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Starts a round-trip measurement (at most once a second) and, when the frame sends too
+    /// little to measure and the last sample is stale, a probe; both run while the head computes.
+    fn start_side(&mut self, sends: u64) -> u64 {
+        if self.side.is_some() || self.strategy != Strategy::Adaptive {
+            return 0;
+        }
+        let Some(client) = self.client.clone() else { return 0 };
+        let now = Instant::now();
+        let want_rtt = self.last_rtt.is_none_or(|t| now - t > Duration::from_secs(1));
+        let stale = self.last_sample.is_none_or(|t| now - t > Duration::from_secs(2));
+        let probe = if self.config.probe && sends < 16 * 1024 && stale {
+            let est = self.estimates.estimate().up_bps;
+            ((est / 8.0 * 0.25) as usize).clamp(16 * 1024, 128 * 1024)
+        } else {
+            0
+        };
+        if !want_rtt && probe == 0 {
+            return 0;
+        }
+        if want_rtt {
+            self.last_rtt = Some(now);
+        }
+        let model = self.config.model_name.clone();
+        self.side = Some(tokio::spawn(async move {
+            let mut c = client;
+            let rtt = if want_rtt { c.rtt(1).await.ok() } else { None };
+            let probe = if probe > 0 { c.probe(&model, probe).await.ok().map(|d| (probe, d)) } else { None };
+            SideResult { rtt, probe }
+        }));
+        probe as u64
+    }
+
+    /// Runs one frame released at `release`: decide, head, send (or not), answer. Every frame
+    /// gets exactly one answer: on any error the device computes the tail itself.
+    pub async fn frame(&mut self, k: usize, inputs: TensorMap, release: Instant) -> (AdaptiveRecord, TensorMap) {
+        self.harvest(false).await;
+        let start = Instant::now();
+        let estimate = self.estimates.estimate();
+        let last = self.graph.last_cut();
+        let (cut, codec, exit, predicted_ms) = match self.strategy {
+            Strategy::Fixed { cut, codec } => (cut, codec, None, None),
+            Strategy::Adaptive => match decide(&self.problem, &estimate, self.config.down_bps) {
+                Ok(p) => {
+                    let exit = match (&p.exit, p.exit_threshold) {
+                        (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
+                        _ => None,
+                    };
+                    (p.cuts[0], p.codecs.first().copied().unwrap_or(Codec::Fp32), exit, Some(p.predicted.total_ms))
+                }
+                Err(e) => {
+                    tracing::warn!("frame {k}: planning failed ({e}); computing on the device");
+                    (last, Codec::Fp32, None, None)
+                }
+            },
+        };
+        let sends = if cut == last { 0 } else { self.problem.bytes[cut][self.codec_index(codec)] };
+        let probe_bytes = self.start_side(sends);
+        let mut rec = AdaptiveRecord {
+            frame: k,
+            release_ms: self.ms_since_epoch(release),
+            start_ms: self.ms_since_epoch(start),
+            cut,
+            codec: (cut < last).then_some(codec),
+            exit: exit.as_ref().map(|e| e.name.clone()),
+            status: FrameStatus::Device,
+            bytes_up: 0,
+            head_ms: 0.0,
+            head_compute_ms: 0.0,
+            send_ms: None,
+            rpc_ms: 0.0,
+            queue_ms: None,
+            compute_ms: None,
+            total_ms: 0.0,
+            estimate,
+            predicted_ms,
+            sample_bps: None,
+            probe_bytes,
+            error: None,
+        };
+        // The head, on a blocking thread, then the emulated slowdown.
+        let head = {
+            let (engine, graph, inputs) = (self.engine.clone(), self.graph.clone(), inputs.clone());
+            let exit = exit.clone();
+            tokio::task::spawn_blocking(move || run_head(&engine, &graph, &inputs, cut, exit.as_ref())).await
+        };
+        let (env, exited, compute) = match head {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return self.failed(rec, release, e),
+            Err(e) => return self.failed(rec, release, e.to_string()),
+        };
+        self.slow_down(compute).await;
+        rec.head_compute_ms = compute.as_secs_f64() * 1e3;
+        rec.head_ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut outputs: TensorMap =
+            self.model_outputs.iter().filter_map(|n| env.get(n).map(|t| (n.clone(), t.clone()))).collect();
+        if exited {
+            rec.status = FrameStatus::EarlyExit;
+            rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
+            return (rec, outputs);
+        }
+        if cut == last {
+            rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
+            return (rec, outputs);
+        }
+        // Keep the link clean for this frame's sample: a probe still out is awaited.
+        self.harvest(true).await;
+        let remote = match self.request(k, cut, EncodeOptions::new(codec), &env) {
+            Err(e) => Err(e),
+            Ok((req, bytes)) => {
+                rec.bytes_up = bytes;
+                let mut client = self.client.clone().expect("checked in new");
+                let sent = Instant::now();
+                rec.send_ms = Some(self.ms_since_epoch(sent));
+                match client.infer(req, Some(self.config.timeout)).await {
+                    Ok(resp) => resp
+                        .outputs
+                        .iter()
+                        .map(|w| to_tensor(w).map(|t| (w.name.clone(), t)))
+                        .collect::<Result<TensorMap, _>>()
+                        .map_err(|e| e.message)
+                        .map(|m| (m, resp)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        match remote {
+            Ok((tail, resp)) => {
+                rec.status = FrameStatus::Remote;
+                rec.rpc_ms = resp.rpc.as_secs_f64() * 1e3;
+                rec.queue_ms = resp.queue_ms;
+                rec.compute_ms = resp.compute_ms;
+                let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
+                self.estimates.observe_server(q, c);
+                let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
+                rec.sample_bps = self.estimates.observe_transfer(wire_bytes(rec.bytes_up), resp.rpc, server);
+                if rec.sample_bps.is_some() {
+                    self.last_sample = Some(Instant::now());
+                }
+                outputs.extend(tail);
+                rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
+                (rec, outputs)
+            }
+            Err(e) => {
+                rec.status = FrameStatus::LocalFallback;
+                rec.error = Some(e);
+                match self.tail_locally(cut, env).await {
+                    Ok(tail) => outputs.extend(tail),
+                    Err(e) => {
+                        rec.error =
+                            Some(format!("{}; the local tail failed too: {e}", rec.error.take().unwrap_or_default()))
+                    }
+                }
+                rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
+                (rec, outputs)
+            }
+        }
+    }
+
+    fn codec_index(&self, codec: Codec) -> usize {
+        self.problem.codecs.iter().position(|&c| c == codec).unwrap_or(0)
+    }
+
+    async fn slow_down(&self, compute: Duration) {
+        let extra = compute.mul_f64(self.config.device_slowdown - 1.0);
+        if !extra.is_zero() {
+            tokio::time::sleep(extra).await;
+        }
+    }
+
+    async fn tail_locally(&self, cut: usize, env: TensorMap) -> Result<TensorMap, String> {
+        let (engine, graph) = (self.engine.clone(), self.graph.clone());
+        let last = graph.last_cut();
+        let r = tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let part = engine.part(&graph, cut, last).map_err(|e| e.to_string())?;
+            let out = engine.run(&part, &env).map_err(|e| e.to_string())?;
+            Ok::<_, String>((out, t0.elapsed()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.slow_down(r.1).await;
+        Ok(r.0)
+    }
+
+    fn failed(&self, mut rec: AdaptiveRecord, release: Instant, e: String) -> (AdaptiveRecord, TensorMap) {
+        rec.status = FrameStatus::LocalFallback;
+        rec.error = Some(e);
+        rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
+        (rec, TensorMap::new())
+    }
+
+    /// The request carrying the tensors crossing `cut`, and its payload bytes.
+    pub fn request(
+        &self,
+        frame: usize,
+        cut: usize,
+        encode: EncodeOptions,
+        env: &TensorMap,
+    ) -> Result<(ModelInferRequest, u64), String> {
+        let mut req = ModelInferRequest {
+            model_name: self.config.model_name.clone(),
+            id: format!("frame-{frame}"),
+            ..Default::default()
+        };
+        req.parameters.insert(wire::PARAM_CUT.into(), wire::int_param(cut as i64));
+        req.parameters.insert(wire::PARAM_MODEL_SHA256.into(), wire::str_param(self.graph.sha256()));
+        req.parameters.insert(PARAM_INPUT_SHAPES.into(), wire::str_param(format_shapes(self.graph.input_shapes())));
+        let mut bytes = 0;
+        let specs = self.boundaries.get(cut).ok_or_else(|| format!("cut {cut} is not a cut of this model"))?;
+        for spec in specs {
+            let t = env.get(&spec.name).ok_or_else(|| format!("the head did not produce `{}`", spec.name))?;
+            let (tensor, raw) = wire::encode_input_shared(&spec.name, spec.dtype, &spec.shape, shared_bytes(t), encode)
+                .map_err(|e| e.message)?;
+            bytes += raw.len() as u64;
+            req.inputs.push(tensor);
+            req.raw_input_contents.push(raw);
+        }
+        Ok((req, bytes))
+    }
+}
+
+/// Bytes on the wire for a request carrying `payload` bytes (the planner's per-message
+/// overhead added).
+fn wire_bytes(payload: u64) -> u64 {
+    payload + cleave_cost::link::DEFAULT_MESSAGE_OVERHEAD
+}
+
+fn probe_wire_bytes(payload: usize) -> u64 {
+    wire_bytes(payload as u64)
+}
+
+/// Runs the head up to `cut` (through the exit first, with a policy): the environment, whether
+/// the exit answered, and the compute time.
+fn run_head(
+    engine: &Engine,
+    graph: &ModelGraph,
+    inputs: &TensorMap,
+    cut: usize,
+    exit: Option<&ExitPolicy>,
+) -> Result<(TensorMap, bool, Duration), String> {
+    let t0 = Instant::now();
+    let mut env = inputs.clone();
+    let run = |env: &mut TensorMap, from: usize, to: usize| -> Result<(), String> {
+        if from < to {
+            let part = engine.part(graph, from, to).map_err(|e| e.to_string())?;
+            let out = engine.run(&part, env).map_err(|e| e.to_string())?;
+            env.extend(out);
+        }
+        Ok(())
+    };
+    let exit_at = exit.and_then(|p| graph.first_cut_after(&p.name).filter(|&e| e <= cut).map(|e| (p, e)));
+    let Some((policy, e)) = exit_at else {
+        run(&mut env, 0, cut)?;
+        return Ok((env, false, t0.elapsed()));
+    };
+    run(&mut env, 0, e)?;
+    let t = env.get(&policy.name).ok_or_else(|| format!("the head did not produce exit `{}`", policy.name))?;
+    let scores: Vec<f32> = t
+        .cast_to::<f32>()
+        .map_err(|e| e.to_string())?
+        .to_plain_array_view::<f32>()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .copied()
+        .collect();
+    if cleave_cost::confidence(&scores) >= policy.threshold {
+        return Ok((env, true, t0.elapsed()));
+    }
+    run(&mut env, e, cut)?;
+    Ok((env, false, t0.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleave_plan::build::tests_support::toy_problem;
+
+    fn est(mbps: f64) -> Estimate {
+        Estimate { up_bps: mbps * 1e6, rtt_ms: 40.0, server_queue_ms: 0.0, measured: true }
+    }
+
+    #[test]
+    fn defaults_before_any_sample_are_conservative() {
+        let e = LinkEstimates::new().estimate();
+        assert_eq!(e.up_bps, DEFAULT_UP_BPS);
+        assert_eq!(e.rtt_ms, DEFAULT_RTT_MS);
+        assert!(!e.measured);
+    }
+
+    #[test]
+    fn transfer_samples_exclude_server_time_and_base_rtt() {
+        let mut l = LinkEstimates::new();
+        l.observe_rtt(Duration::from_millis(40));
+        // 1 Mbit in 100 ms of wire time, inside a 190 ms call with 50 ms of server time.
+        let s = l.observe_transfer(125_000, Duration::from_millis(190), Duration::from_millis(50)).unwrap();
+        assert!((s - 10e6).abs() < 1e3, "{s}");
+        // Too small to measure.
+        assert!(l.observe_transfer(2_000, Duration::from_millis(45), Duration::ZERO).is_none());
+        // A round trip inflated by a wait for an opportunity cannot make a transfer look faster
+        // than twice bytes / call time.
+        let mut l = LinkEstimates::new();
+        l.observe_rtt(Duration::from_millis(48));
+        let s = l.observe_transfer(32_768, Duration::from_millis(52), Duration::ZERO).unwrap();
+        assert!((s - 32_768.0 * 8.0 / 0.026).abs() < 1e3, "{s}");
+    }
+
+    /// The choice reacts to a bandwidth step: a fast link sends the raw input, a slow one keeps
+    /// more on the device, and the estimator carries the step into the decision.
+    #[test]
+    fn decision_follows_a_bandwidth_step() {
+        let p = toy_problem();
+        let fast = decide(&p, &est(200.0), None).unwrap();
+        let slow = decide(&p, &est(1.0), None).unwrap();
+        assert!(fast.cuts[0] < slow.cuts[0], "fast {:?} slow {:?}", fast.cuts, slow.cuts);
+        let mut l = LinkEstimates::new();
+        l.observe_rtt(Duration::from_millis(40));
+        let at = |mbps: f64| Duration::from_secs_f64(500_000.0 * 8.0 / (mbps * 1e6) + 0.040);
+        for _ in 0..5 {
+            l.observe_transfer(500_000, at(200.0), Duration::ZERO);
+        }
+        let before = decide(&p, &l.estimate(), None).unwrap().cuts[0];
+        let mut after = vec![];
+        for _ in 0..5 {
+            l.observe_transfer(500_000, at(1.0), Duration::ZERO);
+            after.push(decide(&p, &l.estimate(), None).unwrap().cuts[0]);
+        }
+        assert_eq!(before, fast.cuts[0]);
+        assert_eq!(*after.last().unwrap(), slow.cuts[0], "{after:?}");
+        // The harmonic mean reacts at the first slow sample.
+        assert!(after[0] > before, "{after:?}");
+    }
+
+    #[test]
+    fn restricted_cuts_are_never_chosen() {
+        let mut p = toy_problem();
+        restrict_cuts(&mut p, &BTreeSet::from([2]));
+        assert_eq!(allowed_cuts(&p), BTreeSet::from([2, 3]));
+        for mbps in [0.1, 1.0, 10.0, 1000.0] {
+            let c = decide(&p, &est(mbps), None).unwrap().cuts[0];
+            assert!(c == 2 || c == 3, "{mbps}: {c}");
+        }
+    }
+}
