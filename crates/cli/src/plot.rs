@@ -20,6 +20,14 @@ fn register_font() {
     });
 }
 
+/// Draws a chart's series labels in the house style: a framed, slightly see-through box.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(position).draw()
+}
+
 /// One panel of stacked latency bars: for each cut, (device, transfer, server) in ms.
 pub struct StackedPanel {
     pub title: String,
@@ -115,13 +123,7 @@ where
                 .label(format!("chosen: cut {c}"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], BLACK.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(err)?;
     }
     Ok(())
 }
@@ -197,13 +199,7 @@ where
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerLeft).map_err(err)?;
     Ok(())
 }
 
@@ -278,13 +274,7 @@ where
         .map_err(err)?
         .label("adaptive's estimate")
         .legend(move |(x, y)| Circle::new((x + 7, y), 3, blue.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(err)?;
 
     // 2. Chosen cut.
     let last = report.last_cut as f64;
@@ -306,13 +296,7 @@ where
         .map_err(err)?
         .label("adaptive")
         .legend(move |(x, y)| Circle::new((x + 7, y), 3, blue.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(err)?;
 
     // 3. Latency.
     let mean = |name: &str| find(name).map(|s| s.mean_ms).filter(|v| v.is_finite());
@@ -348,12 +332,6 @@ where
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(1)));
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(err)?;
     Ok(())
 }
