@@ -106,6 +106,8 @@ pub struct State {
 pub const HTTP2_STREAM_WINDOW: u32 = 8 << 20;
 pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 pub const HTTP2_MAX_FRAME: u32 = 1 << 20;
+/// Client resets of streams the server has not accepted yet, before h2 closes the connection.
+pub const HTTP2_MAX_PENDING_RESETS: usize = 4096;
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -419,6 +421,11 @@ impl RunningServer {
                 .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
                 .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
                 .max_frame_size(Some(HTTP2_MAX_FRAME))
+                // Devices cancel requests whose deadline passed (RST_STREAM). h2 answers more
+                // than 20 such resets of not-yet-accepted streams with GOAWAY "too_many_resets"
+                // (its rapid-reset guard), which killed a device's connection after a burst of
+                // expired frames; allow as many as a full queue's worth, several times over.
+                .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
