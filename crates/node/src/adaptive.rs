@@ -651,35 +651,10 @@ fn run_head(
     exit: Option<&ExitPolicy>,
 ) -> Result<(TensorMap, bool, Duration), String> {
     let t0 = Instant::now();
-    let mut env = inputs.clone();
-    let run = |env: &mut TensorMap, from: usize, to: usize| -> Result<(), String> {
-        if from < to {
-            let part = engine.part(graph, from, to).map_err(|e| e.to_string())?;
-            let out = engine.run(&part, env).map_err(|e| e.to_string())?;
-            env.extend(out);
-        }
-        Ok(())
-    };
     let exit_at = exit.and_then(|p| graph.first_cut_after(&p.name).filter(|&e| e <= cut).map(|e| (p, e)));
-    let Some((policy, e)) = exit_at else {
-        run(&mut env, 0, cut)?;
-        return Ok((env, false, t0.elapsed()));
-    };
-    run(&mut env, 0, e)?;
-    let t = env.get(&policy.name).ok_or_else(|| format!("the head did not produce exit `{}`", policy.name))?;
-    let scores: Vec<f32> = t
-        .cast_to::<f32>()
-        .map_err(|e| e.to_string())?
-        .to_plain_array_view::<f32>()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .copied()
-        .collect();
-    if cleave_cost::confidence(&scores) >= policy.threshold {
-        return Ok((env, true, t0.elapsed()));
-    }
-    run(&mut env, e, cut)?;
-    Ok((env, false, t0.elapsed()))
+    let (env, confidence) = crate::device::run_head(engine, graph, inputs, cut, exit_at)?;
+    let exited = exit_at.zip(confidence).is_some_and(|((p, _), c)| c >= p.threshold);
+    Ok((env, exited, t0.elapsed()))
 }
 
 #[cfg(test)]

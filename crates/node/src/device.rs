@@ -198,35 +198,12 @@ impl Device {
     /// Runs the head: the model inputs plus everything the head computes. With an exit policy
     /// the head stops right after the exit, and goes on only when the exit is not confident.
     fn head(&self, inputs: &TensorMap) -> Result<Head, String> {
-        let mut env = inputs.clone();
-        let run = |env: &mut TensorMap, from: usize, to: usize| -> Result<(), String> {
-            if from < to {
-                let part = self.engine.part(&self.graph, from, to).map_err(|e| e.to_string())?;
-                let out = self.engine.run(&part, env).map_err(|e| e.to_string())?;
-                env.extend(out);
-            }
-            Ok(())
-        };
-        let (Some(policy), Some(e)) = (&self.exit, self.exit_cut) else {
-            run(&mut env, 0, self.config.cut)?;
-            return Ok(Head::Continue(env, None));
-        };
-        run(&mut env, 0, e)?;
-        let t = env.get(&policy.name).ok_or_else(|| format!("the head did not produce exit `{}`", policy.name))?;
-        let scores: Vec<f32> = t
-            .cast_to::<f32>()
-            .map_err(|e| e.to_string())?
-            .to_plain_array_view::<f32>()
-            .map_err(|e| e.to_string())?
-            .iter()
-            .copied()
-            .collect();
-        let confidence = cleave_cost::confidence(&scores);
-        if confidence >= policy.threshold {
-            return Ok(Head::Exited(env, confidence));
-        }
-        run(&mut env, e, self.config.cut)?;
-        Ok(Head::Continue(env, Some(confidence)))
+        let exit = self.exit.as_ref().zip(self.exit_cut);
+        let (env, confidence) = run_head(&self.engine, &self.graph, inputs, self.config.cut, exit)?;
+        Ok(match (exit, confidence) {
+            (Some((policy, _)), Some(c)) if c >= policy.threshold => Head::Exited(env, c),
+            _ => Head::Continue(env, confidence),
+        })
     }
 
     fn tail_locally(&self, env: &TensorMap) -> Result<TensorMap, String> {
@@ -429,6 +406,46 @@ impl Device {
         }
         Some(FrameCheck { vs_local_tail, vs_whole, boundary_error_vs_bound: bound_ratio })
     }
+}
+
+/// Runs the head up to `cut` over `inputs`. With an exit policy (and the cut right after its
+/// exit) it runs up to the exit first and stops there when the exit's confidence reaches the
+/// threshold. Returns everything computed and the exit's confidence, when there is a policy.
+pub(crate) fn run_head(
+    engine: &Engine,
+    graph: &ModelGraph,
+    inputs: &TensorMap,
+    cut: usize,
+    exit: Option<(&ExitPolicy, usize)>,
+) -> Result<(TensorMap, Option<f64>), String> {
+    let mut env = inputs.clone();
+    let run = |env: &mut TensorMap, from: usize, to: usize| -> Result<(), String> {
+        if from < to {
+            let part = engine.part(graph, from, to).map_err(|e| e.to_string())?;
+            let out = engine.run(&part, env).map_err(|e| e.to_string())?;
+            env.extend(out);
+        }
+        Ok(())
+    };
+    let Some((policy, e)) = exit else {
+        run(&mut env, 0, cut)?;
+        return Ok((env, None));
+    };
+    run(&mut env, 0, e)?;
+    let t = env.get(&policy.name).ok_or_else(|| format!("the head did not produce exit `{}`", policy.name))?;
+    let scores: Vec<f32> = t
+        .cast_to::<f32>()
+        .map_err(|e| e.to_string())?
+        .to_plain_array_view::<f32>()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .copied()
+        .collect();
+    let confidence = cleave_cost::confidence(&scores);
+    if confidence < policy.threshold {
+        run(&mut env, e, cut)?;
+    }
+    Ok((env, Some(confidence)))
 }
 
 fn describe(e: &ClientError) -> String {
