@@ -5,6 +5,8 @@
 //! Timings are medians of runs alternated side by side in one process, because the machines
 //! this runs on are shared and noisy: ratios measured together are what is comparable.
 
+pub mod cgroup;
+pub mod device_proc;
 pub mod engines;
 pub mod predict;
 pub mod rpc;

@@ -47,16 +47,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cleave_codec::Codec;
 use cleave_cost::Profile;
-use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
+use cleave_engine::{Engine, EngineConfig};
 use cleave_graph::{InputShapes, ModelGraph};
 use cleave_link::{LinkConfig, LinkProxy, Trace};
-use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Strategy};
-use cleave_node::{EdgeClient, FrameStatus};
-use cleave_plan::{Problem, ProblemBuilder};
+use cleave_node::FrameStatus;
+use cleave_node::adaptive::{self, AdaptiveRecord, Strategy};
+use cleave_plan::Problem;
+
+use crate::cgroup::CpuLimit;
+use crate::device_proc::{self, DeviceProcess, FrameSource, FromDevice, RunStrategy, Setup};
 use serde::Serialize;
 
 use crate::stats::{median, quantile};
@@ -81,17 +84,21 @@ pub struct TraceOptions {
     pub fps: f64,
     /// One-way delay in each direction.
     pub delay: Duration,
-    /// Device compute multiplier X ≥ 1.
+    /// Device compute multiplier X ≥ 1 (with `device_cpu`: only the fallback, 1/F, is used).
     pub device_slowdown: f64,
+    /// Run the device under a real CPU limit: this fraction of one core (a cgroup CFS quota).
+    /// Where no cgroup can be made, the device falls back to the multiplier 1/F and the report
+    /// says so.
+    pub device_cpu: Option<f64>,
     /// Request deadline; past it the device computes the tail.
     pub timeout: Duration,
     /// Static cuts to run (default: cut 0 and the shrinking bottleneck cuts).
     pub static_cuts: Option<Vec<usize>>,
     /// Codecs for static runs and the adaptive device.
     pub codecs: Vec<Codec>,
-    /// The input of every frame (default: random, seeded per frame).
-    pub input: Option<TensorMap>,
-    /// The `cleave` executable that runs the edge (`serve`).
+    /// The input of every frame.
+    pub source: FrameSource,
+    /// The `cleave` executable that runs the edge (`serve`) and the device (`bench trace-device`).
     pub server_exe: PathBuf,
     /// A strategy that falls this far behind its releases is stopped.
     pub max_backlog: Duration,
@@ -317,11 +324,22 @@ pub fn adaptive_cuts(graph: &ModelGraph) -> BTreeSet<usize> {
     s
 }
 
-/// Runs every strategy and computes the oracle. `progress` gets one line per step.
+/// What [`run`] reports while it works.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A set-up step.
+    Step(&'a str),
+    /// A strategy starts running `frames` frames.
+    Strategy { name: &'a str, frames: usize },
+    /// The running strategy answered a frame.
+    Frame { frame: usize, cut: usize, last_cut: usize, codec: Option<Codec>, latency_ms: f64, estimate_mbps: f64 },
+}
+
+/// Runs every strategy and computes the oracle, reporting [`Progress`] as it goes.
 pub async fn run(
     graph: Arc<ModelGraph>,
     opts: &TraceOptions,
-    progress: &mut (dyn FnMut(&str) + Send),
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<TraceReport, TraceBenchError> {
     if opts.frames == 0 {
         return Err(TraceBenchError::Options("--frames must be at least 1".into()));
@@ -343,82 +361,81 @@ pub async fn run(
     let mut cand = adaptive_cuts(&graph);
     cand.extend(static_cuts.iter().copied());
 
-    // Compute profile of this machine: the edge's; the device's is X times slower.
-    progress("profiling compute per cut");
+    // Compute profile of this machine: the edge's.
+    progress(Progress::Step("profiling the edge's compute per cut"));
     let engine = Arc::new(Engine::new(EngineConfig { threads: 1, cache_capacity: 2 * cand.len() + 16 }));
     let popts =
         cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: crate::host() };
     let edge_profile = cleave_engine::profile::profile(&engine, &graph, &popts, &mut |_: usize, _: usize, _: &str| {})
         .map_err(|e| TraceBenchError::Model(e.to_string()))?;
-    let device_profile = edge_profile.scaled(opts.device_slowdown, "device");
-    let mut problem =
-        ProblemBuilder::new(&graph, &device_profile).server(edge_profile.clone()).codecs(opts.codecs.clone()).build();
-    adaptive::restrict_cuts(&mut problem, &cand);
+    drop(engine);
     let adaptive_set: BTreeSet<usize> = adaptive_cuts(&graph);
+
+    // The device: a real CPU limit when asked and possible, else the multiplier.
+    let (limit, slowdown, method) = match opts.device_cpu {
+        None => (None, opts.device_slowdown, multiplier_method(opts.device_slowdown, None)),
+        Some(f) => match CpuLimit::create(f) {
+            Ok(l) => {
+                let m = l.describe();
+                (Some(l), 1.0, m)
+            }
+            Err(e) => {
+                let x = (1.0 / f).max(1.0);
+                progress(Progress::Step(&format!(
+                    "no cgroup CPU limit ({e}); the device sleeps instead: {x:.2}× compute"
+                )));
+                (None, x, multiplier_method(x, Some(&e.to_string())))
+            }
+        },
+    };
+    progress(Progress::Step("starting the edge (`cleave serve`)"));
+    let edge = EdgeProcess::spawn(&opts.server_exe, &opts.model_path, &opts.shapes, cand.len() + 16)?;
+    progress(Progress::Step(&format!(
+        "starting the device (`cleave bench trace-device`, {method}): profiling it, compiling {} heads, warming the edge's tails",
+        cand.len()
+    )));
+    let mut device = DeviceProcess::spawn(&opts.server_exe, limit)?;
+    device
+        .send(&Setup {
+            model_path: opts.model_path.clone(),
+            shapes: opts.shapes.clone(),
+            edge_profile: edge_profile.clone(),
+            codecs: opts.codecs.clone(),
+            cuts: cand.iter().copied().collect(),
+            slowdown,
+            timeout_ms: opts.timeout.as_secs_f64() * 1e3,
+            edge: edge.grpc,
+            frames: opts.frames,
+            source: opts.source.clone(),
+        })
+        .await?;
+    let device_profile = match device.recv().await? {
+        FromDevice::Ready { profile } => profile,
+        other => return Err(TraceBenchError::Device(format!("unexpected answer {other:?}"))),
+    };
+    let problem = device_proc::problem(&graph, &device_profile, &edge_profile, &opts.codecs, &cand);
     let mut adaptive_problem = problem.clone();
     adaptive::restrict_cuts(&mut adaptive_problem, &adaptive_set);
 
-    progress("starting the edge (`cleave serve`)");
-    let edge = EdgeProcess::spawn(&opts.server_exe, &opts.model_path, &opts.shapes, cand.len() + 16)?;
-    let config = AdaptiveConfig {
-        model_name: "m".into(),
-        timeout: opts.timeout,
-        device_slowdown: opts.device_slowdown,
-        // The bench's downlink is not shaped: only the one-way delay applies.
-        down_bps: Some(1e9),
-        probe: true,
-    };
-    let frames: Vec<TensorMap> = (0..opts.frames)
-        .map(|k| match &opts.input {
-            Some(i) => i.clone(),
-            None => graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k as u64))).collect(),
-        })
-        .collect();
-
-    {
-        progress(&format!("compiling {} heads and warming the edge's tails", cand.len()));
-        let direct = EdgeClient::connect(&edge.grpc.to_string(), 64 << 20)
-            .await
-            .map_err(|e| TraceBenchError::Edge(e.to_string()))?;
-        let warm = AdaptiveDevice::new(
-            engine.clone(),
-            graph.clone(),
-            Some(direct.clone()),
-            problem.clone(),
-            Strategy::Adaptive,
-            config.clone(),
-        )
-        .map_err(|e| TraceBenchError::Device(e.to_string()))?;
-        let warm = tokio::task::spawn_blocking(move || warm.prepare().map(|_| warm))
-            .await
-            .map_err(|e| TraceBenchError::Device(e.to_string()))?
-            .map_err(|e| TraceBenchError::Device(e.to_string()))?;
-        warm.warm_server(&direct).await.map_err(|e| TraceBenchError::Device(e.to_string()))?;
-    }
-
-    let run_one = |strategy: Strategy, problem: Problem| {
-        let (engine, graph, config, frames, edge_addr) =
-            (engine.clone(), graph.clone(), config.clone(), frames.clone(), edge.grpc);
-        async move { run_strategy(engine, graph, problem, strategy, config, &frames, edge_addr, opts).await }
+    let mut run_one = async |name: &str, strategy: Strategy| -> Result<Run, TraceBenchError> {
+        progress(Progress::Strategy { name, frames: opts.frames });
+        run_strategy(&mut device, strategy, &adaptive_set, edge.grpc, opts, last, &mut *progress).await
     };
 
-    progress("device-only");
-    let device_only = run_one(Strategy::Fixed { cut: last, codec: Codec::Fp32 }, problem.clone()).await?;
-    progress("offload-raw-fp32 (cut 0, fp32)");
-    let raw = run_one(Strategy::Fixed { cut: 0, codec: Codec::Fp32 }, problem.clone()).await?;
+    let device_only = run_one("device-only", Strategy::Fixed { cut: last, codec: Codec::Fp32 }).await?;
+    let raw = run_one("offload-raw-fp32", Strategy::Fixed { cut: 0, codec: Codec::Fp32 }).await?;
     let mut statics: Vec<(usize, Option<Codec>, Run)> = vec![];
     for &cut in &static_cuts {
         for &codec in &opts.codecs {
             if cut == 0 && codec == Codec::Fp32 {
                 continue;
             }
-            progress(&format!("static cut {cut} {codec}"));
-            let r = run_one(Strategy::Fixed { cut, codec }, problem.clone()).await?;
+            let r = run_one(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec }).await?;
             statics.push((cut, Some(codec), r));
         }
     }
-    progress("adaptive");
-    let adaptive_run = run_one(Strategy::Adaptive, adaptive_problem.clone()).await?;
+    let adaptive_run = run_one("adaptive", Strategy::Adaptive).await?;
+    device.finish().await;
     drop(edge);
 
     // Everything that ran, for the oracle's measured compute.
@@ -435,11 +452,8 @@ pub async fn run(
         let mut e: Vec<f64> = raw.records.iter().filter_map(|r| r.compute_ms).collect();
         let (d, e) = (finite(median(&mut d)), finite(median(&mut e)));
         DeviceSpeed {
-            method: format!(
-                "compute-time multiplier: the device sleeps {:.2}× each measured compute after it (no cgroup CPU quota)",
-                opts.device_slowdown - 1.0
-            ),
-            slowdown: opts.device_slowdown,
+            method: method.clone(),
+            slowdown,
             measured_ratio: d.zip(e).map(|(d, e)| d / e),
             device_whole_ms: d,
             edge_whole_ms: e,
@@ -567,16 +581,15 @@ struct Run {
     stopped: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Runs one strategy on the device process through a fresh link proxy.
 async fn run_strategy(
-    engine: Arc<Engine>,
-    graph: Arc<ModelGraph>,
-    problem: Problem,
+    device: &mut DeviceProcess,
     strategy: Strategy,
-    config: AdaptiveConfig,
-    frames: &[TensorMap],
+    adaptive_cuts: &BTreeSet<usize>,
     edge: SocketAddr,
     opts: &TraceOptions,
+    last_cut: usize,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<Run, TraceBenchError> {
     let link = LinkConfig {
         up: Some(opts.trace.clone()),
@@ -586,30 +599,37 @@ async fn run_strategy(
     };
     let proxy = LinkProxy::start(edge, link).await.map_err(|e| TraceBenchError::Link(e.to_string()))?;
     let origin = proxy.handle().origin().into_std();
-    let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20)
-        .await
-        .map_err(|e| TraceBenchError::Link(e.to_string()))?;
-    let mut device = AdaptiveDevice::new(engine, graph, Some(client), problem, strategy, config)
-        .map_err(|e| TraceBenchError::Device(e.to_string()))?
-        .with_epoch(origin);
-    if strategy == Strategy::Adaptive {
-        device.bootstrap().await;
-    }
-    let first = origin + LEAD;
-    let mut records = Vec::with_capacity(frames.len());
-    let mut stopped = false;
-    for (k, inputs) in frames.iter().enumerate() {
-        let release = first + Duration::from_secs_f64(k as f64 / opts.fps);
-        if Instant::now() > release + opts.max_backlog {
-            stopped = true;
-            break;
+    device
+        .send(&RunStrategy {
+            strategy,
+            cuts: adaptive_cuts.iter().copied().collect(),
+            proxy: proxy.local_addr(),
+            origin_unix_ns: device_proc::to_unix_ns(origin),
+            lead_ms: LEAD.as_secs_f64() * 1e3,
+            fps: opts.fps,
+            max_backlog_ms: opts.max_backlog.as_secs_f64() * 1e3,
+            bootstrap: true,
+        })
+        .await?;
+    let run = loop {
+        match device.recv().await? {
+            FromDevice::Done { records, stopped } => break Run { records, stopped },
+            FromDevice::Frame { frame, cut, codec, latency_ms, estimate_mbps } => {
+                progress(Progress::Frame { frame, cut, last_cut, codec, latency_ms, estimate_mbps })
+            }
+            other => return Err(TraceBenchError::Device(format!("unexpected answer {other:?}"))),
         }
-        tokio::time::sleep_until(release.into()).await;
-        let (rec, _) = device.frame(k, inputs.clone(), release).await;
-        records.push(rec);
-    }
+    };
     drop(proxy);
-    Ok(Run { records, stopped })
+    Ok(run)
+}
+
+fn multiplier_method(x: f64, why: Option<&str>) -> String {
+    let base = format!("compute-time multiplier: the device sleeps {:.2}× each measured compute after it", x - 1.0);
+    match why {
+        None => format!("{base} (no CPU limit asked: --device-cpu)"),
+        Some(w) => format!("{base} (fallback: no cgroup CPU limit: {w})"),
+    }
 }
 
 fn summarize(name: &str, records: &[AdaptiveRecord], stopped: bool, device_speed: DeviceSpeed) -> StrategyResult {
@@ -901,10 +921,11 @@ mod tests {
             fps,
             delay: Duration::from_millis(10),
             device_slowdown: 4.0,
+            device_cpu: None,
             timeout: Duration::from_secs(5),
             static_cuts: None,
             codecs: vec![],
-            input: None,
+            source: FrameSource::Random,
             server_exe: PathBuf::new(),
             max_backlog: Duration::from_secs(30),
         }

@@ -14,7 +14,11 @@ mod plot;
 /// cleave: collaborative DNN inference. Cut any ONNX model into parts, run the head on the
 /// device and the tail on an edge or cloud server.
 ///
-/// Start with `cleave inspect MODEL` to see every place the model can be cut: the tensors that
+/// `cleave demo` shows the whole thing in under a minute: a device and an edge process, a
+/// shaped link replaying a changing bandwidth, and the adaptive device choosing where to cut for
+/// every frame, against every baseline.
+///
+/// Then `cleave inspect MODEL` shows every place the model can be cut: the tensors that
 /// would cross the network, their size, and the compute on each side. `cleave split` writes the
 /// parts as standalone ONNX files; `cleave infer` runs head → tail and checks it against the
 /// whole model. Every command that takes a MODEL runs on a small built-in demo model when none is
@@ -32,6 +36,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    Demo(cmd::demo::Args),
     Inspect(cmd::inspect::Args),
     Split(cmd::split::Args),
     Infer(cmd::infer::Args),
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Split(a) => cmd::split::run(a),
         Command::Infer(a) => cmd::infer::run(a),

@@ -23,9 +23,21 @@
 //! ## Staying informed while computing locally
 //! A device that stops sending stops learning: the estimate would freeze at the rate that made it
 //! stop. So when a frame sends less than the estimator can measure (device-only or a tiny
-//! boundary) and the last bandwidth sample is older than 2 s, a probe sized to take about a
-//! quarter second at the current estimate (16–128 KiB) goes out concurrently with the head. Before
-//! a frame is sent, any probe still on the link is awaited, so the frame's sample stays clean.
+//! boundary), the last bandwidth sample is older than 2 s, **and the bandwidth matters** — the
+//! decision at an eighth or at eight times the estimate differs from the decision at the
+//! estimate — a probe goes out after the frame's answer, in the gap before the next frame,
+//! sized to take half the usual gap between releases (at most a quarter second) at the current
+//! estimate (16–128 KiB). A probe costs link time that a frame behind it waits for, so when no
+//! plausible bandwidth would change the choice, none is sent. Before a frame large enough to be
+//! measured is sent, any probe still on the link is awaited, so the frame's sample stays clean.
+//!
+//! ## Compute as measured
+//! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
+//! runs the same head slower, and a busy server runs tails slower than its profile. So each
+//! frame's measured head time (including any emulated slowdown) and the server's reported
+//! compute time are compared with what the problem predicted for that cut, and the median of
+//! the last 9 ratios (from 3 on) rescales the problem's device and server compute. Early-exited
+//! and locally completed frames are left out: they ran different parts.
 //!
 //! ## Switching costs nothing
 //! [`AdaptiveDevice::prepare`] compiles the head of every candidate cut (and the exit parts)
@@ -49,7 +61,7 @@ use cleave_link::{BandwidthEstimator, LoadEstimator, RttEstimator};
 use cleave_plan::{Conditions, Plan, PlanError, Planner, Problem};
 use cleave_proto::inference::ModelInferRequest;
 use cleave_proto::wire;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::client::EdgeClient;
@@ -82,7 +94,7 @@ pub enum AdaptiveError {
 }
 
 /// What the planner is told about the link and the server for one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     /// Uplink, bit/s.
     pub up_bps: f64,
@@ -173,8 +185,11 @@ pub fn decide(problem: &Problem, est: &Estimate, down_bps: Option<f64>) -> Resul
     Planner::new(problem)?.plan(&cond)
 }
 
+/// Transfers smaller than this give no bandwidth sample (see [`cleave_link::BandwidthEstimator`]).
+const MIN_SAMPLE_BYTES: u64 = 16 * 1024;
+
 /// How frames are placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Strategy {
     /// Re-plan every frame from the estimates.
     Adaptive,
@@ -198,7 +213,7 @@ pub struct AdaptiveConfig {
 }
 
 /// What happened to one frame. Times in ms; instants in ms since the device's epoch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdaptiveRecord {
     pub frame: usize,
     /// When the frame was released (its latency counts from here).
@@ -228,7 +243,7 @@ pub struct AdaptiveRecord {
     pub predicted_ms: Option<f64>,
     /// This frame's bandwidth sample, bit/s, when it gave one.
     pub sample_bps: Option<f64>,
-    /// Bytes of a probe sent while this frame's head computed.
+    /// Bytes of a bandwidth probe sent after this frame's answer.
     pub probe_bytes: u64,
     pub error: Option<String>,
 }
@@ -254,6 +269,43 @@ pub struct AdaptiveDevice {
     side: Option<JoinHandle<SideResult>>,
     last_sample: Option<Instant>,
     last_rtt: Option<Instant>,
+    last_release: Option<Instant>,
+    /// Smoothed time between frame releases, s.
+    frame_gap_s: Option<f64>,
+    /// The profiles' compute prefix sums, before correction.
+    base_device_ms: Vec<f64>,
+    base_server_ms: Vec<f64>,
+    /// Recent measured / profiled compute ratios (see "Compute as measured").
+    device_ratios: RecentRatios,
+    server_ratios: RecentRatios,
+}
+
+/// The last few measured / predicted ratios; their median corrects a profile.
+#[derive(Debug, Clone, Default)]
+struct RecentRatios(std::collections::VecDeque<f64>);
+
+impl RecentRatios {
+    const WINDOW: usize = 9;
+
+    fn push(&mut self, measured: f64, predicted: f64) {
+        // Compute under 0.2 ms is mostly timer noise.
+        if predicted > 0.2 && measured.is_finite() && measured > 0.0 {
+            if self.0.len() == Self::WINDOW {
+                self.0.pop_front();
+            }
+            self.0.push_back(measured / predicted);
+        }
+    }
+
+    /// The median ratio, once 3 samples exist.
+    fn factor(&self) -> Option<f64> {
+        if self.0.len() < 3 {
+            return None;
+        }
+        let mut v: Vec<f64> = self.0.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    }
 }
 
 impl AdaptiveDevice {
@@ -290,6 +342,7 @@ impl AdaptiveDevice {
             return Err(AdaptiveError::NoServer);
         }
         let boundaries = graph.cuts().into_iter().map(|c| c.tensors).collect();
+        let (base_device_ms, base_server_ms) = (problem.device_ms.clone(), problem.server_ms.clone());
         let model_outputs = graph.outputs().into_iter().map(|s| s.name).collect();
         Ok(AdaptiveDevice {
             engine,
@@ -305,6 +358,12 @@ impl AdaptiveDevice {
             side: None,
             last_sample: None,
             last_rtt: None,
+            last_release: None,
+            frame_gap_s: None,
+            base_device_ms,
+            base_server_ms,
+            device_ratios: RecentRatios::default(),
+            server_ratios: RecentRatios::default(),
         })
     }
 
@@ -410,9 +469,43 @@ impl AdaptiveDevice {
         }
     }
 
+    /// Feeds a frame's measured compute back into the problem (see "Compute as measured").
+    fn calibrate_compute(&mut self, rec: &AdaptiveRecord) {
+        if rec.exit.is_some() || rec.status == FrameStatus::LocalFallback {
+            return; // the head ran a different part; the local tail is not the server's
+        }
+        let last = self.base_device_ms.len() - 1;
+        self.device_ratios.push(rec.head_ms, self.base_device_ms[rec.cut]);
+        if let Some(c) = rec.compute_ms {
+            self.server_ratios.push(c, self.base_server_ms[last] - self.base_server_ms[rec.cut]);
+        }
+        if let Some(f) = self.device_ratios.factor() {
+            for (d, b) in self.problem.device_ms.iter_mut().zip(&self.base_device_ms) {
+                *d = b * f;
+            }
+        }
+        if let Some(f) = self.server_ratios.factor() {
+            for (d, b) in self.problem.server_ms.iter_mut().zip(&self.base_server_ms) {
+                *d = b * f;
+            }
+        }
+    }
+
+    /// Whether a bandwidth an order of magnitude off the estimate (÷8 or ×8) would change the
+    /// decision: only then is a probe worth its link time.
+    fn bandwidth_matters(&self, est: &Estimate) -> bool {
+        let choice = |bps: f64| {
+            decide(&self.problem, &Estimate { up_bps: bps, ..*est }, self.config.down_bps).ok().map(|p| {
+                (p.cuts.first().copied(), p.codecs.first().copied(), p.exit, p.exit_threshold.map(f64::to_bits))
+            })
+        };
+        let now = choice(est.up_bps);
+        now != choice(est.up_bps / 8.0) || now != choice(est.up_bps * 8.0)
+    }
+
     /// Starts a round-trip measurement (at most once a second) and, when the frame sends too
     /// little to measure and the last sample is stale, a probe; both run while the head computes.
-    fn start_side(&mut self, sends: u64) -> u64 {
+    fn start_side(&mut self, sends: u64, estimate: &Estimate) -> u64 {
         if self.side.is_some() || self.strategy != Strategy::Adaptive {
             return 0;
         }
@@ -420,9 +513,12 @@ impl AdaptiveDevice {
         let now = Instant::now();
         let want_rtt = self.last_rtt.is_none_or(|t| now - t > Duration::from_secs(1));
         let stale = self.last_sample.is_none_or(|t| now - t > Duration::from_secs(2));
-        let probe = if self.config.probe && sends < 16 * 1024 && stale {
+        let probe = if self.config.probe && sends < MIN_SAMPLE_BYTES && stale && self.bandwidth_matters(estimate) {
+            // Sized to half the gap before the next frame (at most a quarter second) at the
+            // current estimate, so that it is usually off the link before the next frame sends.
+            let window = (0.5 * self.frame_gap_s.unwrap_or(0.5)).min(0.25);
             let est = self.estimates.estimate().up_bps;
-            ((est / 8.0 * 0.25) as usize).clamp(16 * 1024, 128 * 1024)
+            ((est / 8.0 * window) as usize).clamp(MIN_SAMPLE_BYTES as usize, 128 * 1024)
         } else {
             0
         };
@@ -445,6 +541,19 @@ impl AdaptiveDevice {
     /// Runs one frame released at `release`: decide, head, send (or not), answer. Every frame
     /// gets exactly one answer: on any error the device computes the tail itself.
     pub async fn frame(&mut self, k: usize, inputs: TensorMap, release: Instant) -> (AdaptiveRecord, TensorMap) {
+        if let Some(prev) = self.last_release {
+            let gap = release.saturating_duration_since(prev).as_secs_f64();
+            self.frame_gap_s = Some(self.frame_gap_s.map_or(gap, |g| 0.8 * g + 0.2 * gap));
+        }
+        self.last_release = Some(release);
+        let (mut rec, outputs) = self.frame_inner(k, inputs, release).await;
+        self.calibrate_compute(&rec);
+        // Measurements go out after the answer, into the gap before the next frame.
+        rec.probe_bytes = self.start_side(rec.bytes_up, &rec.estimate);
+        (rec, outputs)
+    }
+
+    async fn frame_inner(&mut self, k: usize, inputs: TensorMap, release: Instant) -> (AdaptiveRecord, TensorMap) {
         self.harvest(false).await;
         let start = Instant::now();
         let estimate = self.estimates.estimate();
@@ -466,7 +575,6 @@ impl AdaptiveDevice {
             },
         };
         let sends = if cut == last { 0 } else { self.problem.bytes[cut][self.codec_index(codec)] };
-        let probe_bytes = self.start_side(sends);
         let mut rec = AdaptiveRecord {
             frame: k,
             release_ms: self.ms_since_epoch(release),
@@ -486,7 +594,7 @@ impl AdaptiveDevice {
             estimate,
             predicted_ms,
             sample_bps: None,
-            probe_bytes,
+            probe_bytes: 0,
             error: None,
         };
         // The head, on a blocking thread, then the emulated slowdown.
@@ -514,8 +622,9 @@ impl AdaptiveDevice {
             rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
             return (rec, outputs);
         }
-        // Keep the link clean for this frame's sample: a probe still out is awaited.
-        self.harvest(true).await;
+        // Keep the link clean for this frame's sample: a probe still out is awaited (unless the
+        // frame is too small to give a sample; see the module docs).
+        self.harvest(sends >= MIN_SAMPLE_BYTES).await;
         let remote = match self.request(k, cut, EncodeOptions::new(codec), &env) {
             Err(e) => Err(e),
             Ok((req, bytes)) => {

@@ -10,7 +10,7 @@ use cleave_engine::{Engine, TensorMap, relative_error};
 use cleave_graph::{ModelGraph, TensorSpec};
 use cleave_proto::inference::ModelInferRequest;
 use cleave_proto::wire::{self, Limits};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::client::{ClientError, EdgeClient};
@@ -43,7 +43,7 @@ pub struct ExitPolicy {
 }
 
 /// Where a frame's answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FrameStatus {
     /// Head on the device, tail on the server.

@@ -14,12 +14,16 @@ pub enum Bench {
     Rpc(RpcArgs),
     Engines(EnginesArgs),
     Trace(TraceArgs),
+    /// The device process of `bench trace` (internal: JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    TraceDevice,
 }
 
 /// Adaptive split against every baseline, on a bandwidth trace.
 ///
-/// The edge runs as a separate `cleave serve` process on loopback; the device runs here, behind
-/// a proxy that shapes its uplink by the trace (mahimahi format: one line per 1500-byte delivery
+/// The edge runs as a separate `cleave serve` process on loopback, and the device as another
+/// process (`cleave bench trace-device`), behind a proxy in this process that shapes its uplink
+/// by the trace (mahimahi format: one line per 1500-byte delivery
 /// opportunity, in ms; it loops) plus a fixed one-way delay each way. Every strategy starts at
 /// the same trace millisecond and runs the same frames, released at --fps; a frame's latency is
 /// from its release to its answer (frames are handled one at a time, so a slow frame delays the
@@ -31,15 +35,25 @@ pub enum Bench {
 /// it measures); oracle (per frame, the best choice given the bandwidth the frame really had and
 /// the compute measured in the runs; simulated offline).
 ///
-/// The device is made slower than the edge by a compute-time multiplier: after each compute
-/// step it sleeps (X − 1) × the measured time (--device-slowdown X). The report states the method
-/// and the device/edge speed ratio it measured. Inputs are random (seeded per frame) unless
-/// --input is given: latency does not depend on the values (early exits aside).
+/// The device is made slower than the edge for real with --device-cpu F: its process runs in its
+/// own cgroup with a CFS quota of F of one core (cgroup v1 `cpu.cfs_quota_us` or v2 `cpu.max`;
+/// needs root). It profiles itself there, so the planner's device times are measured, not
+/// assumed. Without --device-cpu, or where no cgroup can be made, the documented fallback is a
+/// compute-time multiplier: after each compute step the device sleeps (X − 1) × the measured
+/// time (--device-slowdown X, or 1/F when the cgroup failed). The report states the method used
+/// and the device/edge speed ratio it measured.
+///
+/// Inputs are random (seeded per frame) unless --input is given: a .npy (the same input every
+/// frame) or an .npz whose `x` holds N inputs (frame k gets sample k mod N, cast to the input
+/// type; e.g. assets/digits/test.npz). Latency does not depend on the values, except for early
+/// exits and the size of JPEG-coded inputs.
 ///
 /// Examples:
 ///   cleave bench trace --trace markov:7 --frames 60 --fps 5 --plot trace.png
 ///   cleave bench trace --model resnet50.onnx --trace ATT-LTE-driving-2016.up \
-///       --frames 40 --fps 1 --delay 20ms --json att.json --plot att.png
+///       --frames 40 --fps 1 --delay 20ms --device-cpu 0.15 --json att.json --plot att.png
+///   cleave bench trace --model assets/digits/digits_exits.onnx --input assets/digits/test.npz \
+///       --trace markov:3 --frames 100 --fps 10
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct TraceArgs {
@@ -72,9 +86,15 @@ pub struct TraceArgs {
     #[arg(long, default_value = "20ms", value_parser = duration)]
     pub delay: std::time::Duration,
 
-    /// How many times slower the device computes than this machine (≥ 1).
+    /// How many times slower the device computes than this machine (≥ 1), by sleeping after
+    /// each compute step. Ignored with --device-cpu (unless the cgroup cannot be made).
     #[arg(long, default_value_t = 4.0)]
     pub device_slowdown: f64,
+
+    /// Run the device process under a real CPU limit: this fraction of one core (e.g. 0.15, a
+    /// Raspberry-Pi-class device against this machine), by a cgroup CFS quota (needs root).
+    #[arg(long, value_name = "F")]
+    pub device_cpu: Option<f64>,
 
     /// Deadline of each request; past it the device computes the tail itself.
     #[arg(long, default_value = "5s", value_parser = duration)]
@@ -93,7 +113,8 @@ pub struct TraceArgs {
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub max_backlog: std::time::Duration,
 
-    /// The input of every frame, as .npy (single-input models).
+    /// Frame inputs (single-input models): a .npy used for every frame, or an .npz whose `x`
+    /// holds N samples (frame k gets sample k mod N).
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 
@@ -248,6 +269,10 @@ pub fn run(b: Bench) -> Result<()> {
         Bench::Rpc(a) => rpc(a),
         Bench::Engines(a) => engines(a),
         Bench::Trace(a) => trace(a),
+        Bench::TraceDevice => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(rt.block_on(cleave_bench::device_proc::worker())?)
+        }
     }
 }
 
@@ -276,16 +301,16 @@ fn trace(a: TraceArgs) -> Result<()> {
         }
     };
     let graph = Arc::new(loaded.graph);
-    let input: Option<cleave_engine::TensorMap> = match &a.input {
-        None => None,
+    use cleave_bench::device_proc::FrameSource;
+    let source = match &a.input {
+        None => FrameSource::Random,
         Some(p) => {
-            let specs = graph.inputs();
-            if specs.len() != 1 {
-                anyhow::bail!("--input works for single-input models; this one has {} inputs", specs.len());
-            }
-            let t = crate::npy::read(p)?;
-            cleave_engine::check_input(&specs[0], &t).with_context(|| format!("input file {}", p.display()))?;
-            Some([(specs[0].name.clone(), Arc::new(t))].into_iter().collect())
+            let p = std::path::absolute(p).with_context(|| format!("--input {}", p.display()))?;
+            let source =
+                if p.extension().is_some_and(|e| e == "npz") { FrameSource::Dataset(p) } else { FrameSource::Npy(p) };
+            // Check here, where the error reaches the user directly, not only in the device.
+            cleave_bench::device_proc::load_frames(&graph, &source, 1).map_err(|e| anyhow::anyhow!("--input: {e}"))?;
+            source
         }
     };
     let opts = cleave_bench::trace::TraceOptions {
@@ -298,15 +323,23 @@ fn trace(a: TraceArgs) -> Result<()> {
         fps: a.fps,
         delay: a.delay,
         device_slowdown: a.device_slowdown,
+        device_cpu: a.device_cpu,
         timeout: a.timeout,
         static_cuts: a.static_cuts.clone(),
         codecs: a.codecs.clone(),
-        input,
+        source,
         server_exe: std::env::current_exe().context("cannot find the cleave executable to run the edge")?,
         max_backlog: a.max_backlog,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = rt.block_on(cleave_bench::trace::run(graph, &opts, &mut |m: &str| eprintln!("bench trace: {m}")))?;
+    let report = rt.block_on(cleave_bench::trace::run(graph, &opts, &mut |p| {
+        use cleave_bench::trace::Progress;
+        match p {
+            Progress::Step(m) => eprintln!("bench trace: {m}"),
+            Progress::Strategy { name, frames } => eprintln!("bench trace: {name} ({frames} frames)"),
+            Progress::Frame { .. } => {}
+        }
+    }))?;
     println!("{}", report.render());
     if let Some(p) = &a.plot {
         crate::plot::trace_timeline(p, &report)?;
@@ -358,7 +391,7 @@ fn predict(a: PredictArgs) -> Result<()> {
     write_json(a.json.as_deref(), &report)
 }
 
-fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
     if let Some(p) = path {
         std::fs::write(p, serde_json::to_string_pretty(report)?)
             .with_context(|| format!("cannot write {}", p.display()))?;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod demo;
 pub mod infer;
 pub mod inspect;
 pub mod plan;
