@@ -34,7 +34,7 @@ use crate::output::{human_bytes, table};
 /// candidate head is compiled and every tail warmed on the server before the first frame, so a
 /// switch costs nothing. Frames go one at a time, released at `--fps` (default: back to back); a
 /// frame's latency runs from its release. Each frame prints a line (cut, codec, latency, the
-/// estimate it was planned with); `--records PATH` appends one JSON object per frame to PATH
+/// estimate it was planned with); `--records PATH` writes one JSON object per frame to PATH
 /// (JSON lines, flushed per frame, so `tail -f` follows it live). `--device-slowdown X` makes
 /// this device X times slower (it sleeps (X − 1) × each measured compute, and plans with its
 /// profile scaled by X).
@@ -87,12 +87,12 @@ pub struct Args {
     pub cuts: Option<Vec<usize>>,
 
     /// With --cut adaptive: release frames at this rate, per second (default: back to back).
-    #[arg(long)]
+    #[arg(long, value_name = "F")]
     pub fps: Option<f64>,
 
     /// With --cut adaptive: this device is X times slower than this machine (≥ 1). It sleeps
     /// (X − 1) × each measured compute and plans with its profile scaled by X.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
     pub device_slowdown: f64,
 
     /// With --cut adaptive: write one JSON object per frame to PATH (JSON lines, flushed per
