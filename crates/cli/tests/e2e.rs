@@ -189,6 +189,90 @@ fn serve_and_run_on_shared_models() {
     assert!(server.stop().success(), "a drained server exits 0");
 }
 
+/// `cleave run --cut adaptive`: every frame is answered (by the server or, when the planner says
+/// so, by the device; never by a fallback), each prints its line, and `--records` holds one
+/// parsable JSON object per frame with the estimate the decision used and the chosen cut.
+#[test]
+fn adaptive_run_answers_every_frame_and_writes_records() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny_resnet.onnx");
+    let server = Server::start(&["--model", &format!("tiny={}", model.display())]);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("frames.jsonl");
+    let adaptive = ["--model-name", "tiny", "--edge", &server.grpc, "--cut", "adaptive", "--timeout", "60s"];
+    // A slow device and a fast server: offloading is the plan on loopback.
+    let slow = ["--device-slowdown", "4", "--server-speedup", "4"];
+    let out = cleave()
+        .arg("run")
+        .arg(&model)
+        .args(adaptive)
+        .args(slow)
+        .args(["--frames", "10", "--fps", "50", "--records"])
+        .arg(&records)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cleave run --cut adaptive failed ({}): {stderr}", out.status);
+    let frame_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("frame ")).collect();
+    assert_eq!(frame_lines.len(), 10, "{stdout}");
+    assert!(
+        frame_lines.iter().all(|l| l.contains(" cut ") && l.contains("estimate") && l.contains("Mbit/s")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("10 frames: ") && stdout.contains(" 0 local fallback"), "{stdout}");
+
+    let text = std::fs::read_to_string(&records).unwrap();
+    let lines: Vec<Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("records line `{l}`: {e}"))).collect();
+    assert_eq!(lines.len(), 10, "{text}");
+    let last_cut = num_cuts(&model, &[]) as u64 - 1;
+    for (k, r) in lines.iter().enumerate() {
+        assert_eq!(r["frame"], k as u64, "{r}");
+        let cut = r["cut"].as_u64().unwrap();
+        assert!(cut <= last_cut, "{r}");
+        match r["status"].as_str().unwrap() {
+            "remote" => assert!(cut < last_cut && r["codec"].is_string() && r["bytes_up"].as_u64() > Some(0), "{r}"),
+            "device" => assert_eq!(cut, last_cut, "{r}"),
+            other => panic!("frame {k} was answered by `{other}`: {r}"),
+        }
+        assert!(r["estimate"]["up_bps"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["estimate"]["measured"].as_bool().unwrap(), "the bootstrap probe measured the link: {r}");
+        assert!(r["start_unix_ms"].as_f64().unwrap() > 1.6e12, "{r}");
+        assert!(r["total_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // Frames released at 50/s: releases 20 ms apart.
+    let releases: Vec<f64> = lines.iter().map(|r| r["release_ms"].as_f64().unwrap()).collect();
+    assert!(releases.windows(2).all(|w| (w[1] - w[0] - 20.0).abs() < 0.5), "{releases:?}");
+
+    // --json carries the same records.
+    let out =
+        cleave().arg("run").arg(&model).args(adaptive).args(slow).args(["--frames", "3", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["frames"], 3, "{v}");
+    assert_eq!(v["summary"]["local_fallback"], 0, "{v}");
+    assert_eq!(v["frames"].as_array().unwrap().len(), 3, "{v}");
+
+    // Flags of other modes are refused, not ignored.
+    for (args, message) in [
+        (&["--cut", "adaptive", "--check"][..], "--check is not supported with --cut adaptive"),
+        (&["--cut", "3", "--fps", "5"][..], "--fps applies to --cut adaptive only"),
+        (&["--cut", "adaptive", "--device-slowdown", "0.5"][..], "--device-slowdown 0.5 must be a finite number ≥ 1"),
+    ] {
+        let out = cleave()
+            .arg("run")
+            .arg(&model)
+            .args(["--model-name", "tiny", "--edge", &server.grpc])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    assert!(server.stop().success(), "a drained server exits 0");
+}
+
 #[test]
 fn run_against_a_dead_server_is_a_clean_error() {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny_resnet.onnx");

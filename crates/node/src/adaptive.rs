@@ -169,6 +169,16 @@ pub fn restrict_cuts(problem: &mut Problem, cuts: &BTreeSet<usize>) {
     }
 }
 
+/// The cuts an adaptive device prepares by default: cut 0 (the raw input), every single-tensor
+/// bottleneck cut, and the last (device-only). Cuts inside a block send several tensors for the
+/// compute of a nearby bottleneck and are rarely worth compiling a head for.
+pub fn default_candidate_cuts(graph: &ModelGraph) -> BTreeSet<usize> {
+    let mut s: BTreeSet<usize> = graph.cuts().iter().filter(|c| c.bottleneck).map(|c| c.index).collect();
+    s.insert(0);
+    s.insert(graph.last_cut());
+    s
+}
+
 /// Cuts the planner may choose in `problem` (some codec allowed), plus the last.
 pub fn allowed_cuts(problem: &Problem) -> BTreeSet<usize> {
     let mut s: BTreeSet<usize> =

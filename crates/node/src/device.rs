@@ -470,7 +470,18 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn of(frames: &[FrameOutput], wall: Duration) -> RunSummary {
-        let mut totals: Vec<f64> = frames.iter().map(|f| f.record.total_ms).collect();
+        Self::from_frames(frames.iter().map(|f| (f.record.status, f.record.total_ms, f.record.bytes_up)), wall)
+    }
+
+    /// The summary of an adaptive device's frames.
+    pub fn of_adaptive(records: &[crate::adaptive::AdaptiveRecord], wall: Duration) -> RunSummary {
+        Self::from_frames(records.iter().map(|r| (r.status, r.total_ms, r.bytes_up)), wall)
+    }
+
+    /// From each frame's (status, latency ms, payload bytes sent).
+    fn from_frames(frames: impl Iterator<Item = (FrameStatus, f64, u64)>, wall: Duration) -> RunSummary {
+        let frames: Vec<(FrameStatus, f64, u64)> = frames.collect();
+        let mut totals: Vec<f64> = frames.iter().map(|f| f.1).collect();
         totals.sort_by(f64::total_cmp);
         let q = |p: f64| {
             if totals.is_empty() {
@@ -479,7 +490,7 @@ impl RunSummary {
             let rank = ((p * totals.len() as f64).ceil() as usize).clamp(1, totals.len());
             totals[rank - 1]
         };
-        let count = |s: FrameStatus| frames.iter().filter(|f| f.record.status == s).count();
+        let count = |s: FrameStatus| frames.iter().filter(|f| f.0 == s).count();
         RunSummary {
             frames: frames.len(),
             remote: count(FrameStatus::Remote),
@@ -489,7 +500,7 @@ impl RunSummary {
             p50_ms: q(0.5),
             p95_ms: q(0.95),
             mean_ms: if totals.is_empty() { 0.0 } else { totals.iter().sum::<f64>() / totals.len() as f64 },
-            bytes_up: frames.iter().map(|f| f.record.bytes_up).sum(),
+            bytes_up: frames.iter().map(|f| f.2).sum(),
             wall_s: wall.as_secs_f64(),
             fps: if wall.as_secs_f64() > 0.0 { frames.len() as f64 / wall.as_secs_f64() } else { 0.0 },
         }

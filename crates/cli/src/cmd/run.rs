@@ -1,15 +1,19 @@
 //! `cleave run`: the device side of collaborative inference.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use cleave_codec::{Codec, EncodeOptions};
 use cleave_cost::Link;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
+use cleave_graph::ModelGraph;
+use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Strategy};
 use cleave_node::{Device, DeviceConfig, EdgeClient, ExitPolicy, FrameStatus, RunSummary};
-use cleave_plan::{Conditions, Constraints, ProblemBuilder, plan};
+use cleave_plan::{Conditions, Constraints, Problem, ProblemBuilder, plan};
 use serde_json::json;
 
 use crate::model_arg::ModelArgs;
@@ -24,6 +28,17 @@ use crate::output::{human_bytes, table};
 /// the previous frame is on the network. If a request fails, the device computes the tail itself
 /// and says so. `--cut auto` measures the link (RTT and an upload probe) and asks the planner.
 ///
+/// `--cut adaptive` re-plans cut × codec for every frame from live estimates instead: the uplink
+/// (harmonic mean of the last 5 transfers' throughputs, from the frames themselves and from
+/// probes while the device computes alone), the RTT (health calls) and the server's queue. Every
+/// candidate head is compiled and every tail warmed on the server before the first frame, so a
+/// switch costs nothing. Frames go one at a time, released at `--fps` (default: back to back); a
+/// frame's latency runs from its release. Each frame prints a line (cut, codec, latency, the
+/// estimate it was planned with); `--records PATH` writes one JSON object per frame to PATH
+/// (JSON lines, flushed per frame, so `tail -f` follows it live). `--device-slowdown X` makes
+/// this device X times slower (it sleeps (X − 1) × each measured compute, and plans with its
+/// profile scaled by X).
+///
 /// Early exits: with `--exit NAME --exit-threshold T` the head runs up to the exit and the
 /// device answers there, sending nothing, when the exit's confidence (largest softmax
 /// probability) reaches T. With `--cut auto --calibration calib.json` (from `cleave calibrate`)
@@ -35,6 +50,8 @@ use crate::output::{human_bytes, table};
 ///   cleave run models/tiny_resnet.onnx --model-name tiny --edge 127.0.0.1:8001 --cut 5 --codec int8
 ///   cleave run model.onnx --edge edge:8001 --cut auto --frames 100 --json
 ///   cleave run digits.onnx --edge edge:8001 --cut auto --calibration calib.json --max-accuracy-drop 0.5%
+///   cleave run models/tiny_resnet.onnx --model-name tiny --edge 127.0.0.1:8001 --cut adaptive \
+///       --fps 10 --frames 300 --device-slowdown 4 --records frames.jsonl
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -49,14 +66,40 @@ pub struct Args {
     #[arg(long)]
     pub model_name: Option<String>,
 
-    /// Cut index (see `cleave inspect`), or `auto` to let the planner choose from the measured link.
+    /// Cut index (see `cleave inspect`); `auto`: the planner chooses once from the measured
+    /// link; `adaptive`: the planner chooses again for every frame from live estimates.
     #[arg(long, default_value = "auto")]
     pub cut: String,
 
     /// Codec for the tensors crossing the cut: fp32, fp16, bf16, int8, int4, int2 (with --cut
-    /// auto: the planner's choice).
+    /// auto or adaptive: the only codec the planner may choose).
     #[arg(long)]
     pub codec: Option<Codec>,
+
+    /// With --cut auto or adaptive: the codecs the planner weighs, comma-separated (default:
+    /// fp32,fp16,int8; with --calibration also int4,int2).
+    #[arg(long, value_delimiter = ',', conflicts_with = "codec")]
+    pub codecs: Option<Vec<Codec>>,
+
+    /// With --cut adaptive: the cuts it may choose, comma-separated (default: cut 0, every
+    /// single-tensor bottleneck cut and the last; the last, device-only, is always allowed).
+    #[arg(long, value_delimiter = ',')]
+    pub cuts: Option<Vec<usize>>,
+
+    /// With --cut adaptive: release frames at this rate, per second (default: back to back).
+    #[arg(long, value_name = "F")]
+    pub fps: Option<f64>,
+
+    /// With --cut adaptive: this device is X times slower than this machine (≥ 1). It sleeps
+    /// (X − 1) × each measured compute and plans with its profile scaled by X.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub device_slowdown: f64,
+
+    /// With --cut adaptive: write one JSON object per frame to PATH (JSON lines, flushed per
+    /// frame): the decision's estimate, cut, codec, timings, bytes, and `start_unix_ms`, the
+    /// wall-clock time of the decision.
+    #[arg(long, value_name = "PATH")]
+    pub records: Option<PathBuf>,
 
     /// Quantize per channel instead of per tensor.
     #[arg(long)]
@@ -74,7 +117,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub frames: usize,
 
-    /// Frames on the network at once.
+    /// Frames on the network at once (not with --cut adaptive: its frames go one at a time).
     #[arg(long, default_value_t = 2)]
     pub max_in_flight: usize,
 
@@ -86,15 +129,15 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 
-    /// With --cut auto: how many times faster than this device the server is.
+    /// With --cut auto or adaptive: how many times faster than this device the server is.
     #[arg(long, default_value_t = 1.0)]
     pub server_speedup: f64,
 
-    /// With --cut auto: the server's profile (`cleave profile -o` on the server).
+    /// With --cut auto or adaptive: the server's profile (`cleave profile -o` on the server).
     #[arg(long, value_name = "PATH")]
     pub server_profile: Option<PathBuf>,
 
-    /// With --cut auto: this device's profile (default: profile now).
+    /// With --cut auto or adaptive: this device's profile (default: profile now).
     #[arg(long, value_name = "PATH")]
     pub device_profile: Option<PathBuf>,
 
@@ -106,13 +149,13 @@ pub struct Args {
     #[arg(long, value_name = "T", requires = "exit")]
     pub exit_threshold: Option<f64>,
 
-    /// With --cut auto: measured accuracy costs (`cleave calibrate -o`), so the planner may use
-    /// exits and 4/2-bit codecs within --max-accuracy-drop.
+    /// With --cut auto or adaptive: measured accuracy costs (`cleave calibrate -o`), so the
+    /// planner may use exits and 4/2-bit codecs within --max-accuracy-drop.
     #[arg(long, value_name = "PATH")]
     pub calibration: Option<PathBuf>,
 
-    /// With --cut auto: the largest accuracy loss allowed, e.g. 0.5% (without --calibration,
-    /// only codecs of 8 bits or more and no exits).
+    /// With --cut auto or adaptive: the largest accuracy loss allowed, e.g. 0.5% (without
+    /// --calibration, only codecs of 8 bits or more and no exits).
     #[arg(long, value_parser = crate::cmd::plan::fraction)]
     pub max_accuracy_drop: Option<f64>,
 
@@ -134,6 +177,8 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let adaptive = args.cut == "adaptive";
+    check_mode_flags(&args, adaptive)?;
     let loaded = args.model.load()?;
     let graph = Arc::new(loaded.graph);
     let model_name = args.model_name.clone().unwrap_or_else(|| match &args.model.model {
@@ -141,8 +186,11 @@ pub fn run(args: Args) -> Result<()> {
         None => "tiny_resnet".to_owned(),
     });
     let frames = frames(&args, &graph)?;
-    let engine = Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 8 }));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if adaptive {
+        return rt.block_on(run_adaptive(args, graph, model_name, frames));
+    }
+    let engine = Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 8 }));
     rt.block_on(async move {
         let mut client = EdgeClient::connect(&args.edge, 64 << 20).await.context("--edge")?;
         if !client.model_ready(&model_name).await.with_context(|| format!("asking {} about model `{model_name}`", args.edge))? {
@@ -263,47 +311,29 @@ async fn choose(
         _ => None,
     };
     if args.cut != "auto" {
-        let cut: usize =
-            args.cut.parse().with_context(|| format!("--cut `{}` is neither a cut index nor `auto`", args.cut))?;
+        let cut: usize = args
+            .cut
+            .parse()
+            .with_context(|| format!("--cut `{}` is not a cut index, `auto` or `adaptive`", args.cut))?;
         graph.check_cut(cut)?;
-        if args.calibration.is_some() || args.max_accuracy_drop.is_some() {
+        if args.calibration.is_some() || args.max_accuracy_drop.is_some() || args.codecs.is_some() {
             bail!(
-                "--calibration and --max-accuracy-drop guide --cut auto; with a fixed --cut, choose --codec and --exit yourself"
+                "--calibration, --max-accuracy-drop and --codecs guide --cut auto; with a fixed --cut, choose --codec and --exit yourself"
             );
         }
         let codec = args.codec.unwrap_or(Codec::Fp32);
         return Ok((cut, codec, given_exit, format!("cut {cut}, codec {codec} (as given)")));
     }
-    let calibration = args.calibration.as_deref().map(|p| crate::cmd::plan::read_calibration(p, graph)).transpose()?;
     // Measure: RTT from health calls, uplink from a probe the server answers without computing.
     let rtt = client.rtt(5).await?;
     let probe_bytes = 256 * 1024;
     let t = client.probe(model, probe_bytes).await?;
     let transfer = t.saturating_sub(rtt).max(Duration::from_micros(50));
     let up_bps = probe_bytes as f64 * 8.0 / transfer.as_secs_f64();
-    let device = match &args.device_profile {
-        Some(p) => crate::cmd::profile::read_profile(p, graph)?,
-        None => crate::cmd::profile::measure(graph, args.threads, 1, 5, None, !args.json)?,
-    };
-    let server = match &args.server_profile {
-        Some(p) => crate::cmd::profile::read_profile(p, graph)?,
-        None => device.scaled(1.0 / args.server_speedup.max(1e-9), "server"),
-    };
-    let codecs = match args.codec {
-        Some(c) => vec![c],
-        None if calibration.is_some() => Codec::FEATURE.to_vec(),
-        None => Codec::UNCALIBRATED_DEFAULT.to_vec(),
-    };
-    let constraints = Constraints { max_accuracy_drop: args.max_accuracy_drop, ..Default::default() };
-    let problem = ProblemBuilder::new(graph, &device)
-        .server(server)
-        .codecs(codecs)
-        .calibration(calibration.as_ref())
-        .constraints(constraints)
-        .build();
+    let problem = problem(args, graph)?;
     let link = Link::symmetric(up_bps, rtt.as_secs_f64() * 1e3);
     let best = plan(&problem, &Conditions::two_tier(link))?;
-    let codec = best.codecs.first().copied().unwrap_or(args.codec.unwrap_or(Codec::Fp32));
+    let codec = best.codecs.first().copied().unwrap_or(problem.codecs[0]);
     let planned_exit = match (&best.exit, best.exit_threshold) {
         (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
         _ => None,
@@ -319,4 +349,225 @@ async fn choose(
         best.predicted.accuracy_drop * 100.0,
     );
     Ok((best.cuts[0], codec, exit, why))
+}
+
+/// Refuses flags that do not apply to the chosen `--cut` mode, rather than ignoring them.
+fn check_mode_flags(args: &Args, adaptive: bool) -> Result<()> {
+    if adaptive {
+        let unsupported = [
+            (args.check, "--check"),
+            (args.exit.is_some(), "--exit (the planner picks exits from --calibration)"),
+            (args.per_channel, "--per-channel"),
+            (args.lz4, "--lz4"),
+        ];
+        if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
+            bail!("{flag} is not supported with --cut adaptive");
+        }
+        if let Some(fps) = args.fps
+            && !(fps.is_finite() && fps > 0.0)
+        {
+            bail!("--fps {fps} must be a positive number");
+        }
+        if !(args.device_slowdown.is_finite() && args.device_slowdown >= 1.0) {
+            bail!("--device-slowdown {} must be a finite number ≥ 1", args.device_slowdown);
+        }
+        return Ok(());
+    }
+    let adaptive_only = [
+        (args.fps.is_some(), "--fps"),
+        (args.device_slowdown != 1.0, "--device-slowdown"),
+        (args.records.is_some(), "--records"),
+        (args.cuts.is_some(), "--cuts"),
+    ];
+    if let Some((_, flag)) = adaptive_only.iter().find(|(set, _)| *set) {
+        bail!("{flag} applies to --cut adaptive only");
+    }
+    Ok(())
+}
+
+/// The planning problem of `--cut auto` and `--cut adaptive`: this device's profile (given or
+/// measured now) scaled by `--device-slowdown`, the server's (given, or this machine's divided by
+/// `--server-speedup`), the codecs, the calibration and the accuracy budget.
+fn problem(args: &Args, graph: &cleave_graph::ModelGraph) -> Result<Problem> {
+    let calibration = args.calibration.as_deref().map(|p| crate::cmd::plan::read_calibration(p, graph)).transpose()?;
+    if !(args.server_speedup.is_finite() && args.server_speedup > 0.0) {
+        bail!("--server-speedup {} must be a positive number", args.server_speedup);
+    }
+    let here = match &args.device_profile {
+        Some(p) => crate::cmd::profile::read_profile(p, graph)?,
+        None => crate::cmd::profile::measure(graph, args.threads, 1, 5, None, !args.json)?,
+    };
+    let server = match &args.server_profile {
+        Some(p) => crate::cmd::profile::read_profile(p, graph)?,
+        None => here.scaled(1.0 / args.server_speedup, "server"),
+    };
+    let device = if args.device_slowdown == 1.0 { here } else { here.scaled(args.device_slowdown, "device") };
+    let codecs = match (&args.codecs, args.codec) {
+        (Some(list), _) if list.is_empty() => bail!("--codecs: give at least one codec"),
+        (Some(list), _) => list.clone(),
+        (None, Some(c)) => vec![c],
+        (None, None) if calibration.is_some() => Codec::FEATURE.to_vec(),
+        (None, None) => Codec::UNCALIBRATED_DEFAULT.to_vec(),
+    };
+    let constraints = Constraints { max_accuracy_drop: args.max_accuracy_drop, ..Default::default() };
+    Ok(ProblemBuilder::new(graph, &device)
+        .server(server)
+        .codecs(codecs)
+        .calibration(calibration.as_ref())
+        .constraints(constraints)
+        .build())
+}
+
+/// One line of `--records`: the frame's record and the wall-clock time of its decision.
+#[derive(serde::Serialize)]
+struct RecordLine<'a> {
+    #[serde(flatten)]
+    record: &'a AdaptiveRecord,
+    /// Milliseconds since the Unix epoch when the device started on the frame (decided).
+    start_unix_ms: f64,
+}
+
+/// `--cut adaptive`: one [`AdaptiveDevice`] re-planning every frame.
+async fn run_adaptive(args: Args, graph: Arc<ModelGraph>, model_name: String, frames: Vec<TensorMap>) -> Result<()> {
+    let client = EdgeClient::connect(&args.edge, 64 << 20).await.context("--edge")?;
+    if !client
+        .clone()
+        .model_ready(&model_name)
+        .await
+        .with_context(|| format!("asking {} about model `{model_name}`", args.edge))?
+    {
+        bail!("the server at {} does not serve model `{model_name}` (set --model-name)", args.edge);
+    }
+    let mut problem = problem(&args, &graph)?;
+    let candidates: BTreeSet<usize> = match &args.cuts {
+        Some(list) => {
+            for &c in list {
+                graph.check_cut(c).context("--cuts")?;
+            }
+            list.iter().copied().collect()
+        }
+        None => adaptive::default_candidate_cuts(&graph),
+    };
+    adaptive::restrict_cuts(&mut problem, &candidates);
+    let codecs = problem.codecs.clone();
+    let config = AdaptiveConfig {
+        model_name: model_name.clone(),
+        timeout: args.timeout,
+        device_slowdown: args.device_slowdown,
+        down_bps: None,
+        probe: true,
+    };
+    let engine =
+        Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 4 * candidates.len() + 16 }));
+    let epoch = Instant::now();
+    let epoch_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+    let device = AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config)?
+        .with_epoch(epoch);
+    let cuts = device.candidate_cuts();
+    if !args.json {
+        eprintln!(
+            "adaptive: cuts {} × codecs {}, device slowdown {}; compiling heads and warming the server's tails",
+            cuts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+            codecs.iter().map(|c| c.name()).collect::<Vec<_>>().join(","),
+            args.device_slowdown
+        );
+    }
+    let mut device = tokio::task::spawn_blocking(move || device.prepare().map(|_| device)).await??;
+    device.warm_server(&client).await?;
+    device.bootstrap().await;
+    let mut records_out = match &args.records {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    if !args.json {
+        let e = device.estimates().estimate();
+        eprintln!(
+            "bootstrap: uplink {:.2} Mbit/s{}, RTT {:.2} ms",
+            e.up_bps / 1e6,
+            if e.measured { "" } else { " (default, not measured)" },
+            e.rtt_ms
+        );
+    }
+    let first = Instant::now();
+    let mut records = Vec::with_capacity(frames.len());
+    let mut last_outputs = TensorMap::new();
+    for (k, inputs) in frames.into_iter().enumerate() {
+        let release = match args.fps {
+            Some(fps) => first + Duration::from_secs_f64(k as f64 / fps),
+            None => Instant::now(),
+        };
+        tokio::time::sleep_until(release.into()).await;
+        let (rec, outputs) = device.frame(k, inputs, release).await;
+        if let Some(w) = records_out.as_mut() {
+            let line = RecordLine { record: &rec, start_unix_ms: epoch_unix_ms + rec.start_ms };
+            serde_json::to_writer(&mut *w, &line)?;
+            w.write_all(b"\n")?;
+            w.flush().context("--records")?;
+        }
+        if !args.json {
+            println!("{}", frame_line(&rec));
+        }
+        last_outputs = outputs;
+        records.push(rec);
+    }
+    let summary = RunSummary::of_adaptive(&records, first.elapsed());
+    if let Some(path) = &args.output {
+        npy::write_outputs(path, &last_outputs)?;
+    }
+    if args.json {
+        let v = json!({
+            "model": model_name,
+            "edge": args.edge,
+            "cut": "adaptive",
+            "candidate_cuts": cuts,
+            "codecs": codecs,
+            "device_slowdown": args.device_slowdown,
+            "summary": summary,
+            "frames": records,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let cut_counts = records.iter().fold(BTreeMap::<usize, usize>::new(), |mut m, r| {
+        *m.entry(r.cut).or_default() += 1;
+        m
+    });
+    println!(
+        "{} frames: {} remote, {} early exit, {} local fallback, {} device-only; latency p50 {:.2} ms, p95 {:.2} ms; {:.1} frames/s; sent {}; cuts used {}",
+        summary.frames,
+        summary.remote,
+        summary.early_exit,
+        summary.local_fallback,
+        summary.device_only,
+        summary.p50_ms,
+        summary.p95_ms,
+        summary.fps,
+        human_bytes(summary.bytes_up),
+        cut_counts.iter().map(|(c, n)| format!("{c} ×{n}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// One adaptive frame, for people: cut, codec, where it was answered, latency, bytes and the
+/// estimate the decision used.
+fn frame_line(r: &AdaptiveRecord) -> String {
+    let status = match r.status {
+        FrameStatus::Remote => "remote".to_owned(),
+        FrameStatus::Device => "device".to_owned(),
+        FrameStatus::EarlyExit => format!("exit {}", r.exit.as_deref().unwrap_or("?")),
+        FrameStatus::LocalFallback => format!("LOCAL ({})", r.error.as_deref().unwrap_or("?")),
+    };
+    format!(
+        "frame {:>4}  cut {:>3} {:<5} {:<8} {:>9.2} ms  sent {:>9}  estimate {:>7.2} Mbit/s{}",
+        r.frame,
+        r.cut,
+        r.codec.map(|c| c.name()).unwrap_or("-"),
+        status,
+        r.total_ms,
+        human_bytes(r.bytes_up),
+        r.estimate.up_bps / 1e6,
+        if r.estimate.measured { "" } else { " (default)" },
+    )
 }
