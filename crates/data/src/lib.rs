@@ -5,15 +5,19 @@
 //!   of `.npy` members) ↔ named tensors.
 //! - [`Labelled`]: a classification dataset, an `.npz` with `x` (samples along axis 0) and `y`
 //!   (integer labels), as `cleave calibrate --data` reads it.
+//! - [`image`]: image sets (`[N, C, H, W]`, uint8 or float32) → normalised `1×C×H×W` model
+//!   inputs ([`image_frames`], [`Normalize`], [`ChannelOrder`]).
 //!
 //! Everything works on bytes and `std::io` readers and writers; opening files is the caller's
 //! business. Malformed input is an error naming the problem, never a panic.
 
+pub mod image;
 pub mod labelled;
 pub mod npy;
 pub mod npz;
 
 pub use cleave_engine::{DatumType, Tensor};
+pub use image::{ChannelOrder, Frame, ImageError, Normalize, image_frames, image_frames_as};
 pub use labelled::Labelled;
 
 /// What can go wrong reading or writing NumPy data.
@@ -28,6 +32,9 @@ pub enum DataError {
     /// An archive member is missing or has the wrong form.
     #[error("{0}")]
     Content(String),
+    /// An array is not a usable image set.
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -14,6 +14,7 @@ use cleave_graph::{DType, InputShapes, ModelGraph, pb};
 use prost::Message;
 
 pub mod textlines;
+pub mod textpages;
 
 /// The `shared/` data directory: `$CLEAVE_SHARED`, else `../shared` beside the workspace.
 /// `Err` carries a reason to print when skipping.

@@ -113,6 +113,11 @@ impl Renderer {
         self.fonts.iter().map(|(p, _)| p.as_path()).collect()
     }
 
+    /// The loaded faces (at least one), for other renderers in this crate.
+    pub(crate) fn faces(&self) -> impl ExactSizeIterator<Item = &FontVec> {
+        self.fonts.iter().map(|(_, f)| f)
+    }
+
     /// Line `index` of the dataset `seed`, upright, and its text.
     pub fn line(&self, seed: u64, index: u64) -> (GrayImage, String) {
         let mut rng = SeededNormal::new(mix(seed ^ mix(index.wrapping_add(0x5EED))));
@@ -233,7 +238,7 @@ fn source_coord(d: usize, s: f64, n: usize) -> (usize, usize, f64) {
 }
 
 /// A separable [1, 2, 1]/4 blur (edges replicated).
-fn blur_121(v: &mut [f32], width: usize, height: usize) {
+pub(crate) fn blur_121(v: &mut [f32], width: usize, height: usize) {
     let src = v.to_vec();
     for y in 0..height {
         for x in 0..width {
@@ -551,18 +556,18 @@ pub fn write_contact_sheet(path: &Path, samples: &[Sample], columns: usize) -> i
 }
 
 /// splitmix64's finaliser: decorrelates seeds (so per-sample streams do not overlap).
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-fn uniform(rng: &mut SeededNormal, lo: f64, hi: f64) -> f64 {
+pub(crate) fn uniform(rng: &mut SeededNormal, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.uniform()
 }
 
 /// Uniform in `0..n` (`n > 0`).
-fn pick(rng: &mut SeededNormal, n: usize) -> usize {
+pub(crate) fn pick(rng: &mut SeededNormal, n: usize) -> usize {
     ((rng.uniform() * n as f64) as usize).min(n - 1)
 }
