@@ -1,4 +1,5 @@
-//! Encode + decode of a 1 MiB f32 tensor (262,144 elements), per codec.
+//! Encode + decode of a 1 MiB f32 tensor (262,144 elements), per element-wise codec; and of a
+//! 1×3×224×224 image (an ImageNet-sized input) with JPEG at three qualities.
 //! Run: `cargo bench -p cleave-codec --bench codec`.
 
 use cleave_codec::{Codec, EncodeOptions, decode, encode};
@@ -22,5 +23,45 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A 224 × 224 RGB picture, ImageNet-normalised: smooth gradients, a few discs and stripes (a
+/// photo-like mix of flat areas and edges; random noise would be JPEG's worst case).
+fn picture() -> Vec<f32> {
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let mut x = Vec::with_capacity(3 * 224 * 224);
+    for c in 0..3 {
+        for y in 0..224 {
+            for xx in 0..224 {
+                let (fx, fy) = (xx as f32, y as f32);
+                let mut p = 60.0 + 0.5 * fx + 0.3 * fy + 20.0 * c as f32;
+                for (k, (cx, cy, r)) in
+                    [(60.0, 70.0, 30.0), (150.0, 120.0, 45.0), (100.0, 180.0, 20.0)].iter().enumerate()
+                {
+                    if (fx - cx).powi(2) + (fy - cy).powi(2) < r * r {
+                        p = 30.0 + 70.0 * ((k + c) % 3) as f32;
+                    }
+                }
+                if (xx / 8) % 2 == 0 && y > 200 {
+                    p = 240.0;
+                }
+                x.push((p.clamp(0.0, 255.0) / 255.0 - mean[c]) / std[c]);
+            }
+        }
+    }
+    x
+}
+
+fn bench_jpeg(c: &mut Criterion) {
+    let shape = [1usize, 3, 224, 224];
+    let data = picture();
+    let mut g = c.benchmark_group("jpeg_encode_decode_1x3x224x224");
+    g.throughput(Throughput::Elements(224 * 224));
+    for codec in Codec::JPEG {
+        g.bench_with_input(BenchmarkId::new(codec.name(), "picture"), &data, |b, data| {
+            b.iter(|| decode(&encode(data, &shape, EncodeOptions::new(codec)).unwrap()).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_jpeg);
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-//! Encoding and decoding f32 tensors.
+//! Encoding and decoding f32 tensors (JPEG: see [`crate::jpeg`]; [`encode`] and [`decode`]
+//! dispatch to it).
 //!
 //! Integer codecs are affine, the ONNX `QuantizeLinear` convention: `q = clamp(round(x / s) + z,
 //! 0, 2^b − 1)` (ties to even) and `x̂ = (q − z) · s`, with the range widened to include 0 so that the zero
@@ -24,7 +25,8 @@ pub enum Quant {
     PerChannel { axis: usize, scales: Vec<f32>, zero_points: Vec<u8> },
 }
 
-/// An encoded tensor: enough to decode it, with the payload.
+/// An encoded tensor: enough to decode it, with the payload. (JPEG: the parameters are
+/// per (image, channel), see [`crate::jpeg`].)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
     pub codec: Codec,
@@ -32,7 +34,7 @@ pub struct Encoded {
     pub shape: Vec<usize>,
     /// For integer codecs.
     pub quant: Option<Quant>,
-    /// Whether the payload is LZ4-compressed.
+    /// Whether the payload is LZ4-compressed (never for JPEG).
     pub lz4: bool,
     pub payload: Vec<u8>,
 }
@@ -43,7 +45,7 @@ pub struct EncodeOptions {
     pub codec: Codec,
     /// Integer codecs: one scale per channel (axis 1) instead of one per tensor.
     pub per_channel: bool,
-    /// Compress the payload with LZ4.
+    /// Compress the payload with LZ4. Ignored by JPEG, whose payload is already entropy-coded.
     pub lz4: bool,
 }
 
@@ -67,14 +69,22 @@ pub fn volume(shape: &[usize]) -> Result<usize, CodecError> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or(CodecError::TooLarge)
 }
 
-/// Bytes of an uncompressed payload of `elements` elements.
+/// Bytes of an uncompressed payload of `elements` elements, for element-wise codecs (a JPEG
+/// payload has no fixed length: an error).
 pub fn payload_len(codec: Codec, elements: usize) -> Result<usize, CodecError> {
+    if let Codec::Jpeg(_) = codec {
+        return Err(CodecError::NotApplicable {
+            codec,
+            shape: vec![elements],
+            reason: "a JPEG payload's length depends on its content".into(),
+        });
+    }
     let bits = codec.bits() as usize;
     elements.checked_mul(bits).map(|b| b.div_ceil(8)).ok_or(CodecError::TooLarge)
 }
 
 /// Affine parameters for values in [lo, hi] with `l` levels.
-fn affine(lo: f32, hi: f32, l: u32) -> (f32, u8) {
+pub(crate) fn affine(lo: f32, hi: f32, l: u32) -> (f32, u8) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
     let range = hi - lo;
     if !(range > 0.0) || !range.is_finite() {
@@ -93,7 +103,7 @@ fn affine(lo: f32, hi: f32, l: u32) -> (f32, u8) {
 /// loop vectorizes. The rounding happens before the zero point is added, so the offset costs no
 /// precision.
 #[inline]
-fn quantize_into(data: &[f32], scale: f32, zp: u8, l: u32, out: &mut Vec<u8>) {
+pub(crate) fn quantize_into(data: &[f32], scale: f32, zp: u8, l: u32, out: &mut Vec<u8>) {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     let inv = 1.0 / scale;
     let zp = zp as f32;
@@ -125,7 +135,7 @@ fn all_finite(data: &[f32]) -> bool {
 }
 
 /// Smallest and largest value (the data is finite), in eight lanes so that it vectorizes.
-fn min_max(data: &[f32]) -> (f32, f32) {
+pub(crate) fn min_max(data: &[f32]) -> (f32, f32) {
     let mut lo = [f32::INFINITY; 8];
     let mut hi = [f32::NEG_INFINITY; 8];
     let chunks = data.chunks_exact(8);
@@ -187,7 +197,8 @@ fn from_half<H: bytemuck::Pod + Default>(payload: &[u8], convert: impl Fn(&[H], 
     out
 }
 
-/// Encodes f32 values of `shape`.
+/// Encodes f32 values of `shape`. A codec that does not apply to the shape
+/// ([`Codec::applies_to`]) is a [`CodecError::NotApplicable`].
 pub fn encode(data: &[f32], shape: &[usize], opts: EncodeOptions) -> Result<Encoded, CodecError> {
     let n = volume(shape)?;
     if n != data.len() {
@@ -196,6 +207,10 @@ pub fn encode(data: &[f32], shape: &[usize], opts: EncodeOptions) -> Result<Enco
     if !all_finite(data) {
         let i = data.iter().position(|x| !x.is_finite()).unwrap_or(0);
         return Err(CodecError::NotFinite(i));
+    }
+    if let Codec::Jpeg(q) = opts.codec {
+        let (payload, quant) = crate::jpeg::encode(data, shape, q)?;
+        return Ok(Encoded { codec: opts.codec, shape: shape.to_vec(), quant: Some(quant), lz4: false, payload });
     }
     let (payload, quant) = match opts.codec {
         Codec::Fp32 => (f32_le_bytes(data), None),
@@ -277,6 +292,9 @@ fn unpack(payload: &[u8], codec: Codec, i: usize) -> u8 {
 /// depends on them; a hostile payload is an error, never a panic or an oversized allocation.
 pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
     let n = volume(&enc.shape)?;
+    if let Codec::Jpeg(q) = enc.codec {
+        return crate::jpeg::decode(enc, q);
+    }
     let expected = payload_len(enc.codec, n)?;
     let raw;
     let payload: &[u8] = if enc.lz4 {
@@ -346,9 +364,14 @@ pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
 
 /// The largest absolute error decoding can introduce for an element whose original value is
 /// `x`, given the encoding's parameters (per-channel: the largest scale).
+///
+/// JPEG has no per-element bound ([`Codec::has_error_bound`] is false): `f32::INFINITY`.
+/// Callers that check errors against the bound must skip such codecs, not read the infinite
+/// bound as "anything goes".
 pub fn error_bound(enc: &Encoded, x: f32) -> f32 {
     match enc.codec {
         Codec::Fp32 => 0.0,
+        Codec::Jpeg(_) => f32::INFINITY,
         // Round to nearest: half an ulp; subnormal spacing near zero.
         Codec::Fp16 => x.abs().min(65504.0) * 2f32.powi(-11) + 2f32.powi(-25) + (x.abs() - 65504.0).max(0.0),
         Codec::Bf16 => x.abs() * 2f32.powi(-8) + f32::MIN_POSITIVE,

@@ -39,6 +39,14 @@
 //! the last 9 ratios (from 3 on) rescales the problem's device and server compute. Early-exited
 //! and locally completed frames are left out: they ran different parts.
 //!
+//! ## Payload sizes
+//! The planner's bytes per (cut, codec) are exact for element-wise codecs but only a prior for
+//! JPEG, whose size depends on the picture. After each encode, the payload bytes of the chosen
+//! (cut, codec) go into [`PayloadSizes`] (an EWMA per pair, α = [`PayloadSizes::ALPHA`]; the
+//! first observation replaces the prior outright) and the smoothed size into the problem
+//! ([`Problem::set_bytes`]), so the next frame's decision weighs what this content really
+//! costs.
+//!
 //! ## Switching costs nothing
 //! [`AdaptiveDevice::prepare`] compiles the head of every candidate cut (and the exit parts)
 //! before the first frame; `warm_server` sends one request per candidate cut so the server has
@@ -49,7 +57,7 @@
 //! With `device_slowdown` X > 1 the device sleeps (X − 1) × its measured compute after each
 //! compute step (head or local tail): the documented stand-in for a CPU-quota'd device.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,6 +163,33 @@ impl LinkEstimates {
             server_queue_ms: self.load.queue_ms().unwrap_or(0.0),
             measured: up.is_some(),
         }
+    }
+}
+
+/// Smoothed payload sizes observed per (cut, codec) (pure).
+#[derive(Debug, Clone, Default)]
+pub struct PayloadSizes {
+    ewma: HashMap<(usize, Codec), f64>,
+}
+
+impl PayloadSizes {
+    /// Weight of the newest observation.
+    pub const ALPHA: f64 = 0.3;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One encoded payload of `bytes` at (`cut`, `codec`); returns the smoothed size.
+    pub fn observe(&mut self, cut: usize, codec: Codec, bytes: u64) -> u64 {
+        let b = bytes as f64;
+        let v = self.ewma.entry((cut, codec)).and_modify(|v| *v += Self::ALPHA * (b - *v)).or_insert(b);
+        v.round() as u64
+    }
+
+    /// The smoothed size of (`cut`, `codec`), if observed.
+    pub fn get(&self, cut: usize, codec: Codec) -> Option<u64> {
+        self.ewma.get(&(cut, codec)).map(|v| v.round() as u64)
     }
 }
 
@@ -273,6 +308,7 @@ pub struct AdaptiveDevice {
     problem: Problem,
     strategy: Strategy,
     estimates: LinkEstimates,
+    sizes: PayloadSizes,
     boundaries: Vec<Vec<TensorSpec>>,
     model_outputs: Vec<String>,
     epoch: Instant,
@@ -362,6 +398,7 @@ impl AdaptiveDevice {
             problem,
             strategy,
             estimates: LinkEstimates::new(),
+            sizes: PayloadSizes::new(),
             boundaries,
             model_outputs,
             epoch: Instant::now(),
@@ -639,6 +676,7 @@ impl AdaptiveDevice {
             Err(e) => Err(e),
             Ok((req, bytes)) => {
                 rec.bytes_up = bytes;
+                self.observe_size(cut, codec, bytes);
                 let mut client = self.client.clone().expect("checked in new");
                 let sent = Instant::now();
                 rec.send_ms = Some(self.ms_since_epoch(sent));
@@ -683,6 +721,16 @@ impl AdaptiveDevice {
                 }
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
+            }
+        }
+    }
+
+    /// Feeds an encoded payload's size back into the problem (see the module docs).
+    fn observe_size(&mut self, cut: usize, codec: Codec, bytes: u64) {
+        if self.problem.codec_index(codec).is_some() {
+            let smoothed = self.sizes.observe(cut, codec, bytes);
+            if let Err(e) = self.problem.set_bytes(cut, codec, smoothed) {
+                tracing::debug!("payload size of cut {cut} {codec}: {e}");
             }
         }
     }
@@ -834,6 +882,57 @@ mod tests {
         assert_eq!(*after.last().unwrap(), slow.cuts[0], "{after:?}");
         // The harmonic mean reacts at the first slow sample.
         assert!(after[0] > before, "{after:?}");
+    }
+
+    #[test]
+    fn payload_sizes_are_smoothed() {
+        let mut s = PayloadSizes::new();
+        let q = Codec::JPEG[0];
+        assert_eq!(s.get(0, q), None);
+        // The first observation replaces the prior; then an EWMA.
+        assert_eq!(s.observe(0, q, 10_000), 10_000);
+        assert_eq!(s.observe(0, q, 20_000), 13_000);
+        assert_eq!(s.get(0, q), Some(13_000));
+        // Pairs are independent.
+        assert_eq!(s.observe(0, Codec::Int8, 500), 500);
+        assert_eq!(s.observe(1, q, 7), 7);
+        assert_eq!(s.get(0, q), Some(13_000));
+        for _ in 0..50 {
+            s.observe(0, q, 4_000);
+        }
+        assert_eq!(s.get(0, q), Some(4_000));
+    }
+
+    /// A JPEG whose prior makes it the best choice stops being chosen once the observed sizes
+    /// (fed back as the device does) show that this content is expensive, and comes back when
+    /// the content gets cheaper.
+    #[test]
+    fn observed_sizes_steer_the_decision() {
+        let mut p = toy_problem();
+        let jpeg = Codec::JPEG[0];
+        p.codecs.push(jpeg);
+        for (c, row) in p.bytes.iter_mut().enumerate() {
+            row.push(if c == 0 { 15_000 } else { 0 });
+        }
+        for (c, row) in p.drop.iter_mut().enumerate() {
+            row.push(if c == 0 { 0.0 } else { f64::INFINITY });
+        }
+        let e = est(20.0);
+        let first = decide(&p, &e, None).unwrap();
+        assert_eq!((first.cuts[0], first.codecs.first().copied()), (0, Some(jpeg)), "{first:?}");
+        let mut sizes = PayloadSizes::new();
+        let mut feed = |p: &mut Problem, bytes: u64| {
+            let b = sizes.observe(0, jpeg, bytes);
+            p.set_bytes(0, jpeg, b).unwrap();
+        };
+        feed(&mut p, 400_000);
+        let after = decide(&p, &e, None).unwrap();
+        assert_ne!(after.codecs.first().copied(), Some(jpeg), "{after:?}");
+        for _ in 0..30 {
+            feed(&mut p, 12_000);
+        }
+        let back = decide(&p, &e, None).unwrap();
+        assert_eq!((back.cuts[0], back.codecs.first().copied()), (0, Some(jpeg)), "{back:?}");
     }
 
     #[test]

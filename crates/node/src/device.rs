@@ -64,7 +64,9 @@ pub struct FrameCheck {
     pub vs_local_tail: f64,
     /// The answer vs the whole model run locally (the codec's effect, end to end).
     pub vs_whole: f64,
-    /// Largest boundary decoding error as a fraction of the codec's stated bound (≤ 1).
+    /// Largest boundary decoding error as a fraction of the codec's stated bound (≤ 1). 0 for
+    /// a codec without a per-element bound (JPEG: `Codec::has_error_bound` is false), whose
+    /// effect shows only in `vs_whole`.
     pub boundary_error_vs_bound: f64,
 }
 
@@ -383,6 +385,7 @@ impl Device {
                 // parameters that were sent).
                 if let Some(orig) = env.get(&w.name)
                     && orig.datum_type() == cleave_engine::DatumType::F32
+                    && self.config.encode.codec.has_error_bound()
                 {
                     let x: Vec<f32> = orig.to_plain_array_view::<f32>().ok()?.iter().copied().collect();
                     let enc = cleave_codec::encode(&x, &w.shape, self.config.encode).ok()?;

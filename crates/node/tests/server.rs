@@ -84,6 +84,24 @@ async fn every_cut_and_codec_gives_the_local_answer() {
     f.server.shutdown().await.unwrap();
 }
 
+/// The input sent as a JPEG (cut 0): the server decodes it like any codec and runs the whole
+/// model on exactly what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_input_at_cut_0_is_decoded_by_the_server() {
+    let f = start(BatchConfig::default(), 64 << 20).await;
+    let c = client(&f).await;
+    for codec in Codec::JPEG {
+        let out = device(&f, c.clone(), 0, codec).run(frames(&f.graph, 2)).await;
+        for frame in out {
+            assert_eq!(frame.record.status, FrameStatus::Remote, "{codec}: {:?}", frame.record.error);
+            assert!(frame.record.bytes_up > 0 && frame.record.bytes_up < 3 * 32 * 32, "{codec}: {:?}", frame.record);
+            let check = frame.record.check.unwrap();
+            assert!(check.vs_local_tail <= 1e-5, "{codec}: the server's tail differs: {check:?}");
+        }
+    }
+    f.server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_batch_and_stay_correct() {
     let f = start(BatchConfig { max_batch: 8, workers: 1, ..Default::default() }, 64 << 20).await;
@@ -178,6 +196,23 @@ async fn malformed_requests_get_the_right_code_and_the_server_keeps_serving() {
             .unwrap()
     };
     let shapes = wire::str_param("image=1,3,32,32");
+    let jpeg = {
+        let data: Vec<u8> = (0..3 * 32 * 32).flat_map(|i| ((i % 32) as f32 / 31.0).to_le_bytes()).collect();
+        wire::encode_input(
+            "image",
+            cleave_graph::DType::F32,
+            &[1, 3, 32, 32],
+            &data,
+            EncodeOptions::new(Codec::JPEG[0]),
+        )
+        .unwrap()
+    };
+    let jpeg_request = |t: InferInputTensor, b: Bytes| {
+        raw_request(
+            vec![(t, b)],
+            vec![(wire::PARAM_CUT, wire::int_param(0)), (cleave_node::server::PARAM_INPUT_SHAPES, shapes.clone())],
+        )
+    };
     let cases: Vec<(&str, ModelInferRequest, Code)> = vec![
         ("wrong length", raw_request(vec![image_input(vec![1, 3, 32, 32], 100)], vec![]), Code::InvalidArgument),
         ("negative dim", raw_request(vec![image_input(vec![1, -3, 32, 32], 0)], vec![]), Code::InvalidArgument),
@@ -260,6 +295,34 @@ async fn malformed_requests_get_the_right_code_and_the_server_keeps_serving() {
                 ],
             ),
             Code::FailedPrecondition,
+        ),
+        (
+            "truncated jpeg",
+            {
+                let (mut t, b) = jpeg.clone();
+                let short = b.slice(0..b.len() / 2);
+                t.shape = vec![short.len() as i64];
+                jpeg_request(t, short)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "jpeg of another size than its shape",
+            {
+                let (mut t, b) = jpeg.clone();
+                t.parameters.insert(wire::PARAM_SHAPE.into(), wire::str_param("1,3,32,16"));
+                jpeg_request(t, b)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "garbage as jpeg",
+            {
+                let (mut t, _) = jpeg.clone();
+                t.shape = vec![300];
+                jpeg_request(t, Bytes::from(vec![0xff; 300]))
+            },
+            Code::InvalidArgument,
         ),
         // tonic refuses an over-size message from its length prefix, before allocating, with OUT_OF_RANGE.
         ("over the size limit", raw_request(vec![image_input(vec![1, 3, 32, 32], 5 << 20)], vec![]), Code::OutOfRange),

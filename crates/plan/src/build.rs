@@ -76,10 +76,17 @@ impl<'a> ProblemBuilder<'a> {
         self
     }
 
-    /// The problem. Accuracy costs come from the calibration when it measured a cut × codec;
-    /// otherwise lossless and near-lossless codecs (fp32, fp16, bf16, int8) are assumed free and
-    /// 4- and 2-bit codecs are forbidden under an accuracy budget (allowed, at zero assumed
-    /// cost, without one).
+    /// The problem. A codec that cannot carry a cut's boundary
+    /// ([`Codec::applies_to_boundary`]: JPEG anywhere but at an image-shaped boundary, in practice
+    /// cut 0 of an image model) is forbidden there (an infinite accuracy cost, so it is never
+    /// chosen). Otherwise accuracy costs come from the calibration when it measured a cut ×
+    /// codec; unmeasured lossless and near-lossless codecs (fp32, fp16, bf16, int8) are assumed
+    /// free, and 4- and 2-bit codecs and JPEG are forbidden under an accuracy budget (allowed, at
+    /// zero assumed cost, without one).
+    ///
+    /// Bytes are [`Codec::estimated_len`] summed over the boundary: exact for element-wise
+    /// codecs, a prior for JPEG (replaced by the mean size `cleave calibrate` measured, when the
+    /// calibration has it), which a runtime corrects with [`Problem::set_bytes`].
     pub fn build(self) -> Problem {
         let cal = self.calibration;
         let budgeted = self.constraints.max_accuracy_drop.is_some();
@@ -90,7 +97,13 @@ impl<'a> ProblemBuilder<'a> {
                 self.codecs
                     .iter()
                     .map(|q| {
-                        c.tensors.iter().map(|t| q.encoded_len(t.dtype, t.shape.iter().product::<usize>() as u64)).sum()
+                        // A content-dependent size measured by `cleave calibrate` beats the prior.
+                        let measured = cal
+                            .filter(|_| !q.has_exact_len())
+                            .and_then(|cal| cal.cuts.iter().find(|e| e.cut == c.index && e.codec == q.name()))
+                            .map(|e| e.bytes)
+                            .filter(|&b| b > 0);
+                        measured.unwrap_or_else(|| c.tensors.iter().map(|t| q.estimated_len(t.dtype, &t.shape)).sum())
                     })
                     .collect()
             })
@@ -101,10 +114,15 @@ impl<'a> ProblemBuilder<'a> {
             .map(|c| {
                 self.codecs
                     .iter()
-                    .map(|q| match cal.and_then(|cal| cal.drop(c.index, q.name())) {
-                        Some(d) => d,
-                        None if q.bits() >= 8 || !budgeted => 0.0,
-                        None => f64::INFINITY,
+                    .map(|q| {
+                        if !q.applies_to_boundary(c.tensors.iter().map(|t| (t.dtype, t.shape.as_slice()))) {
+                            return f64::INFINITY;
+                        }
+                        match cal.and_then(|cal| cal.drop(c.index, q.name())) {
+                            Some(d) => d,
+                            None if q.is_near_lossless() || !budgeted => 0.0,
+                            None => f64::INFINITY,
+                        }
                     })
                     .collect()
             })

@@ -5,6 +5,8 @@ use cleave_codec::Codec;
 use cleave_cost::{EnergyModel, Link};
 use serde::{Deserialize, Serialize};
 
+use crate::search::PlanError;
+
 /// An early-exit policy the device may apply: answer at exit `name` when its confidence reaches
 /// `threshold`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,9 +74,13 @@ impl Objective {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
     pub codecs: Vec<Codec>,
-    /// Payload bytes crossing cut `c` with codec `q`: `bytes[c][q]`.
+    /// Payload bytes crossing cut `c` with codec `q`: `bytes[c][q]`. Exact for element-wise
+    /// codecs; an estimate for content-dependent ones (JPEG), corrected at run time with
+    /// [`Problem::set_bytes`].
     pub bytes: Vec<Vec<u64>>,
-    /// Accuracy lost (0..1) by sending cut `c` with codec `q`; `f64::INFINITY` forbids it.
+    /// Accuracy lost (0..1) by sending cut `c` with codec `q`; `f64::INFINITY` forbids it (as
+    /// [`crate::ProblemBuilder`] does where the codec cannot carry the boundary, e.g. JPEG at a
+    /// cut whose boundary is not an image).
     pub drop: Vec<Vec<f64>>,
     /// Device time to run everything before cut `c`, in ms (prefix sums of the device profile).
     pub device_ms: Vec<f64>,
@@ -126,6 +132,32 @@ impl Problem {
     /// Whether a cloud tier is described.
     pub fn has_cloud(&self) -> bool {
         self.cloud_ms.is_some()
+    }
+
+    /// The position of `codec` in [`Problem::codecs`].
+    pub fn codec_index(&self, codec: Codec) -> Option<usize> {
+        self.codecs.iter().position(|&c| c == codec)
+    }
+
+    /// Corrects the payload bytes of (`cut`, `codec`), e.g. from the sizes a runtime observes
+    /// for a content-dependent codec such as JPEG. O(codecs).
+    ///
+    /// A [`crate::Planner`] borrows the problem and caches each cut's cheapest allowed codec,
+    /// which depends on the bytes: the change takes effect in the next `Planner::new` (which
+    /// costs one pass over cuts × codecs per exit policy; the adaptive device builds one per
+    /// frame). Fails when the cut or the codec is not in the problem.
+    pub fn set_bytes(&mut self, cut: usize, codec: Codec, bytes: u64) -> Result<(), PlanError> {
+        let q = self
+            .codec_index(codec)
+            .ok_or_else(|| PlanError::Invalid(format!("codec {codec} is not one the problem weighs")))?;
+        let n = self.bytes.len();
+        let row = self
+            .bytes
+            .get_mut(cut)
+            .ok_or_else(|| PlanError::Invalid(format!("cut {cut} is not a cut of the problem (it has {n})")))?;
+        let slot = row.get_mut(q).ok_or_else(|| PlanError::Invalid(format!("cut {cut} does not list every codec")))?;
+        *slot = bytes;
+        Ok(())
     }
 
     /// Checks that the arrays agree in length and hold sane numbers.

@@ -4,7 +4,10 @@
 //! little-endian bytes in `raw_input_contents` (or typed `contents`). A boundary tensor encoded
 //! by a cleave codec travels as a `UINT8` tensor of shape `[payload bytes]`, with the codec,
 //! the original datatype and shape, quantization scales and zero points, and compression as
-//! tensor parameters (`cleave.*`). Request parameters carry the cut (`cleave.cut`) and the model's
+//! tensor parameters (`cleave.*`). A JPEG-encoded image (`cleave.codec` = `jpeg90`, …) is the
+//! same: the payload is the JPEG file (N > 1 images: length-prefixed files, see
+//! `cleave_codec::jpeg`), with one scale and zero point per (image, channel) under
+//! `cleave.quant_axis` = 1. Request parameters carry the cut (`cleave.cut`) and the model's
 //! hash; response parameters carry the server's queue and compute times.
 //!
 //! Every count, rank, dimension and byte length is checked with overflow-checked arithmetic
@@ -398,7 +401,8 @@ pub fn decode_tensor(
         Some(other) => return Err(WireError::invalid(format!("input `{name}`: unknown compression `{other}`"))),
     };
     let quant = match codec {
-        Codec::Int8 | Codec::Int4 | Codec::Int2 => {
+        // JPEG's per-(image, channel) parameters travel like int8's per-channel ones.
+        Codec::Int8 | Codec::Int4 | Codec::Int2 | Codec::Jpeg(_) => {
             let scales = b64_param(name, params, PARAM_SCALE)?;
             let zps = b64_param(name, params, PARAM_ZERO_POINT)?;
             if scales.len() % 4 != 0 {
@@ -646,5 +650,85 @@ mod tests {
             let err = decode_inputs(&req, &Limits::default()).unwrap_err();
             assert_eq!(err.code, Code::InvalidArgument, "{what}: {err}");
         }
+    }
+
+    /// A smooth 1×3×16×16 image, normalised like ImageNet inputs.
+    fn image_values() -> Vec<f32> {
+        (0..3 * 16 * 16)
+            .map(|i| {
+                let (c, y, x) = (i / 256, (i / 16) % 16, i % 16);
+                ((x * 8 + y * 4 + c * 40) % 256) as f32 / 255.0 * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jpeg_round_trip_through_the_wire() {
+        let values = image_values();
+        let codec = Codec::jpeg(95).unwrap();
+        let (t, b) =
+            encode_input("image", DType::F32, &[1, 3, 16, 16], &f32_bytes(&values), EncodeOptions::new(codec)).unwrap();
+        assert_eq!(get_str(&t.parameters, PARAM_CODEC).unwrap(), Some("jpeg95"));
+        assert_eq!(&b[..2], &[0xFF, 0xD8], "a single image travels as a bare JPEG file");
+        let got = decode_inputs(&request(vec![(t, b)]), &Limits::default()).unwrap();
+        assert_eq!(got[0].shape, vec![1, 3, 16, 16]);
+        let dec: Vec<f32> = got[0].data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let rms = (values.iter().zip(&dec).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / values.len() as f32).sqrt();
+        assert!(rms < 0.1, "rms error {rms} on a range of 4");
+        // A tensor JPEG does not apply to is refused when encoding.
+        let e = encode_input("x", DType::F32, &[1, 2, 4, 4], &f32_bytes(&[0.0; 32]), EncodeOptions::new(codec))
+            .unwrap_err();
+        assert!(e.message.contains("does not apply"), "{e}");
+    }
+
+    #[test]
+    fn malformed_jpeg_is_invalid_argument() {
+        let values = image_values();
+        let codec = Codec::JPEG[0];
+        let good = || {
+            encode_input("image", DType::F32, &[1, 3, 16, 16], &f32_bytes(&values), EncodeOptions::new(codec)).unwrap()
+        };
+        let with_shape = |shape: &str| {
+            let (mut t, b) = good();
+            t.parameters.insert(PARAM_SHAPE.into(), str_param(shape));
+            request(vec![(t, b)])
+        };
+        let cases: Vec<(&str, ModelInferRequest)> = vec![
+            ("truncated", {
+                let (mut t, b) = good();
+                let short = b.slice(0..b.len() / 2);
+                t.shape = vec![short.len() as i64];
+                request(vec![(t, short)])
+            }),
+            ("garbage", {
+                let (mut t, _) = good();
+                t.shape = vec![64];
+                request(vec![(t, Bytes::from(vec![0x5a; 64]))])
+            }),
+            ("size does not match the shape", with_shape("1,3,16,32")),
+            ("grayscale shape for an RGB image", with_shape("1,1,16,16")),
+            ("not an image shape", with_shape("1,768")),
+            ("two images claimed, one sent", with_shape("2,3,16,16")),
+            ("missing scales", {
+                let (mut t, b) = good();
+                t.parameters.remove(PARAM_SCALE);
+                request(vec![(t, b)])
+            }),
+            ("per-tensor parameters", {
+                let (mut t, b) = good();
+                t.parameters.remove(PARAM_QUANT_AXIS);
+                request(vec![(t, b)])
+            }),
+            ("lz4 claimed", {
+                let (mut t, b) = good();
+                t.parameters.insert(PARAM_COMPRESSION.into(), str_param("lz4"));
+                request(vec![(t, b)])
+            }),
+        ];
+        for (what, req) in cases {
+            let err = decode_inputs(&req, &Limits::default()).unwrap_err();
+            assert_eq!(err.code, Code::InvalidArgument, "{what}: {err}");
+        }
+        assert!(decode_inputs(&request(vec![good()]), &Limits::default()).is_ok());
     }
 }

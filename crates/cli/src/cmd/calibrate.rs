@@ -29,7 +29,9 @@ use crate::output::{human_bytes, table};
 ///     and the accuracy of the policy "answer at the exit when confident, else go on";
 ///   - for each measured cut × codec: the final output's accuracy when the tensors crossing
 ///     the cut are encoded and decoded with the codec (per tensor, as `cleave run` sends them),
-///     and the bytes sent.
+///     and the bytes sent (for JPEG, whose size depends on the picture, the mean over the
+///     samples). A codec is measured only at the cuts it can carry: JPEG (`jpeg90`, any
+///     `jpegN`) where the boundary is an image (NCHW, 1 or 3 channels), in practice cut 0.
 ///
 /// The JSON (-o) feeds `cleave plan --calibration` and `cleave run --calibration`, which then
 /// respect `--max-accuracy-drop` and may use exits.
@@ -37,6 +39,7 @@ use crate::output::{human_bytes, table};
 /// Examples:
 ///   cleave calibrate assets/digits/digits_exits.onnx --data assets/digits/test.npz -o calib.json
 ///   cleave calibrate model.onnx --data val.npz --cuts 3,7 --codecs int8,int4 --limit 500
+///   cleave calibrate model.onnx --data val.npz --cuts 0,5 --codecs int8,jpeg90,jpeg75
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -103,6 +106,8 @@ struct SampleResult {
     exits: Vec<(Option<usize>, f64)>,
     /// Per measured (cut, codec): prediction of the final output.
     cut_codec: Vec<Option<usize>>,
+    /// Per measured (cut, codec): payload bytes of the encoded boundary.
+    cut_codec_bytes: Vec<u64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -126,7 +131,20 @@ pub fn run(args: Args) -> Result<()> {
     let final_name = final_output(&graph, args.final_output.as_deref())?;
     let cuts = chosen_cuts(&graph, args.cuts.as_deref(), args.max_cuts)?;
     let codecs: Vec<Codec> = args.codecs.iter().copied().filter(|c| !c.is_lossless()).collect();
-    let pairs: Vec<(usize, Codec)> = cuts.iter().flat_map(|&c| codecs.iter().map(move |&q| (c, q))).collect();
+    let all_cuts = graph.cuts();
+    let applies =
+        |c: usize, q: Codec| q.applies_to_boundary(all_cuts[c].tensors.iter().map(|t| (t.dtype, t.shape.as_slice())));
+    let pairs: Vec<(usize, Codec)> =
+        cuts.iter().flat_map(|&c| codecs.iter().map(move |&q| (c, q))).filter(|&(c, q)| applies(c, q)).collect();
+    for &q in &codecs {
+        let skipped: Vec<String> = cuts.iter().filter(|&&c| !applies(c, q)).map(|c| c.to_string()).collect();
+        if !skipped.is_empty() && !args.quiet {
+            eprintln!(
+                "{q} does not apply at cut(s) {} (their boundary is not an image it can encode): skipped",
+                skipped.join(", ")
+            );
+        }
+    }
 
     let engine = Arc::new(Engine::new(EngineConfig { threads: 1, cache_capacity: 2 * cuts.len() + 4 }));
     let exits = graph.exits().to_vec();
@@ -261,21 +279,25 @@ fn scores(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
 }
 
-/// Encodes and decodes every float tensor of `env` with `codec`, as the wire would.
-fn through_codec(env: &TensorMap, codec: Codec) -> Result<TensorMap> {
+/// Encodes and decodes every float tensor of `env` with `codec`, as the wire would; with the
+/// payload bytes (other tensors travel raw).
+fn through_codec(env: &TensorMap, codec: Codec) -> Result<(TensorMap, u64)> {
     let mut out = TensorMap::new();
+    let mut bytes = 0u64;
     for (name, t) in env {
         if t.datum_type() != DatumType::F32 {
+            bytes += (t.len() * t.datum_type().size_of()) as u64;
             out.insert(name.clone(), t.clone());
             continue;
         }
         let x: Vec<f32> = t.to_plain_array_view::<f32>()?.iter().copied().collect();
         let enc = cleave_codec::encode(&x, t.shape(), EncodeOptions { codec, per_channel: false, lz4: false })
             .with_context(|| format!("encoding `{name}` with {codec}"))?;
+        bytes += enc.payload.len() as u64;
         let y = cleave_codec::decode(&enc)?;
         out.insert(name.clone(), Arc::new(Tensor::from_shape(t.shape(), &y)?));
     }
-    Ok(out)
+    Ok((out, bytes))
 }
 
 fn measure_sample(
@@ -296,6 +318,7 @@ fn measure_sample(
     }
     let last = graph.last_cut();
     let mut cut_codec = Vec::with_capacity(pairs.len());
+    let mut cut_codec_bytes = Vec::with_capacity(pairs.len());
     let mut head: Option<(usize, TensorMap)> = None;
     for &(cut, codec) in pairs {
         if head.as_ref().is_none_or(|(c, _)| *c != cut) {
@@ -309,14 +332,16 @@ fn measure_sample(
             head = Some((cut, crossing));
         }
         let crossing = &head.as_ref().expect("head computed").1;
-        let tail = engine.run(&*engine.part(graph, cut, last)?, &through_codec(crossing, codec)?)?;
+        let (decoded, bytes) = through_codec(crossing, codec)?;
+        cut_codec_bytes.push(bytes);
+        let tail = engine.run(&*engine.part(graph, cut, last)?, &decoded)?;
         cut_codec.push(match tail.get(final_name) {
             Some(t) => argmax(&scores(t)?),
             // The final output was computed by the head: the codec cannot change it.
             None => final_pred,
         });
     }
-    Ok(SampleResult { label: 0, final_pred, exits: exit_results, cut_codec })
+    Ok(SampleResult { label: 0, final_pred, exits: exit_results, cut_codec, cut_codec_bytes })
 }
 
 fn accuracy(hits: usize, n: usize) -> f64 {
@@ -371,11 +396,12 @@ fn summarise(
             cut,
             codec: codec.name().to_owned(),
             accuracy: accuracy(results.iter().filter(|r| hit(r.cut_codec[j], r.label)).count(), n),
-            bytes: cut_specs[cut]
-                .tensors
-                .iter()
-                .map(|t| codec.encoded_len(t.dtype, t.shape.iter().product::<usize>() as u64))
-                .sum(),
+            // Exact for element-wise codecs; JPEG's size depends on the picture: the mean.
+            bytes: if codec.has_exact_len() {
+                cut_specs[cut].tensors.iter().map(|t| codec.estimated_len(t.dtype, &t.shape)).sum()
+            } else {
+                (results.iter().map(|r| r.cut_codec_bytes[j] as f64).sum::<f64>() / n.max(1) as f64).round() as u64
+            },
         })
         .collect();
     Calibration {

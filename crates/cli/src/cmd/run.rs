@@ -322,6 +322,15 @@ async fn choose(
             );
         }
         let codec = args.codec.unwrap_or(Codec::Fp32);
+        let boundary = graph.cut(cut)?.tensors;
+        if cut < graph.last_cut() && !codec.applies_to_boundary(boundary.iter().map(|t| (t.dtype, t.shape.as_slice())))
+        {
+            let shapes: Vec<String> = boundary.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect();
+            bail!(
+                "--codec {codec} cannot carry cut {cut} ({}): JPEG takes image tensors (NCHW, 1 or 3 channels), in practice cut 0",
+                shapes.join(", ")
+            );
+        }
         return Ok((cut, codec, given_exit, format!("cut {cut}, codec {codec} (as given)")));
     }
     // Measure: RTT from health calls, uplink from a probe the server answers without computing.
