@@ -44,9 +44,36 @@ pub enum FrameSource {
     Random,
     /// One `.npy` tensor, the same for every frame (single-input models).
     Npy(PathBuf),
-    /// Sample `k mod N` of the `x` array of an `.npz` (N samples, each cast to the input's
-    /// type; single-input models).
-    Dataset(PathBuf),
+    /// Sample `k mod N` of the `x` array of an `.npz` (N samples; single-input models),
+    /// normalised as given.
+    Dataset(PathBuf, Pixels),
+}
+
+/// How stored samples become model inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Pixels {
+    /// Cast to the input's type, values unchanged (e.g. raw 0..255 for the digits model).
+    #[default]
+    AsStored,
+    /// uint8 images → value / 255.
+    Unit,
+    /// uint8 RGB images → ImageNet mean/std normalisation.
+    ImageNet,
+    /// The same with the channels reversed to B, G, R (PaddleOCR's detectors).
+    ImageNetBgr,
+}
+
+impl std::str::FromStr for Pixels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "as-stored" | "raw" => Ok(Pixels::AsStored),
+            "unit" => Ok(Pixels::Unit),
+            "imagenet" => Ok(Pixels::ImageNet),
+            "imagenet-bgr" => Ok(Pixels::ImageNetBgr),
+            _ => Err(format!("unknown normalisation `{s}` (known: as-stored, unit, imagenet, imagenet-bgr)")),
+        }
+    }
 }
 
 /// Everything the device needs before its first frame.
@@ -152,7 +179,7 @@ pub fn load_frames(graph: &ModelGraph, source: &FrameSource, n: usize) -> Result
             let t = Arc::new(t);
             Ok((0..n).map(|_| [(spec.name.clone(), t.clone())].into_iter().collect()).collect())
         }
-        FrameSource::Dataset(path) => {
+        FrameSource::Dataset(path, pixels) => {
             let [spec] = specs.as_slice() else {
                 return Err(format!("a dataset works for single-input models; this one has {}", specs.len()));
             };
@@ -174,14 +201,24 @@ pub fn load_frames(graph: &ModelGraph, source: &FrameSource, n: usize) -> Result
                 ));
             }
             let dt = spec.dtype.datum_type();
+            use cleave_data::image::{ChannelOrder, Normalize, image_frames_as};
+            let normalized = match pixels {
+                Pixels::AsStored => None,
+                Pixels::Unit => Some(image_frames_as(&x, Normalize::Unit, ChannelOrder::Rgb)),
+                Pixels::ImageNet => Some(image_frames_as(&x, Normalize::imagenet(), ChannelOrder::Rgb)),
+                Pixels::ImageNetBgr => Some(image_frames_as(&x, Normalize::imagenet(), ChannelOrder::Bgr)),
+            };
+            let normalized = normalized.transpose().map_err(|e| format!("{}: {e}", path.display()))?;
             (0..n)
                 .map(|k| {
                     let i = k % samples;
-                    let t = x
-                        .slice(0, i, i + 1)
-                        .and_then(|row| row.cast_to_dt(dt).map(|c| c.into_owned()))
-                        .and_then(|row| row.into_shape(&spec.shape))
-                        .map_err(|e| format!("{}: sample {i}: {e}", path.display()))?;
+                    let t = match &normalized {
+                        None => x.slice(0, i, i + 1).and_then(|row| row.cast_to_dt(dt).map(|c| c.into_owned())),
+                        Some(frames) => cleave_engine::Tensor::from_shape(&frames[i].0, &frames[i].1)
+                            .and_then(|t| t.cast_to_dt(dt).map(|c| c.into_owned())),
+                    }
+                    .and_then(|row| row.into_shape(&spec.shape))
+                    .map_err(|e| format!("{}: sample {i}: {e}", path.display()))?;
                     Ok([(spec.name.clone(), Arc::new(t))].into_iter().collect())
                 })
                 .collect()

@@ -64,6 +64,14 @@ use serde::Serialize;
 
 use crate::stats::{median, quantile};
 
+/// The JPEG quality of the `offload-jpeg` baseline (the SC2 benchmark's choice).
+pub const JPEG_BASELINE: Codec = Codec::JPEG[0];
+
+/// Whether `problem` allows `codec` at `cut` (known, applicable, within budget).
+fn usable(problem: &Problem, cut: usize, codec: Codec) -> bool {
+    problem.codecs.iter().position(|&c| c == codec).is_some_and(|q| problem.drop[cut][q].is_finite())
+}
+
 /// Time between the link's start and the first frame's release.
 const LEAD: Duration = Duration::from_secs(1);
 
@@ -361,6 +369,15 @@ pub async fn run(
     let mut cand = adaptive_cuts(&graph);
     cand.extend(static_cuts.iter().copied());
 
+    // The codecs: the given ones plus those of the input baselines (8-bit, and JPEG when the
+    // input is an image), which the adaptive device may choose too.
+    let mut codecs = opts.codecs.clone();
+    for c in [Codec::Int8, JPEG_BASELINE] {
+        if !codecs.contains(&c) {
+            codecs.push(c);
+        }
+    }
+
     // Compute profile of this machine: the edge's.
     progress(Progress::Step("profiling the edge's compute per cut"));
     let engine = Arc::new(Engine::new(EngineConfig { threads: 1, cache_capacity: 2 * cand.len() + 16 }));
@@ -400,7 +417,7 @@ pub async fn run(
             model_path: opts.model_path.clone(),
             shapes: opts.shapes.clone(),
             edge_profile: edge_profile.clone(),
-            codecs: opts.codecs.clone(),
+            codecs: codecs.clone(),
             cuts: cand.iter().copied().collect(),
             slowdown,
             timeout_ms: opts.timeout.as_secs_f64() * 1e3,
@@ -413,7 +430,7 @@ pub async fn run(
         FromDevice::Ready { profile } => profile,
         other => return Err(TraceBenchError::Device(format!("unexpected answer {other:?}"))),
     };
-    let problem = device_proc::problem(&graph, &device_profile, &edge_profile, &opts.codecs, &cand);
+    let problem = device_proc::problem(&graph, &device_profile, &edge_profile, &codecs, &cand);
     let mut adaptive_problem = problem.clone();
     adaptive::restrict_cuts(&mut adaptive_problem, &adaptive_set);
 
@@ -423,11 +440,19 @@ pub async fn run(
     };
 
     let device_only = run_one("device-only", Strategy::Fixed { cut: last, codec: Codec::Fp32 }).await?;
-    let raw = run_one("offload-raw-fp32", Strategy::Fixed { cut: 0, codec: Codec::Fp32 }).await?;
+    // The input baselines: raw fp32, raw 8-bit, JPEG (image inputs only).
+    let mut baselines: Vec<(&str, Codec, Run)> = vec![];
+    for (name, codec) in
+        [("offload-raw-fp32", Codec::Fp32), ("offload-raw-u8", Codec::Int8), ("offload-jpeg", JPEG_BASELINE)]
+    {
+        if usable(&problem, 0, codec) {
+            baselines.push((name, codec, run_one(name, Strategy::Fixed { cut: 0, codec }).await?));
+        }
+    }
     let mut statics: Vec<(usize, Option<Codec>, Run)> = vec![];
     for &cut in &static_cuts {
         for &codec in &opts.codecs {
-            if cut == 0 && codec == Codec::Fp32 {
+            if (cut == 0 && baselines.iter().any(|b| b.1 == codec)) || !usable(&problem, cut, codec) {
                 continue;
             }
             let r = run_one(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec }).await?;
@@ -439,7 +464,10 @@ pub async fn run(
     drop(edge);
 
     // Everything that ran, for the oracle's measured compute.
-    let mut all: Vec<&AdaptiveRecord> = device_only.records.iter().chain(raw.records.iter()).collect();
+    let mut all: Vec<&AdaptiveRecord> = device_only.records.iter().collect();
+    for (_, _, r) in &baselines {
+        all.extend(r.records.iter());
+    }
     for (_, _, r) in &statics {
         all.extend(r.records.iter());
     }
@@ -449,7 +477,12 @@ pub async fn run(
 
     let device_speed = {
         let mut d: Vec<f64> = device_only.records.iter().map(|r| r.head_ms).collect();
-        let mut e: Vec<f64> = raw.records.iter().filter_map(|r| r.compute_ms).collect();
+        let mut e: Vec<f64> = baselines
+            .iter()
+            .filter(|b| b.1 == Codec::Fp32)
+            .flat_map(|b| b.2.records.iter())
+            .filter_map(|r| r.compute_ms)
+            .collect();
         let (d, e) = (finite(median(&mut d)), finite(median(&mut e)));
         DeviceSpeed {
             method: method.clone(),
@@ -472,10 +505,10 @@ pub async fn run(
         s.codec = codec.map(|c| c.to_string());
         s
     };
-    let mut strategies = vec![
-        summary("device-only", &device_only, Some(last), None),
-        summary("offload-raw-fp32", &raw, Some(0), Some(Codec::Fp32)),
-    ];
+    let mut strategies = vec![summary("device-only", &device_only, Some(last), None)];
+    for (name, codec, r) in &baselines {
+        strategies.push(summary(name, r, Some(0), Some(*codec)));
+    }
     let mut candidates: Vec<(StaticSummary, StrategyResult)> = vec![];
     let short = |s: &StrategyResult| StaticSummary {
         cut: s.cut.unwrap_or(0),
@@ -693,8 +726,15 @@ pub struct OracleModel {
     pub head_ms: Vec<f64>,
     /// Edge compute of the tail after each cut, ms.
     pub tail_ms: Vec<f64>,
-    /// What a sent frame costs beyond head, ideal transfer, delays and edge time, ms.
+    /// What a sent frame costs beyond head, ideal transfer, delays and edge time, ms (the
+    /// median over every sent frame).
     pub fixed_ms: f64,
+    /// The same per codec (encoding costs differ: JPEG's is not negligible on a slow device).
+    pub fixed_by_codec: BTreeMap<Codec, f64>,
+    /// Payload bytes measured per (frame, cut, codec) in the runs (content-dependent codecs
+    /// such as JPEG), and their median per (cut, codec).
+    pub frame_bytes: BTreeMap<(usize, usize, Codec), u64>,
+    pub median_bytes: BTreeMap<(usize, Codec), u64>,
     pub trace: Trace,
     pub start_offset_ms: u64,
     pub delay_ms: f64,
@@ -720,6 +760,9 @@ impl OracleModel {
         let mut heads: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         let mut tails: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         let (mut head_ratio, mut tail_ratio, mut fixed) = (vec![], vec![], vec![]);
+        let mut fixed_codec: BTreeMap<Codec, Vec<f64>> = BTreeMap::new();
+        let mut frame_bytes = BTreeMap::new();
+        let mut sizes: BTreeMap<(usize, Codec), Vec<f64>> = BTreeMap::new();
         let delay_ms = opts.delay.as_secs_f64() * 1e3;
         for r in records {
             if r.status == FrameStatus::EarlyExit || r.status == FrameStatus::LocalFallback || r.exit.is_some() {
@@ -745,6 +788,11 @@ impl OracleModel {
                     - c
                     - r.queue_ms.unwrap_or(0.0);
                 fixed.push(rest.max(0.0));
+                if let Some(q) = r.codec {
+                    fixed_codec.entry(q).or_default().push(rest.max(0.0));
+                    frame_bytes.insert((r.frame, r.cut, q), r.bytes_up);
+                    sizes.entry((r.cut, q)).or_default().push(r.bytes_up as f64);
+                }
             }
         }
         let ratio = |v: &mut Vec<f64>| {
@@ -762,10 +810,16 @@ impl OracleModel {
             let m = median(&mut fixed);
             if m.is_finite() { m } else { 0.0 }
         };
+        let fixed_by_codec =
+            fixed_codec.into_iter().filter(|(_, v)| v.len() >= 3).map(|(q, mut v)| (q, median(&mut v))).collect();
+        let median_bytes = sizes.into_iter().map(|(k, mut v)| (k, median(&mut v) as u64)).collect();
         OracleModel {
             head_ms,
             tail_ms,
             fixed_ms,
+            fixed_by_codec,
+            frame_bytes,
+            median_bytes,
             trace: opts.trace.clone(),
             start_offset_ms: opts.start_offset_ms,
             delay_ms,
@@ -785,7 +839,7 @@ impl OracleModel {
             let best = choices
                 .iter()
                 .map(|&(c, q)| {
-                    let (end, send, bytes) = self.finish(problem, c, q, start);
+                    let (end, send, bytes) = self.finish(problem, k, c, q, start);
                     (end, send, bytes, c, q)
                 })
                 .min_by(|a, b| a.0.total_cmp(&b.0));
@@ -812,16 +866,32 @@ impl OracleModel {
         out
     }
 
-    /// When a frame started at `start` (ms since the link started) is answered with cut `c` and
-    /// codec `q`: (end, send time, payload bytes).
-    pub fn finish(&self, problem: &Problem, c: usize, q: Option<usize>, start: f64) -> (f64, Option<f64>, u64) {
+    /// When frame `k` started at `start` (ms since the link started) is answered with cut `c`
+    /// and codec `q`: (end, send time, payload bytes). Bytes are those measured for this frame
+    /// at (c, q) when some run sent it so, else the median measured at (c, q), else the
+    /// problem's estimate.
+    pub fn finish(
+        &self,
+        problem: &Problem,
+        k: usize,
+        c: usize,
+        q: Option<usize>,
+        start: f64,
+    ) -> (f64, Option<f64>, u64) {
         let head_end = start + self.head_ms[c];
         let Some(q) = q else { return (head_end, None, 0) };
-        let bytes = problem.bytes[c][q];
+        let codec = problem.codecs[q];
+        let bytes = self
+            .frame_bytes
+            .get(&(k, c, codec))
+            .or_else(|| self.median_bytes.get(&(c, codec)))
+            .copied()
+            .unwrap_or(problem.bytes[c][q]);
+        let fixed = self.fixed_by_codec.get(&codec).copied().unwrap_or(self.fixed_ms);
         let t0 = self.start_offset_ms + head_end.max(0.0).ceil() as u64;
         let transfer =
             self.trace.transfer_ms(t0, wire(bytes)) as f64 + (t0 as f64 - self.start_offset_ms as f64 - head_end);
-        (head_end + transfer + 2.0 * self.delay_ms + self.tail_ms[c] + self.fixed_ms, Some(head_end), bytes)
+        (head_end + transfer + 2.0 * self.delay_ms + self.tail_ms[c] + fixed, Some(head_end), bytes)
     }
 }
 
@@ -904,6 +974,9 @@ mod tests {
             head_ms: vec![0.0, 20.0, 60.0, 80.0],
             tail_ms: vec![8.0, 6.0, 2.0, 0.0],
             fixed_ms: 1.0,
+            fixed_by_codec: BTreeMap::new(),
+            frame_bytes: BTreeMap::new(),
+            median_bytes: BTreeMap::new(),
             trace,
             start_offset_ms: 0,
             delay_ms: 10.0,
@@ -938,12 +1011,12 @@ mod tests {
         let m = model(t);
         let p = toy_problem();
         // Cut 2 int8: 10 000 B + 300 B overhead = 7 packets → 7 ms after the head ends at 60.
-        let (end, send, bytes) = m.finish(&p, 2, Some(2), 0.0);
+        let (end, send, bytes) = m.finish(&p, 0, 2, Some(2), 0.0);
         assert_eq!(bytes, 10_000);
         assert_eq!(send, Some(60.0));
         assert!((end - (60.0 + 7.0 + 20.0 + 2.0 + 1.0)).abs() < 1e-9, "{end}");
         // Device-only: the head alone.
-        assert_eq!(m.finish(&p, 3, None, 5.0).0, 85.0);
+        assert_eq!(m.finish(&p, 0, 3, None, 5.0).0, 85.0);
     }
 
     #[test]
@@ -970,7 +1043,10 @@ mod tests {
         // Each frame is the best of every choice given its start.
         for f in &frames {
             let start = f.release_ms;
-            let best = choices(&p).into_iter().map(|(c, q)| m.finish(&p, c, q, start).0).fold(f64::INFINITY, f64::min);
+            let best = choices(&p)
+                .into_iter()
+                .map(|(c, q)| m.finish(&p, f.point.frame, c, q, start).0)
+                .fold(f64::INFINITY, f64::min);
             assert!((f.point.latency_ms - (best - start)).abs() < 1e-9);
         }
     }

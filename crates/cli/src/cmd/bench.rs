@@ -29,7 +29,9 @@ pub enum Bench {
 /// from its release to its answer (frames are handled one at a time, so a slow frame delays the
 /// next ones, as on a real device).
 ///
-/// Strategies: device-only; offload-raw-fp32 (cut 0, fp32); best-static (every static cut ×
+/// Strategies: device-only; offload-raw-fp32 (cut 0, fp32); offload-raw-u8 (cut 0, 8-bit affine:
+/// an input of 0..255 pixels travels exactly as its bytes); offload-jpeg (cut 0 as a JPEG at
+/// quality 90, decoded on the edge; image-shaped inputs only); best-static (every static cut ×
 /// codec among cut 0 and the bottleneck cuts that shrink the boundary, the best mean in
 /// hindsight); adaptive (re-plans cut × codec per frame from the bandwidth, RTT and server time
 /// it measures); oracle (per frame, the best choice given the bandwidth the frame really had and
@@ -105,8 +107,9 @@ pub struct TraceArgs {
     #[arg(long, value_delimiter = ',')]
     pub static_cuts: Option<Vec<usize>>,
 
-    /// Codecs for the static runs and the adaptive device.
-    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,int8")]
+    /// Codecs for the static runs and the adaptive device (int8 and jpeg90, the input
+    /// baselines' codecs, are always added; JPEG applies only to image inputs at cut 0).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,int8,jpeg75")]
     pub codecs: Vec<cleave_codec::Codec>,
 
     /// A strategy that falls this far behind its frame releases is stopped (and reported so).
@@ -117,6 +120,12 @@ pub struct TraceArgs {
     /// holds N samples (frame k gets sample k mod N).
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
+
+    /// How an .npz --input's samples become model inputs: as-stored (cast, values unchanged),
+    /// unit (uint8 / 255), imagenet (uint8 RGB, ImageNet mean/std), imagenet-bgr (the same,
+    /// channels reversed, as PaddleOCR's detectors expect).
+    #[arg(long, default_value = "as-stored")]
+    pub pixels: cleave_bench::device_proc::Pixels,
 
     /// Write the results as JSON: a list with one object per strategy.
     #[arg(long, value_name = "PATH")]
@@ -306,8 +315,11 @@ fn trace(a: TraceArgs) -> Result<()> {
         None => FrameSource::Random,
         Some(p) => {
             let p = std::path::absolute(p).with_context(|| format!("--input {}", p.display()))?;
-            let source =
-                if p.extension().is_some_and(|e| e == "npz") { FrameSource::Dataset(p) } else { FrameSource::Npy(p) };
+            let source = if p.extension().is_some_and(|e| e == "npz") {
+                FrameSource::Dataset(p, a.pixels)
+            } else {
+                FrameSource::Npy(p)
+            };
             // Check here, where the error reaches the user directly, not only in the device.
             cleave_bench::device_proc::load_frames(&graph, &source, 1).map_err(|e| anyhow::anyhow!("--input: {e}"))?;
             source

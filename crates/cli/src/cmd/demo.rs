@@ -124,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         timeout: Duration::from_secs(5),
         static_cuts: Some(static_cuts),
         codecs,
-        source: FrameSource::Dataset(data_path),
+        source: FrameSource::Dataset(data_path, Default::default()),
         server_exe: std::env::current_exe().context("cannot find the cleave executable to run the edge")?,
         max_backlog: Duration::from_secs(10),
     };
