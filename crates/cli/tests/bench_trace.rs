@@ -27,7 +27,10 @@ fn bench_trace_reports_every_strategy() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let list = v.as_array().expect("a list of strategies");
     let names: Vec<&str> = list.iter().map(|s| s["strategy"].as_str().unwrap()).collect();
-    assert_eq!(names, ["device-only", "offload-raw-fp32", "best-static", "adaptive", "oracle"]);
+    assert_eq!(
+        names,
+        ["device-only", "offload-raw-fp32", "offload-raw-u8", "offload-jpeg", "best-static", "adaptive", "oracle"]
+    );
     let get = |name: &str| list.iter().find(|s| s["strategy"] == name).unwrap();
     for s in list {
         for f in ["mean_ms", "p50_ms", "p95_ms"] {
@@ -40,6 +43,10 @@ fn bench_trace_reports_every_strategy() {
     assert_eq!(get("device-only")["bytes_up"], 0);
     // Cut 0 in fp32 sends the 1×3×32×32 input as is, every frame.
     assert_eq!(get("offload-raw-fp32")["bytes_up"], 12 * 3 * 32 * 32 * 4);
+    assert_eq!(get("offload-raw-u8")["bytes_up"], 12 * 3 * 32 * 32);
+    assert_eq!(get("offload-jpeg")["codec"], "jpeg90");
+    let jpeg = get("offload-jpeg")["bytes_up"].as_u64().unwrap();
+    assert!(jpeg > 0 && jpeg < 12 * 3 * 32 * 32 * 4, "JPEG bytes {jpeg}");
     assert_eq!(get("adaptive")["per_frame"].as_array().unwrap().len(), 12);
     assert_eq!(get("oracle")["per_frame"].as_array().unwrap().len(), 12);
     // best-static is the best of its candidates, which include the two fixed baselines.
@@ -60,6 +67,9 @@ fn bench_trace_rejects_bad_input_clearly() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read trace /nonexistent.up"));
     let o = run(&["bench", "trace", "--trace", "markov:x"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("seed must be an integer"));
+    let o = run(&["bench", "trace", "--trace", "markov:1", "--input", "/nonexistent.npz"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--input"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&["bench", "trace", "--trace", "markov:1", "--fps", "0"]);
     assert!(!o.status.success());
     assert!(
