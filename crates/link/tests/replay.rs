@@ -53,8 +53,10 @@ async fn saturate(proxy: SocketAddr, listener: TcpListener, from: Instant, until
     let chunk = vec![0x5au8; 64 * 1024];
     while Instant::now() < until {
         match timeout(until.saturating_duration_since(Instant::now()), client.write_all(&chunk)).await {
-            Ok(r) => r.expect("client writes"),
-            Err(_) => break,
+            Ok(Ok(())) => {}
+            // The receiver closes at the end of the window, possibly while a write is under way
+            // (a reset, seen in CI). An early failure would show as missing bytes in the count.
+            Ok(Err(_)) | Err(_) => break,
         }
     }
     receiver.await.expect("receiver task")

@@ -31,6 +31,13 @@
 //! plausible bandwidth would change the choice, none is sent. Before a frame large enough to be
 //! measured is sent, any probe still on the link is awaited, so the frame's sample stays clean.
 //!
+//! ## Hedging a late answer
+//! A link can go silent for seconds (cellular traces do). When the answer is late by twice the
+//! predicted remote time (+20 ms), the adaptive device starts computing the tail itself and the
+//! frame takes whichever answer comes first, so a frame costs at most about that wait plus the
+//! local tail, not the outage. A hedged frame is marked `local-fallback` with the reason, and
+//! the time it waited becomes a (pessimistic) bandwidth sample. Fixed strategies do not hedge.
+//!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
 //! runs the same head slower, and a busy server runs tails slower than its profile. So each
@@ -72,7 +79,7 @@ use cleave_proto::wire;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::client::EdgeClient;
+use crate::client::{ClientError, EdgeClient, TailResponse};
 use crate::convert::{shared_bytes, to_tensor};
 use crate::device::{ExitPolicy, FrameStatus};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
@@ -324,6 +331,31 @@ pub struct AdaptiveDevice {
     /// Recent measured / profiled compute ratios (see "Compute as measured").
     device_ratios: RecentRatios,
     server_ratios: RecentRatios,
+}
+
+/// How a sent frame ended.
+enum Outcome {
+    Remote(TensorMap, TailResponse),
+    /// The device's own tail finished first, this long after sending.
+    Hedged(TensorMap, Duration),
+    Failed(String),
+}
+
+impl Outcome {
+    fn remote(r: Result<TailResponse, ClientError>) -> Outcome {
+        match r {
+            Ok(resp) => match resp
+                .outputs
+                .iter()
+                .map(|w| to_tensor(w).map(|t| (w.name.clone(), t)))
+                .collect::<Result<TensorMap, _>>()
+            {
+                Ok(m) => Outcome::Remote(m, resp),
+                Err(e) => Outcome::Failed(e.message),
+            },
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
 }
 
 /// The last few measured / predicted ratios; their median corrects a profile.
@@ -672,28 +704,52 @@ impl AdaptiveDevice {
         // Keep the link clean for this frame's sample: a probe still out is awaited (unless the
         // frame is too small to give a sample; see the module docs).
         self.harvest(sends >= MIN_SAMPLE_BYTES).await;
-        let remote = match self.request(k, cut, EncodeOptions::new(codec), &env) {
-            Err(e) => Err(e),
+        // Hedge (adaptive only): past twice the predicted remote time, the device starts the
+        // tail itself and the frame takes whichever answer comes first.
+        let hedge_after = match (self.strategy, predicted_ms) {
+            (Strategy::Adaptive, Some(p)) => {
+                let remote = (p - self.problem.device_ms[cut]).max(1.0);
+                Some(Duration::from_secs_f64((2.0 * remote + 20.0) / 1e3))
+            }
+            _ => None,
+        };
+        let mut sent = None;
+        let outcome = match self.request(k, cut, EncodeOptions::new(codec), &env) {
+            Err(e) => Outcome::Failed(e),
             Ok((req, bytes)) => {
                 rec.bytes_up = bytes;
                 self.observe_size(cut, codec, bytes);
                 let mut client = self.client.clone().expect("checked in new");
-                let sent = Instant::now();
-                rec.send_ms = Some(self.ms_since_epoch(sent));
-                match client.infer(req, Some(self.config.timeout)).await {
-                    Ok(resp) => resp
-                        .outputs
-                        .iter()
-                        .map(|w| to_tensor(w).map(|t| (w.name.clone(), t)))
-                        .collect::<Result<TensorMap, _>>()
-                        .map_err(|e| e.message)
-                        .map(|m| (m, resp)),
-                    Err(e) => Err(e.to_string()),
+                let t = Instant::now();
+                sent = Some(t);
+                rec.send_ms = Some(self.ms_since_epoch(t));
+                let call = client.infer(req, Some(self.config.timeout));
+                tokio::pin!(call);
+                let first = match hedge_after {
+                    None => Some((&mut call).await),
+                    Some(h) => tokio::select! {
+                        r = &mut call => Some(r),
+                        _ = tokio::time::sleep(h) => None,
+                    },
+                };
+                match first {
+                    Some(r) => Outcome::remote(r),
+                    None => {
+                        let local = self.tail_locally(cut, env.clone());
+                        tokio::pin!(local);
+                        tokio::select! {
+                            r = &mut call => Outcome::remote(r),
+                            l = &mut local => match l {
+                                Ok(tail) => Outcome::Hedged(tail, hedge_after.unwrap_or_default()),
+                                Err(_) => Outcome::remote(call.await),
+                            },
+                        }
+                    }
                 }
             }
         };
-        match remote {
-            Ok((tail, resp)) => {
+        match outcome {
+            Outcome::Remote(tail, resp) => {
                 rec.status = FrameStatus::Remote;
                 rec.rpc_ms = resp.rpc.as_secs_f64() * 1e3;
                 rec.queue_ms = resp.queue_ms;
@@ -709,7 +765,26 @@ impl AdaptiveDevice {
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
             }
-            Err(e) => {
+            Outcome::Hedged(tail, after) => {
+                rec.status = FrameStatus::LocalFallback;
+                rec.error = Some(format!(
+                    "hedged: no answer {:.0} ms after sending, and the device finished the tail first",
+                    after.as_secs_f64() * 1e3
+                ));
+                // The transfer took at least this long: a (pessimistic) bandwidth sample, so a
+                // link gone silent lowers the estimate instead of leaving it where it was.
+                if let Some(t) = sent {
+                    rec.sample_bps =
+                        self.estimates.observe_transfer(wire_bytes(rec.bytes_up), t.elapsed(), Duration::ZERO);
+                    if rec.sample_bps.is_some() {
+                        self.last_sample = Some(Instant::now());
+                    }
+                }
+                outputs.extend(tail);
+                rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
+                (rec, outputs)
+            }
+            Outcome::Failed(e) => {
                 rec.status = FrameStatus::LocalFallback;
                 rec.error = Some(e);
                 match self.tail_locally(cut, env).await {

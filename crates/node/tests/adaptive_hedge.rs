@@ -1,0 +1,69 @@
+//! Regression: a frame sent into a link that goes silent must not wait for the deadline. The
+//! adaptive device hedges: past twice the predicted remote time it computes the tail itself and
+//! answers with whichever finishes first.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cleave_codec::Codec;
+use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
+use cleave_graph::build::zoo;
+use cleave_graph::{InputShapes, ModelGraph};
+use cleave_link::{LinkConfig, LinkProxy};
+use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, Strategy};
+use cleave_node::server::registry::{ModelEntry, Registry};
+use cleave_node::{EdgeClient, FrameStatus, RunningServer, ServerConfig};
+use cleave_plan::ProblemBuilder;
+use prost::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_is_hedged_not_waited_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.onnx");
+    let bytes = zoo::tiny_resnet(3).encode_to_vec();
+    std::fs::write(&path, &bytes).unwrap();
+    let mut registry = Registry::default();
+    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
+    let config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
+    let server = RunningServer::start(registry, config).await.unwrap();
+    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
+    let proxy = LinkProxy::start(server.grpc_addr, LinkConfig::default()).await.unwrap();
+
+    // The planner believes the device is 1,000× slower than the edge, so it offloads; the
+    // device really is this machine, so its own tail is quick.
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let opts =
+        cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: "t".into() };
+    let edge = cleave_engine::profile::profile(&engine, &graph, &opts, &mut |_: usize, _: usize, _: &str| {}).unwrap();
+    let mut problem = ProblemBuilder::new(&graph, &edge.scaled(1000.0, "device"))
+        .server(edge)
+        .codecs(vec![Codec::Fp32, Codec::Int8])
+        .build();
+    adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
+    let timeout = Duration::from_secs(60);
+    let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
+    let config =
+        AdaptiveConfig { model_name: "tiny".into(), timeout, device_slowdown: 1.0, down_bps: None, probe: false };
+    let mut device =
+        AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
+    device.prepare().unwrap();
+    device.warm_server(&client).await.unwrap();
+    device.bootstrap().await;
+    let input = |k: u64| -> TensorMap { graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k))).collect() };
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, input(k as u64), Instant::now()).await;
+        assert_eq!(rec.status, FrameStatus::Remote, "frame {k} with the link up: {:?}", rec.error);
+        assert_eq!(rec.cut, 0);
+    }
+
+    proxy.handle().blackhole(true);
+    let t0 = Instant::now();
+    let (rec, out) = device.frame(3, input(3), t0).await;
+    let took = t0.elapsed();
+    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
+    assert!(rec.error.as_deref().unwrap_or("").contains("hedged"), "{:?}", rec.error);
+    assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
+    // Without hedging this frame would end at the 60 s deadline.
+    assert!(took < timeout / 4, "took {took:?}");
+}
