@@ -13,7 +13,12 @@
 //!
 //! Small transfers do not measure bandwidth: a 2 KB response over a 20 ms RTT link says "100
 //! kB/s" whatever the link's rate, because the time is all latency and TCP slow start. Samples
-//! below `min_bytes` are therefore **ignored** rather than down-weighted, and the transfer time is
+//! below `min_bytes` are therefore **ignored** rather than down-weighted — with one exception: a
+//! transfer of at least [`SLOW_SMALL_BYTES`] that spent at least [`SLOW_SMALL_TIME`] on the wire
+//! did measure the link (latency noise is a few ms; a 10 KB JPEG taking 90 ms means a ~1 Mbit/s
+//! link), so it counts. Without it, a device sending only small payloads would never notice its
+//! link getting slow. The exception only admits slow samples, so near the boundary (a transfer
+//! of B bytes at about B·8/25 ms bit/s) it errs low, the cheap direction. The transfer time is
 //! floored at `min_time` (timer granularity, a transfer that seemingly took 0 s). The caller
 //! must remove the server's reported queue and compute time from the round trip before calling
 //! [`BandwidthEstimator::observe`]; the estimator sees only time on the wire.
@@ -33,6 +38,11 @@
 
 use std::collections::VecDeque;
 use std::time::Duration;
+
+/// Smallest transfer that counts as a sample when it was slow (see the module docs).
+pub const SLOW_SMALL_BYTES: u64 = 4 * 1024;
+/// Wire time from which a small transfer counts as a sample.
+pub const SLOW_SMALL_TIME: Duration = Duration::from_millis(25);
 
 /// Harmonic mean of the last `window` transfer throughputs; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -70,7 +80,8 @@ impl BandwidthEstimator {
     /// Records a transfer of `bytes` that spent `elapsed` on the wire. Returns whether it was
     /// used (false when it was too small to measure bandwidth).
     pub fn observe(&mut self, bytes: u64, elapsed: Duration) -> bool {
-        if bytes < self.min_bytes || bytes == 0 {
+        let slow_small = bytes >= SLOW_SMALL_BYTES.min(self.min_bytes) && elapsed >= SLOW_SMALL_TIME;
+        if (bytes < self.min_bytes && !slow_small) || bytes == 0 {
             return false;
         }
         let secs = elapsed.max(self.min_time).as_secs_f64();
@@ -272,6 +283,19 @@ mod tests {
         assert!(!e.observe(2000, Duration::from_millis(20)));
         assert!((e.estimate_bps().unwrap() - 10e6).abs() < 1.0);
         assert_eq!(e.samples().count(), 1);
+        // A 12 KB JPEG that took 5 ms says nothing either (fast link, latency noise)...
+        assert!(!e.observe(12_000, Duration::from_millis(5)));
+        assert_eq!(e.samples().count(), 1);
+    }
+
+    #[test]
+    fn small_but_slow_transfers_count() {
+        let mut e = BandwidthEstimator::default();
+        feed(&mut e, 1 << 20, 10.0);
+        // ...but one that took 96 ms crossed a ~1 Mbit/s link, and the estimate must fall.
+        assert!(e.observe(12_000, Duration::from_millis(96)));
+        assert_eq!(e.samples().count(), 2);
+        assert!(e.estimate_bps().unwrap() < 2e6, "{:?}", e.estimate_bps());
     }
 
     #[test]
