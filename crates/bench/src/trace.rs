@@ -7,24 +7,29 @@
 //! - **Link**: for each strategy a fresh [`LinkProxy`] between the device and the edge shapes
 //!   the uplink by the trace, starting at the same trace millisecond (`start_offset_ms`), with a
 //!   fixed one-way delay in each direction; the downlink is not rate-limited.
-//! - **Device**: this process, an [`AdaptiveDevice`] with every head compiled ahead. Frames are
-//!   released at `fps` from one second after the link starts (the adaptive device's bootstrap
-//!   probe runs in that second; the other strategies wait), and handled one at a time: a frame
-//!   starts at its release or when the previous one is answered, whichever is later, and its
-//!   latency runs from its release to its answer. A strategy that falls more than `max_backlog`
-//!   behind its releases is stopped and reported as such.
-//! - **A slower device**: the device sleeps (X − 1) × each measured compute (`device_slowdown`
-//!   X), the documented fallback for a CPU quota. The report states the method and the ratio
-//!   measured in the run: the device-only strategy's median frame time over the edge's median
-//!   reported compute of the whole model (the offload-raw-fp32 strategy's frames).
-//! - **Inputs**: random data (seeded per frame) unless the caller gives an input; latency does
-//!   not depend on the values, except for early exits.
+//! - **Device**: another process, `cleave bench trace-device` ([`crate::device_proc`]), an
+//!   [`AdaptiveDevice`] with every head compiled ahead, which profiles its own compute where it
+//!   runs. Frames are released at `fps` from one second after the link starts (the adaptive
+//!   device's bootstrap probe runs in that second; the other strategies wait), and handled one at
+//!   a time: a frame starts at its release or when the previous one is answered, whichever is
+//!   later, and its latency runs from its release to its answer. A strategy that falls more than
+//!   `max_backlog` behind its releases is stopped and reported as such.
+//! - **A slower device**: with `device_cpu` F the device process runs alone in a cgroup with a
+//!   CFS quota of F of one core ([`crate::cgroup`]); otherwise, or where no cgroup can be made,
+//!   it sleeps (X − 1) × each measured compute (`device_slowdown` X, or 1/F), the documented
+//!   fallback. The report states the method and the ratio measured in the run: the device-only
+//!   strategy's median frame time over the edge's median reported compute of the whole model
+//!   (the frames of the input baselines, which run the whole model on the edge).
+//! - **Inputs**: random data (seeded per frame), one `.npy`, or an `.npz` of samples (e.g.
+//!   real images, normalised per [`crate::device_proc::Pixels`]); latency depends on the values
+//!   for early exits and for JPEG's size.
 //!
 //! ## Strategies
-//! `device-only`; `offload-raw-fp32` (cut 0, fp32); `best-static`: every candidate static
-//! choice is run (cut 0 and the bottleneck cuts whose boundary is smaller than every earlier
-//! cut's, × the codecs, plus the two above) and the one with the lowest mean latency is reported,
-//! in hindsight; `adaptive`; `oracle`.
+//! `device-only`; the input baselines `offload-raw-fp32` (cut 0, fp32), `offload-raw-u8` (cut 0,
+//! 8-bit affine) and `offload-jpeg` (cut 0, JPEG q90; image-shaped inputs only); `best-static`:
+//! every candidate static choice is run (cut 0 and the bottleneck cuts whose boundary is smaller
+//! than every earlier cut's, × the codecs that apply there, plus the baselines) and the one with
+//! the lowest mean latency is reported, in hindsight; `adaptive`; `oracle`.
 //!
 //! ## The oracle
 //! Computed offline after the runs: for each frame in turn, every choice the adaptive device
@@ -33,11 +38,15 @@
 //! simulated latency is: wait for the previous frame + head + (when sent) the trace's exact
 //! transfer time for the request's bytes handed to an idle link when the head ends
 //! ([`Trace::transfer_ms`], i.e. the bandwidth the frame really had) + 2 × the one-way delay +
-//! the edge's compute + a fixed per-request cost. Compute is measured: a cut's head and tail
+//! the edge's compute + a fixed per-request cost. Bytes are those measured for that frame at
+//! that choice when a run sent it so (JPEG sizes depend on the image), else the median measured
+//! at the choice, else the codec's estimate. Compute is measured: a cut's head and tail
 //! times are the medians observed at that cut in the runs, and for cuts no run used, the profile
 //! scaled by the median measured/profiled ratio of the runs. The fixed per-request cost is the
-//! median, over all sent frames, of what the frame took beyond its head, its ideal transfer, the
-//! delays and the edge's reported time (encoding, HTTP/2, decoding). The oracle is therefore a
+//! median, per codec, over the sent frames, of what the frame took beyond its head, its ideal
+//! transfer, the delays and the edge's reported time (encoding, HTTP/2, decoding). The adaptive
+//! device's hedging (its own tail racing a late answer) is not simulated: the oracle picks one
+//! place per frame. The oracle is therefore a
 //! model calibrated on the runs, not a measured run: it can be beaten by a little where the model
 //! is pessimistic.
 
@@ -477,9 +486,9 @@ pub async fn run(
 
     let device_speed = {
         let mut d: Vec<f64> = device_only.records.iter().map(|r| r.head_ms).collect();
+        // Every input baseline runs the whole model on the edge.
         let mut e: Vec<f64> = baselines
             .iter()
-            .filter(|b| b.1 == Codec::Fp32)
             .flat_map(|b| b.2.records.iter())
             .filter_map(|r| r.compute_ms)
             .collect();
