@@ -32,7 +32,10 @@ impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> ClientError {
         // A connection that failed mid-call (a TLS alert, a reset) says why only in its sources.
         let message = match std::error::Error::source(&s) {
-            Some(src) => format!("{}: {}", s.message(), error_chain(src)),
+            Some(src) => match error_chain(src) {
+                chain if chain.starts_with(s.message()) => chain,
+                chain => format!("{}: {chain}", s.message()),
+            },
             None => s.message().to_owned(),
         };
         ClientError::Status { code: s.code(), message }

@@ -374,13 +374,15 @@ where
 /// An error and its sources on one line (tonic's transport errors say little at the top).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
+    let mut last = s.clone();
     let mut cur = e.source();
     while let Some(c) = cur {
         let m = c.to_string();
-        if !s.ends_with(&m) {
+        if m != last {
             s.push_str(": ");
             s.push_str(&m);
         }
+        last = m;
         cur = c.source();
     }
     s
