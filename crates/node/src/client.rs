@@ -7,8 +7,10 @@ use cleave_proto::GrpcInferenceServiceClient;
 use cleave_proto::inference::model_infer_request::InferInputTensor;
 use cleave_proto::inference::*;
 use cleave_proto::wire::{self, Limits, WireTensor};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::security::{AttachToken, AuthToken, ClientTls, SecurityError, error_chain};
 use crate::server::PARAM_PROBE;
 
 /// Why talking to the server failed.
@@ -22,11 +24,21 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("the server's answer is malformed: {0}")]
     Malformed(String),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> ClientError {
-        ClientError::Status { code: s.code(), message: s.message().to_owned() }
+        // A connection that failed mid-call (a TLS alert, a reset) says why only in its sources.
+        let message = match std::error::Error::source(&s) {
+            Some(src) => match error_chain(src) {
+                chain if chain.starts_with(s.message()) => chain,
+                chain => format!("{}: {chain}", s.message()),
+            },
+            None => s.message().to_owned(),
+        };
+        ClientError::Status { code: s.code(), message }
     }
 }
 
@@ -43,28 +55,57 @@ pub struct TailResponse {
     pub rpc: Duration,
 }
 
+/// How a client secures its connection: TLS (plaintext when `None`) and a bearer token.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSecurity {
+    pub tls: Option<ClientTls>,
+    pub token: Option<AuthToken>,
+}
+
 /// A connection to one server. Cloning shares the connection (HTTP/2 multiplexes requests).
 #[derive(Clone)]
 pub struct EdgeClient {
     addr: String,
-    client: GrpcInferenceServiceClient<Channel>,
+    client: GrpcInferenceServiceClient<InterceptedService<Channel, AttachToken>>,
 }
 
 impl EdgeClient {
-    /// Connects to `addr` (`HOST:PORT` or a URL).
+    /// Connects to `addr` (`HOST:PORT` or a URL) in plaintext, without a token.
     pub async fn connect(addr: &str, max_message_bytes: usize) -> Result<EdgeClient, ClientError> {
-        let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let endpoint = Channel::from_shared(url.clone())
+        Self::connect_with(addr, max_message_bytes, &ClientSecurity::default()).await
+    }
+
+    /// Connects to `addr` (`HOST:PORT` or a URL) over TLS when `security.tls` is set (a bare
+    /// `HOST:PORT` then means `https://HOST:PORT`), adding `security.token` to every call.
+    pub async fn connect_with(
+        addr: &str,
+        max_message_bytes: usize,
+        security: &ClientSecurity,
+    ) -> Result<EdgeClient, ClientError> {
+        let scheme = if security.tls.is_some() { "https" } else { "http" };
+        let url = if addr.contains("://") { addr.to_owned() } else { format!("{scheme}://{addr}") };
+        let mut endpoint = Channel::from_shared(url.clone())
             .map_err(|e| ClientError::Connect { addr: addr.into(), message: e.to_string() })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW);
+        if let Some(tls) = &security.tls {
+            if !url.starts_with("https://") {
+                return Err(ClientError::Connect {
+                    addr: addr.into(),
+                    message: "TLS is configured but the address is not https://".into(),
+                });
+            }
+            endpoint = endpoint
+                .tls_config(tls.tonic_config())
+                .map_err(|e| SecurityError::Tls(format!("{}: {}", tls.origins(), error_chain(&e))))?;
+        }
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| ClientError::Connect { addr: addr.into(), message: format!("{e}") })?;
-        let client = GrpcInferenceServiceClient::new(channel)
+            .map_err(|e| ClientError::Connect { addr: addr.into(), message: error_chain(&e) })?;
+        let client = GrpcInferenceServiceClient::with_interceptor(channel, AttachToken::new(security.token.clone()))
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
         Ok(EdgeClient { addr: addr.to_owned(), client })

@@ -4,7 +4,8 @@
 //! - [`shared_dir`] finds the workplace's `../shared` data (models, traces) or says why not;
 //! - [`randomize_weights`] gives synthetic-weight models (the `light_*` zoo, every weight 0.02)
 //!   seeded random convolution and dense weights, so that outputs depend on the input;
-//! - [`check_cuts`] runs head → tail at given cuts and compares with the whole model.
+//! - [`check_cuts`] runs head → tail at given cuts and compares with the whole model;
+//! - [`pki`] makes a CA and certificates at test time for the TLS tests.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ use cleave_graph::build::SeededNormal;
 use cleave_graph::{DType, InputShapes, ModelGraph, pb};
 use prost::Message;
 
+pub mod pki;
 pub mod textlines;
 pub mod textpages;
 

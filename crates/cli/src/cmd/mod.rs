@@ -23,3 +23,24 @@ pub fn load_onnxruntime() -> anyhow::Result<()> {
     tracing::info!("onnxruntime from {}: {rt:?}", path.display());
     Ok(())
 }
+
+/// The environment variable holding a bearer token when no `--auth-token-file` is given.
+pub const AUTH_TOKEN_ENV: &str = "CLEAVE_AUTH_TOKEN";
+
+/// The bearer token from `--auth-token-file PATH`, else from `CLEAVE_AUTH_TOKEN`, else none. A
+/// file keeps the token out of `ps`; errors name the file, never the token.
+pub fn auth_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<cleave_node::AuthToken>> {
+    use anyhow::Context;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--auth-token-file: cannot read {}", path.display()))?;
+        let token =
+            cleave_node::AuthToken::new(&text).with_context(|| format!("--auth-token-file {}", path.display()))?;
+        return Ok(Some(token));
+    }
+    match std::env::var(AUTH_TOKEN_ENV) {
+        Ok(text) => Ok(Some(cleave_node::AuthToken::new(&text).with_context(|| AUTH_TOKEN_ENV)?)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("{AUTH_TOKEN_ENV} is not valid UTF-8"),
+    }
+}

@@ -12,7 +12,7 @@ use cleave_cost::Link;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::ModelGraph;
 use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Strategy};
-use cleave_node::{Device, DeviceConfig, EdgeClient, ExitPolicy, FrameStatus, RunSummary};
+use cleave_node::{ClientSecurity, ClientTls, Device, DeviceConfig, EdgeClient, ExitPolicy, FrameStatus, RunSummary};
 use cleave_plan::{Conditions, Constraints, Problem, ProblemBuilder, plan};
 use serde_json::json;
 
@@ -52,6 +52,8 @@ use crate::output::{human_bytes, table};
 ///   cleave run digits.onnx --edge edge:8001 --cut auto --calibration calib.json --max-accuracy-drop 0.5%
 ///   cleave run models/tiny_resnet.onnx --model-name tiny --edge 127.0.0.1:8001 --cut adaptive \
 ///       --fps 10 --frames 300 --device-slowdown 4 --records frames.jsonl
+///   cleave run model.onnx --edge edge:8001 --tls-ca ca.pem --tls-cert device.pem \
+///       --tls-key device.key --auth-token-file token.txt
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -61,6 +63,29 @@ pub struct Args {
     /// The server, HOST:PORT.
     #[arg(long)]
     pub edge: String,
+
+    /// Talk TLS to the server and trust certificates signed by this CA (PEM). Without it the
+    /// connection is plaintext.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// With --tls-ca: present this certificate (PEM) to a server that requires client
+    /// certificates (needs --tls-key).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With --tls-ca: verify the server's certificate for this name instead of --edge's host.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+
+    /// Send `authorization: Bearer <token>` with every call; the token is this file's contents,
+    /// surrounding whitespace dropped (default: the CLEAVE_AUTH_TOKEN environment variable).
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
 
     /// The model's name on the server (default: the file's stem).
     #[arg(long)]
@@ -172,6 +197,18 @@ pub struct Args {
     pub json: bool,
 }
 
+/// TLS and the bearer token for the connection to the server, from the flags.
+fn security(args: &Args) -> Result<ClientSecurity> {
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+            Some(ClientTls::load(ca, identity, args.tls_domain.as_deref())?)
+        }
+        None => None,
+    };
+    Ok(ClientSecurity { tls, token: crate::cmd::auth_token(args.auth_token_file.as_deref())? })
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     cleave_cost::parse_duration_ms(s).map(|ms| Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
 }
@@ -187,12 +224,13 @@ pub fn run(args: Args) -> Result<()> {
     });
     let frames = frames(&args, &graph)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let security = security(&args)?;
     if adaptive {
-        return rt.block_on(run_adaptive(args, graph, model_name, frames));
+        return rt.block_on(run_adaptive(args, graph, model_name, frames, security));
     }
     let engine = Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 8 }));
     rt.block_on(async move {
-        let mut client = EdgeClient::connect(&args.edge, 64 << 20).await.context("--edge")?;
+        let mut client = EdgeClient::connect_with(&args.edge, 64 << 20, &security).await.context("--edge")?;
         if !client.model_ready(&model_name).await.with_context(|| format!("asking {} about model `{model_name}`", args.edge))? {
             bail!("the server at {} does not serve model `{model_name}` (set --model-name)", args.edge);
         }
@@ -437,8 +475,14 @@ struct RecordLine<'a> {
 }
 
 /// `--cut adaptive`: one [`AdaptiveDevice`] re-planning every frame.
-async fn run_adaptive(args: Args, graph: Arc<ModelGraph>, model_name: String, frames: Vec<TensorMap>) -> Result<()> {
-    let client = EdgeClient::connect(&args.edge, 64 << 20).await.context("--edge")?;
+async fn run_adaptive(
+    args: Args,
+    graph: Arc<ModelGraph>,
+    model_name: String,
+    frames: Vec<TensorMap>,
+    security: ClientSecurity,
+) -> Result<()> {
+    let client = EdgeClient::connect_with(&args.edge, 64 << 20, &security).await.context("--edge")?;
     if !client
         .clone()
         .model_ready(&model_name)

@@ -9,7 +9,7 @@ use cleave_engine::EngineConfig;
 use cleave_graph::InputShapes;
 use cleave_node::server::batcher::BatchConfig;
 use cleave_node::server::registry::{ModelEntry, Registry};
-use cleave_node::{RunningServer, ServerConfig};
+use cleave_node::{RunningServer, ServerConfig, ServerTls};
 use cleave_proto::wire::Limits;
 
 /// Serve models over the Open Inference Protocol (KServe V2 gRPC), as an edge or cloud node.
@@ -22,9 +22,17 @@ use cleave_proto::wire::Limits;
 /// honoured. Prometheus metrics (Triton's names) are at http://HOST:METRICS_PORT/metrics.
 /// SIGTERM or Ctrl-C drains: in-flight requests finish, new ones get UNAVAILABLE.
 ///
+/// Security: `--tls-cert/--tls-key` serve gRPC over TLS (rustls); `--tls-client-ca` also
+/// requires clients to present a certificate signed by that CA (mutual TLS). With
+/// `--auth-token-file` (or the CLEAVE_AUTH_TOKEN environment variable) every RPC must carry
+/// `authorization: Bearer <token>`, else UNAUTHENTICATED; ServerLive and ServerReady stay open
+/// for health probes. The metrics port is always plain HTTP: keep it on a private interface.
+///
 /// Examples:
 ///   cleave serve --model resnet=resnet50.onnx
 ///   cleave serve --model-repository models/ --grpc-port 9001 --max-batch 16
+///   cleave serve --model resnet=resnet50.onnx --tls-cert server.pem --tls-key server.key \
+///       --tls-client-ca ca.pem --auth-token-file token.txt
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -86,6 +94,24 @@ pub struct Args {
     /// How many compiled parts to keep.
     #[arg(long, default_value_t = 64)]
     pub cache: usize,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM, leaf first; needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: clients must present a certificate signed by this CA (PEM; needs --tls-cert).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Require `authorization: Bearer <token>` on every RPC but ServerLive/ServerReady; the token
+    /// is this file's contents, surrounding whitespace dropped (default: the CLEAVE_AUTH_TOKEN
+    /// environment variable, if set).
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -117,6 +143,11 @@ pub fn run(args: Args) -> Result<()> {
     if registry.is_empty() {
         bail!("no model to serve: give --model NAME=PATH or --model-repository DIR");
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key, args.tls_client_ca.as_deref())?),
+        _ => None,
+    };
+    let auth_token = crate::cmd::auth_token(args.auth_token_file.as_deref())?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let config = ServerConfig {
         grpc_addr: SocketAddr::new(args.host, args.grpc_port),
@@ -131,6 +162,8 @@ pub fn run(args: Args) -> Result<()> {
         engine: EngineConfig { threads: args.threads, cache_capacity: args.cache.max(1) },
         limits: Limits::default(),
         backend: args.engine,
+        tls,
+        auth_token,
     };
     if args.engine == cleave_engine::Backend::Ort {
         crate::cmd::load_onnxruntime()?;

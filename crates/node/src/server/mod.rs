@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// tract, or onnxruntime (needs the `ort` feature and a loaded library).
     pub backend: cleave_engine::Backend,
     pub limits: Limits,
+    /// Serve gRPC over TLS (the metrics port stays plain HTTP).
+    pub tls: Option<crate::security::ServerTls>,
+    /// Require `authorization: Bearer <token>` on every RPC but the health ones.
+    pub auth_token: Option<crate::security::AuthToken>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,8 @@ impl Default for ServerConfig {
             engine: EngineConfig::default(),
             backend: cleave_engine::Backend::Tract,
             limits: Limits::default(),
+            tls: None,
+            auth_token: None,
         }
     }
 }
@@ -392,6 +398,13 @@ impl RunningServer {
         if registry.is_empty() {
             return Err("no model to serve: give --model NAME=PATH or --model-repository DIR".into());
         }
+        // TLS first: a certificate that rustls refuses fails before any port is bound.
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(tls.tonic_config())
+                .map_err(|e| format!("cannot set up TLS: {}", crate::security::error_chain(&e)))?;
+        }
         let engine = Arc::new(Engine::with_backend(config.engine.clone(), config.backend).map_err(|e| e.to_string())?);
         let state = Arc::new(State {
             registry: Arc::new(registry),
@@ -412,10 +425,14 @@ impl RunningServer {
         let svc = GrpcInferenceServiceServer::new(Service::new(state.clone()))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
+        let svc = tonic::service::interceptor::InterceptedService::new(
+            svc,
+            crate::security::RequireToken::new(config.auth_token.clone()),
+        );
         let (tx, rx) = oneshot::channel::<()>();
         let state2 = state.clone();
         let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 // Boundary tensors are hundreds of KiB: HTTP/2's default 64 KiB windows would
                 // stall every request on WINDOW_UPDATE round trips.
                 .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
@@ -426,6 +443,8 @@ impl RunningServer {
                 // (its rapid-reset guard), which killed a device's connection after a burst of
                 // expired frames; allow as many as a full queue's worth, several times over.
                 .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
+                // Tags the health RPCs, which the token interceptor lets by (it cannot see paths).
+                .layer(crate::security::MarkOpenRpcs)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -437,7 +456,13 @@ impl RunningServer {
                 .await
                 .map_err(|e| format!("server failed: {e}"))
         });
-        tracing::info!("serving {} on {grpc_addr}", state.registry.names().join(", "));
+        // Says whether a token is required, never the token.
+        tracing::info!(
+            "serving {} on {grpc_addr} ({}{})",
+            state.registry.names().join(", "),
+            config.tls.as_ref().map_or("plaintext", |t| t.describe()),
+            if config.auth_token.is_some() { ", bearer token required" } else { "" }
+        );
         Ok(RunningServer { grpc_addr, metrics_addr, state, shutdown: Some(tx), task })
     }
 
