@@ -235,12 +235,16 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plot: {e:?}");
     root.fill(&WHITE).map_err(err)?;
+    // The measured ratio when there is one (a CPU quota's effect is only known by measuring).
+    let speed = match report.device_speed.measured_ratio {
+        Some(r) => format!("device measured {r:.1}× slower"),
+        None => format!("device {:.1}× slower", report.device_speed.slowdown),
+    };
     let caption = format!(
-        "{} on {} ({} ms delay each way, device {:.1}× slower)",
+        "{} on {} ({} ms delay each way, {speed})",
         std::path::Path::new(&report.model).file_name().and_then(|s| s.to_str()).unwrap_or(&report.model),
         std::path::Path::new(&report.trace).file_name().and_then(|s| s.to_str()).unwrap_or(&report.trace),
         report.delay_ms,
-        report.device_speed.slowdown
     );
     let root = root.titled(&caption, ("sans-serif", 22)).map_err(err)?;
     let panels = root.split_evenly((3, 1));
