@@ -487,11 +487,7 @@ pub async fn run(
     let device_speed = {
         let mut d: Vec<f64> = device_only.records.iter().map(|r| r.head_ms).collect();
         // Every input baseline runs the whole model on the edge.
-        let mut e: Vec<f64> = baselines
-            .iter()
-            .flat_map(|b| b.2.records.iter())
-            .filter_map(|r| r.compute_ms)
-            .collect();
+        let mut e: Vec<f64> = baselines.iter().flat_map(|b| b.2.records.iter()).filter_map(|r| r.compute_ms).collect();
         let (d, e) = (finite(median(&mut d)), finite(median(&mut e)));
         DeviceSpeed {
             method: method.clone(),

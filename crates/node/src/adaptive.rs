@@ -35,8 +35,10 @@
 //! A link can go silent for seconds (cellular traces do). When the answer is late by twice the
 //! predicted remote time (+20 ms), the adaptive device starts computing the tail itself and the
 //! frame takes whichever answer comes first, so a frame costs at most about that wait plus the
-//! local tail, not the outage. A hedged frame is marked `local-fallback` with the reason, and
-//! the time it waited becomes a (pessimistic) bandwidth sample. Fixed strategies do not hedge.
+//! local tail, not the outage. A hedged frame is marked `local-fallback` with the reason. Its
+//! wait is not a bandwidth sample: it measures an outage, and in a harmonic mean one such sample
+//! would keep the estimate near zero long after the link recovered. Fixed strategies do not
+//! hedge.
 //!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
@@ -713,7 +715,6 @@ impl AdaptiveDevice {
             }
             _ => None,
         };
-        let mut sent = None;
         let outcome = match self.request(k, cut, EncodeOptions::new(codec), &env) {
             Err(e) => Outcome::Failed(e),
             Ok((req, bytes)) => {
@@ -721,7 +722,6 @@ impl AdaptiveDevice {
                 self.observe_size(cut, codec, bytes);
                 let mut client = self.client.clone().expect("checked in new");
                 let t = Instant::now();
-                sent = Some(t);
                 rec.send_ms = Some(self.ms_since_epoch(t));
                 let call = client.infer(req, Some(self.config.timeout));
                 tokio::pin!(call);
@@ -771,15 +771,9 @@ impl AdaptiveDevice {
                     "hedged: no answer {:.0} ms after sending, and the device finished the tail first",
                     after.as_secs_f64() * 1e3
                 ));
-                // The transfer took at least this long: a (pessimistic) bandwidth sample, so a
-                // link gone silent lowers the estimate instead of leaving it where it was.
-                if let Some(t) = sent {
-                    rec.sample_bps =
-                        self.estimates.observe_transfer(wire_bytes(rec.bytes_up), t.elapsed(), Duration::ZERO);
-                    if rec.sample_bps.is_some() {
-                        self.last_sample = Some(Instant::now());
-                    }
-                }
+                // No bandwidth sample: the wait measures an outage, not the link's rate, and one
+                // such sample would dominate the harmonic mean long after the link recovered
+                // (seen on the ATT trace); the hedge already bounds what outages cost.
                 outputs.extend(tail);
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
