@@ -333,14 +333,6 @@ pub fn default_static_cuts(graph: &ModelGraph) -> Vec<usize> {
     out
 }
 
-/// Candidate cuts of the adaptive device: cut 0, every bottleneck cut, and the last.
-pub fn adaptive_cuts(graph: &ModelGraph) -> BTreeSet<usize> {
-    let mut s: BTreeSet<usize> = graph.cuts().iter().filter(|c| c.bottleneck).map(|c| c.index).collect();
-    s.insert(0);
-    s.insert(graph.last_cut());
-    s
-}
-
 /// What [`run`] reports while it works.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
@@ -375,7 +367,7 @@ pub async fn run(
     if let Some(&c) = static_cuts.iter().find(|&&c| c > last) {
         return Err(TraceBenchError::Options(format!("--static-cuts: cut {c} is beyond the last cut, {last}")));
     }
-    let mut cand = adaptive_cuts(&graph);
+    let mut cand = adaptive::default_candidate_cuts(&graph);
     cand.extend(static_cuts.iter().copied());
 
     // The codecs: the given ones plus those of the input baselines (8-bit, and JPEG when the
@@ -395,7 +387,7 @@ pub async fn run(
     let edge_profile = cleave_engine::profile::profile(&engine, &graph, &popts, &mut |_: usize, _: usize, _: &str| {})
         .map_err(|e| TraceBenchError::Model(e.to_string()))?;
     drop(engine);
-    let adaptive_set: BTreeSet<usize> = adaptive_cuts(&graph);
+    let adaptive_set: BTreeSet<usize> = adaptive::default_candidate_cuts(&graph);
 
     // The device: a real CPU limit when asked and possible, else the multiplier.
     let (limit, slowdown, method) = match opts.device_cpu {

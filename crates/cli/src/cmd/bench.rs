@@ -85,7 +85,7 @@ pub struct TraceArgs {
     pub fps: f64,
 
     /// One-way delay added in each direction, e.g. 20ms.
-    #[arg(long, default_value = "20ms", value_parser = duration)]
+    #[arg(long, default_value = "20ms", value_parser = crate::cmd::duration)]
     pub delay: std::time::Duration,
 
     /// How many times slower the device computes than this machine (≥ 1), by sleeping after
@@ -99,7 +99,7 @@ pub struct TraceArgs {
     pub device_cpu: Option<f64>,
 
     /// Deadline of each request; past it the device computes the tail itself.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::cmd::duration)]
     pub timeout: std::time::Duration,
 
     /// Static cuts to run for best-static, comma-separated (default: cut 0 and the bottleneck
@@ -113,7 +113,7 @@ pub struct TraceArgs {
     pub codecs: Vec<cleave_codec::Codec>,
 
     /// A strategy that falls this far behind its frame releases is stopped (and reported so).
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::cmd::duration)]
     pub max_backlog: std::time::Duration,
 
     /// Frame inputs (single-input models): a .npy used for every frame, or an .npz whose `x`
@@ -138,10 +138,6 @@ pub struct TraceArgs {
 
 fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     cleave_graph::InputShapes::parse_one(s)
-}
-
-fn duration(s: &str) -> Result<std::time::Duration, String> {
-    cleave_cost::parse_duration_ms(s).map(|ms| std::time::Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
 }
 
 /// Time tract against onnxruntime on the same models, side by side.

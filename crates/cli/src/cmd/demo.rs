@@ -62,7 +62,7 @@ pub struct Args {
     pub device_cpu: Option<f64>,
 
     /// One-way delay added in each direction.
-    #[arg(long, default_value = "5ms", value_parser = duration)]
+    #[arg(long, default_value = "5ms", value_parser = crate::cmd::duration)]
     pub delay: Duration,
 
     /// Where to write the plot (.png or .svg).
@@ -72,10 +72,6 @@ pub struct Args {
     /// Also write the results as JSON (one object per strategy).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    cleave_cost::parse_duration_ms(s).map(|ms| Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -11,6 +11,11 @@ pub mod run;
 pub mod serve;
 pub mod split;
 
+/// Parses a duration argument such as `20ms` or `5s`.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    cleave_cost::parse_duration_ms(s).map(|ms| std::time::Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
+}
+
 /// Loads onnxruntime for `--engine ort`: the library named by ORT_DYLIB_PATH, else the one in
 /// python3's `onnxruntime` package.
 pub fn load_onnxruntime() -> anyhow::Result<()> {

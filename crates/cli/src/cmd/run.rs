@@ -147,7 +147,7 @@ pub struct Args {
     pub max_in_flight: usize,
 
     /// Deadline of each request; past it the device computes the tail itself.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::cmd::duration)]
     pub timeout: Duration,
 
     /// Threads per inference on this device.
@@ -207,10 +207,6 @@ fn security(args: &Args) -> Result<ClientSecurity> {
         None => None,
     };
     Ok(ClientSecurity { tls, token: crate::cmd::auth_token(args.auth_token_file.as_deref())? })
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    cleave_cost::parse_duration_ms(s).map(|ms| Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
 }
 
 pub fn run(args: Args) -> Result<()> {

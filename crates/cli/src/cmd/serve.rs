@@ -80,7 +80,7 @@ pub struct Args {
     pub max_batch: usize,
 
     /// Longest a request waits to be batched with others (0: batch only what is already waiting).
-    #[arg(long, default_value = "0ms", value_parser = duration)]
+    #[arg(long, default_value = "0ms", value_parser = crate::cmd::duration)]
     pub max_queue_delay: Duration,
 
     /// Most requests waiting; past it, RESOURCE_EXHAUSTED.
@@ -112,10 +112,6 @@ pub struct Args {
     /// environment variable, if set).
     #[arg(long, value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    cleave_cost::parse_duration_ms(s).map(|ms| Duration::from_secs_f64(ms / 1e3)).map_err(|e| e.to_string())
 }
 
 fn size(s: &str) -> Result<u64, String> {
