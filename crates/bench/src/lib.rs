@@ -6,6 +6,7 @@
 //! this runs on are shared and noisy: ratios measured together are what is comparable.
 
 pub mod cgroup;
+pub mod chaos;
 pub mod device_proc;
 pub mod engines;
 pub mod predict;

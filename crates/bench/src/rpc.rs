@@ -200,6 +200,7 @@ fn device(
         encode: EncodeOptions::new(codec),
         max_in_flight: 1,
         timeout: Some(Duration::from_secs(10)),
+        fps: None,
         check: false,
     };
     Device::new(engine.clone(), graph.clone(), Some(client), config).map_err(RpcBenchError::Model)

@@ -256,8 +256,22 @@ impl EdgeProcess {
         shapes: &InputShapes,
         cache: usize,
     ) -> Result<Self, TraceBenchError> {
+        Self::spawn_on(exe, model, shapes, cache, 0)
+    }
+
+    /// [`EdgeProcess::spawn`] on gRPC port `port` (0: a free one), e.g. to restart a killed
+    /// server where its clients expect it.
+    pub fn spawn_on(
+        exe: &std::path::Path,
+        model: &std::path::Path,
+        shapes: &InputShapes,
+        cache: usize,
+        port: u16,
+    ) -> Result<Self, TraceBenchError> {
         let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--max-batch", "1"])
+        cmd.args(["serve", "--host", "127.0.0.1", "--metrics-port", "0", "--max-batch", "1"])
+            .arg("--grpc-port")
+            .arg(port.to_string())
             .arg("--cache")
             .arg(cache.to_string())
             .arg("--model")
@@ -301,6 +315,18 @@ impl EdgeProcess {
             .ok_or_else(|| TraceBenchError::Edge(format!("cannot parse the address in `{line}`")))?;
         edge.grpc = addr;
         Ok(edge)
+    }
+}
+
+impl EdgeProcess {
+    /// SIGKILL, and reaps the process: a crash, as abrupt as it gets.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

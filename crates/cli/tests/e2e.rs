@@ -256,7 +256,7 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
     // Flags of other modes are refused, not ignored.
     for (args, message) in [
         (&["--cut", "adaptive", "--check"][..], "--check is not supported with --cut adaptive"),
-        (&["--cut", "3", "--fps", "5"][..], "--fps applies to --cut adaptive only"),
+        (&["--cut", "3", "--records", "r.jsonl"][..], "--records applies to --cut adaptive only"),
         (&["--cut", "adaptive", "--device-slowdown", "0.5"][..], "--device-slowdown 0.5 must be a finite number ≥ 1"),
     ] {
         let out = cleave()

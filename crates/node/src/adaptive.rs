@@ -84,9 +84,10 @@ use cleave_proto::wire;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::client::{ClientError, EdgeClient, TailResponse};
+use crate::client::{EdgeClient, TailResponse};
 use crate::convert::{shared_bytes, to_tensor};
 use crate::device::{ExitPolicy, FrameStatus};
+use crate::failover::{Endpoints, FailoverConfig};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
 
 /// Uplink assumed before any measurement, bit/s.
@@ -321,7 +322,9 @@ struct SideResult {
 pub struct AdaptiveDevice {
     engine: Arc<Engine>,
     graph: Arc<ModelGraph>,
-    client: Option<EdgeClient>,
+    remote: Option<Arc<Endpoints>>,
+    /// Request ids are `<session>-<frame>` (see [`crate::device`]).
+    session: String,
     config: AdaptiveConfig,
     problem: Problem,
     strategy: Strategy,
@@ -353,7 +356,8 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn remote(r: Result<TailResponse, ClientError>) -> Outcome {
+    fn remote(r: Result<crate::failover::Answer, crate::failover::Failed>) -> Outcome {
+        let r = r.map(|a| a.response).map_err(|f| f.to_string());
         match r {
             Ok(resp) => match resp
                 .outputs
@@ -364,7 +368,7 @@ impl Outcome {
                 Ok(m) => Outcome::Remote(m, resp),
                 Err(e) => Outcome::Failed(e.message),
             },
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e) => Outcome::Failed(e),
         }
     }
 }
@@ -408,6 +412,19 @@ impl AdaptiveDevice {
         strategy: Strategy,
         config: AdaptiveConfig,
     ) -> Result<AdaptiveDevice, AdaptiveError> {
+        let remote = client.map(|c| Arc::new(Endpoints::from_clients(vec![c], FailoverConfig::outcomes_only())));
+        Self::with_endpoints(engine, graph, remote, problem, strategy, config)
+    }
+
+    /// A device with an ordered list of servers to fail over across ([`crate::failover`]).
+    pub fn with_endpoints(
+        engine: Arc<Engine>,
+        graph: Arc<ModelGraph>,
+        remote: Option<Arc<Endpoints>>,
+        problem: Problem,
+        strategy: Strategy,
+        config: AdaptiveConfig,
+    ) -> Result<AdaptiveDevice, AdaptiveError> {
         Planner::new(&problem)?;
         let cuts = graph.num_cuts();
         if problem.num_cuts() != cuts {
@@ -427,7 +444,7 @@ impl AdaptiveDevice {
                 cut < graph.last_cut()
             }
         };
-        if needs_server && client.is_none() {
+        if needs_server && remote.is_none() {
             return Err(AdaptiveError::NoServer);
         }
         let boundaries = graph.cuts().into_iter().map(|c| c.tensors).collect();
@@ -436,7 +453,8 @@ impl AdaptiveDevice {
         Ok(AdaptiveDevice {
             engine,
             graph,
-            client,
+            remote,
+            session: crate::device::session_id(),
             config,
             problem,
             strategy,
@@ -503,9 +521,11 @@ impl AdaptiveDevice {
         for cut in self.candidate_cuts().into_iter().filter(|&c| c < self.graph.last_cut()) {
             let env: TensorMap =
                 self.boundaries[cut].iter().map(|s| (s.name.clone(), random_input(s, cut as u64))).collect();
-            let (req, _) = self
+            let (mut req, _) = self
                 .request(0, cut, EncodeOptions::new(Codec::Fp32), &env)
                 .map_err(|message| AdaptiveError::Warm { cut, message })?;
+            // Not a frame: an id of its own, so no frame's request is taken for a retry of it.
+            req.id = format!("{}-warm-{cut}", self.session);
             let mut c = client.clone();
             c.infer(req, Some(Duration::from_secs(120)))
                 .await
@@ -517,8 +537,7 @@ impl AdaptiveDevice {
     /// Measures the link before the first frame: 3 round trips and a 32 KiB probe. Failures
     /// leave the conservative defaults in place.
     pub async fn bootstrap(&mut self) {
-        let Some(client) = self.client.clone() else { return };
-        let mut c = client;
+        let Some((_, mut c)) = self.remote.as_ref().and_then(|r| r.current()) else { return };
         for _ in 0..3 {
             match c.rtt(1).await {
                 Ok(d) => self.estimates.observe_rtt(d),
@@ -599,7 +618,7 @@ impl AdaptiveDevice {
         if self.side.is_some() || self.strategy != Strategy::Adaptive {
             return 0;
         }
-        let Some(client) = self.client.clone() else { return 0 };
+        let Some((_, client)) = self.remote.as_ref().and_then(|r| r.current()) else { return 0 };
         let now = Instant::now();
         let want_rtt = self.last_rtt.is_none_or(|t| now - t > Duration::from_secs(1));
         let stale = self.last_sample.is_none_or(|t| now - t > Duration::from_secs(2));
@@ -729,10 +748,11 @@ impl AdaptiveDevice {
             Ok((req, bytes)) => {
                 rec.bytes_up = bytes;
                 self.observe_size(cut, codec, bytes);
-                let mut client = self.client.clone().expect("checked in new");
+                let endpoints = self.remote.clone().expect("checked in new");
                 let t = Instant::now();
                 rec.send_ms = Some(self.ms_since_epoch(t));
-                let call = client.infer(req, Some(self.config.timeout));
+                let give_up_at = t + self.config.timeout;
+                let call = endpoints.infer(&req, give_up_at);
                 tokio::pin!(call);
                 let first = match hedge_after {
                     None => Some((&mut call).await),
@@ -856,7 +876,7 @@ impl AdaptiveDevice {
     ) -> Result<(ModelInferRequest, u64), String> {
         let mut req = ModelInferRequest {
             model_name: self.config.model_name.clone(),
-            id: format!("frame-{frame}"),
+            id: format!("{}-{frame}", self.session),
             ..Default::default()
         };
         req.parameters.insert(wire::PARAM_CUT.into(), wire::int_param(cut as i64));

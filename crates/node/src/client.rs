@@ -66,6 +66,8 @@ pub struct ClientSecurity {
 #[derive(Clone)]
 pub struct EdgeClient {
     addr: String,
+    max_message_bytes: usize,
+    security: ClientSecurity,
     client: GrpcInferenceServiceClient<InterceptedService<Channel, AttachToken>>,
 }
 
@@ -108,11 +110,28 @@ impl EdgeClient {
         let client = GrpcInferenceServiceClient::with_interceptor(channel, AttachToken::new(security.token.clone()))
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
-        Ok(EdgeClient { addr: addr.to_owned(), client })
+        Ok(EdgeClient { addr: addr.to_owned(), max_message_bytes, security: security.clone(), client })
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    pub(crate) fn security(&self) -> &ClientSecurity {
+        &self.security
+    }
+
+    /// ServerReady, within `timeout`: `Ok(true)` when the server says it is ready.
+    pub async fn server_ready(&mut self, timeout: Duration) -> Result<bool, ClientError> {
+        let mut request = tonic::Request::new(ServerReadyRequest {});
+        request.set_timeout(timeout);
+        let call = self.client.server_ready(request);
+        let r = tokio::time::timeout(timeout, call).await.map_err(|_| ClientError::Timeout(timeout))??;
+        Ok(r.into_inner().ready)
     }
 
     /// Whether the server is ready and serves `model`.

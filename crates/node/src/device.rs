@@ -13,8 +13,9 @@ use cleave_proto::wire::{self, Limits};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::client::{ClientError, EdgeClient};
+use crate::client::EdgeClient;
 use crate::convert::{shared_bytes, to_tensor};
+use crate::failover::{Endpoints, FailoverConfig};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
 
 /// How the device runs.
@@ -28,8 +29,12 @@ pub struct DeviceConfig {
     pub encode: EncodeOptions,
     /// Frames on the network at once.
     pub max_in_flight: usize,
-    /// Deadline of each request.
+    /// Each frame's deadline, from its release: the answer comes by then, from a server or,
+    /// when none answers in time, from the device itself (which reserves the time its own tail
+    /// takes). `None`: wait for the server as long as it takes.
     pub timeout: Option<Duration>,
+    /// Release frames at this rate (`None`: each as soon as the pipeline has room).
+    pub fps: Option<f64>,
     /// Also compute local references and report the differences.
     pub check: bool,
 }
@@ -52,7 +57,8 @@ pub enum FrameStatus {
     Device,
     /// The device answered at an early exit; nothing was sent.
     EarlyExit,
-    /// The server failed; the device computed the tail.
+    /// No server answered in time (all down, or the deadline came): the device computed the
+    /// tail itself. The result is marked degraded.
     LocalFallback,
 }
 
@@ -88,6 +94,14 @@ pub struct FrameRecord {
     pub exit_confidence: Option<f64>,
     pub error: Option<String>,
     pub check: Option<FrameCheck>,
+    /// The server that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Requests sent for this frame (more than 1 after a failover).
+    pub attempts: usize,
+    /// After a failed attempt: from that failure to the answer of the next server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover_ms: Option<f64>,
 }
 
 /// A frame's record and outputs.
@@ -101,8 +115,13 @@ pub struct FrameOutput {
 pub struct Device {
     engine: Arc<Engine>,
     graph: Arc<ModelGraph>,
-    client: Option<EdgeClient>,
+    remote: Option<Arc<Endpoints>>,
     config: DeviceConfig,
+    /// Makes request ids unique to this device and run: `<session>-<frame>`. A retry keeps its
+    /// id, so a server can tell it from a new request.
+    session: String,
+    /// Slowest local tail seen so far (ms): the time kept in reserve before a deadline.
+    local_tail_ms: std::sync::Mutex<Option<f64>>,
     boundary: Vec<TensorSpec>,
     model_outputs: Vec<String>,
     /// Answer at an early exit when it is confident enough ([`Device::with_exit`]).
@@ -120,19 +139,94 @@ enum Head {
 }
 
 impl Device {
-    /// A device; `client` may be `None` only for device-only cuts.
+    /// A device with one server; `client` may be `None` only for device-only cuts. Its health
+    /// comes from request outcomes only ([`FailoverConfig::outcomes_only`]).
     pub fn new(
         engine: Arc<Engine>,
         graph: Arc<ModelGraph>,
         client: Option<EdgeClient>,
         config: DeviceConfig,
     ) -> Result<Device, String> {
+        let remote = client.map(|c| Arc::new(Endpoints::from_clients(vec![c], FailoverConfig::outcomes_only())));
+        Self::with_endpoints(engine, graph, remote, config)
+    }
+
+    /// A device with an ordered list of servers to fail over across ([`crate::failover`]).
+    pub fn with_endpoints(
+        engine: Arc<Engine>,
+        graph: Arc<ModelGraph>,
+        remote: Option<Arc<Endpoints>>,
+        config: DeviceConfig,
+    ) -> Result<Device, String> {
         let cut = graph.cut(config.cut).map_err(|e| e.to_string())?;
-        if config.cut < graph.last_cut() && client.is_none() {
+        if config.cut < graph.last_cut() && remote.is_none() {
             return Err("a cut before the last needs a server (--edge)".into());
         }
+        if let Some(f) = config.fps
+            && !(f.is_finite() && f > 0.0)
+        {
+            return Err(format!("fps must be positive, not {f}"));
+        }
         let model_outputs = graph.outputs().into_iter().map(|s| s.name).collect();
-        Ok(Device { engine, graph, client, config, boundary: cut.tensors, model_outputs, exit: None, exit_cut: None })
+        Ok(Device {
+            engine,
+            graph,
+            remote,
+            config,
+            local_tail_ms: std::sync::Mutex::new(None),
+            session: session_id(),
+            boundary: cut.tensors,
+            model_outputs,
+            exit: None,
+            exit_cut: None,
+        })
+    }
+
+    /// The servers, when the device offloads.
+    pub fn endpoints(&self) -> Option<&Arc<Endpoints>> {
+        self.remote.as_ref()
+    }
+
+    /// Everything the head computes on `inputs` (no exit policy): what [`Device::request`]
+    /// encodes.
+    pub fn head_output(&self, inputs: &TensorMap) -> Result<TensorMap, String> {
+        Ok(run_head(&self.engine, &self.graph, inputs, self.config.cut, None)?.0)
+    }
+
+    /// Times the local tail on `inputs` (head first), so a deadline keeps enough in reserve
+    /// from the first frame on. [`Device::run`] does it on the first frame when there is a
+    /// deadline.
+    pub fn measure_local_tail(&self, inputs: &TensorMap) -> Result<f64, String> {
+        if self.config.cut == self.graph.last_cut() {
+            return Ok(0.0);
+        }
+        let (env, _) = run_head(&self.engine, &self.graph, inputs, self.config.cut, None)?;
+        self.tail_locally(&env)?; // compiles and warms
+        let t0 = Instant::now();
+        self.tail_locally(&env)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.note_local_tail(ms);
+        Ok(ms)
+    }
+
+    fn note_local_tail(&self, ms: f64) {
+        let mut m = self.local_tail_ms.lock().expect("local tail lock");
+        *m = Some(m.map_or(ms, |old| old.max(ms)));
+    }
+
+    /// When to stop waiting for servers: the deadline less the local tail's time (×1.5 + 2 ms).
+    fn give_up_at(&self, t0: Instant) -> Instant {
+        match self.config.timeout {
+            None => t0 + Duration::from_secs(24 * 3600),
+            Some(d) => {
+                let reserve = self
+                    .local_tail_ms
+                    .lock()
+                    .expect("local tail lock")
+                    .map_or(d / 4, |ms| Duration::from_secs_f64((ms * 1.5 + 2.0) / 1e3));
+                t0 + d.saturating_sub(reserve)
+            }
+        }
     }
 
     /// Answers at an early exit when its confidence reaches the policy's threshold: the head
@@ -167,21 +261,51 @@ impl Device {
     pub async fn run(self: &Arc<Self>, frames: Vec<TensorMap>) -> Vec<FrameOutput> {
         let sem = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
+        if self.config.timeout.is_some()
+            && self.local_tail_ms.lock().expect("local tail lock").is_none()
+            && let Some(first) = frames.first()
+        {
+            let (me, first) = (self.clone(), first.clone());
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.measure_local_tail(&first)).await {
+                tracing::warn!("cannot time the local tail: {e}");
+            }
+        }
+        let start = tokio::time::Instant::now();
         for (k, inputs) in frames.into_iter().enumerate() {
+            let release = self.config.fps.map(|f| start + Duration::from_secs_f64(k as f64 / f));
+            if let Some(r) = release {
+                tokio::time::sleep_until(r).await;
+            }
             let permit = sem.clone().acquire_owned().await.expect("semaphore open");
-            let t0 = Instant::now();
+            // A frame's clock starts at its release, even when the pipeline made it wait.
+            let t0 = release.map_or_else(Instant::now, |r| r.into_std());
             let me = self.clone();
+            // The head and the encoding compute on the blocking pool: the runtime's threads stay
+            // free for the network and the health probes.
             let head = {
                 let me = me.clone();
                 let inputs = inputs.clone();
-                tokio::task::spawn_blocking(move || me.head(&inputs)).await
+                tokio::task::spawn_blocking(move || {
+                    let head = me.head(&inputs)?;
+                    let sent = match &head {
+                        Head::Continue(env, _) if me.config.cut < me.graph.last_cut() => Some(me.request(k, env)),
+                        _ => None,
+                    };
+                    Ok::<_, String>((head, sent))
+                })
+                .await
             };
             let head_ms = t0.elapsed().as_secs_f64() * 1e3;
             tasks.spawn(async move {
                 let out = match head {
-                    Ok(Ok(Head::Exited(env, confidence))) => me.exited(k, &inputs, &env, confidence, t0, head_ms),
-                    Ok(Ok(Head::Continue(env, confidence))) => {
-                        let mut out = me.finish(k, inputs, env, t0, head_ms).await;
+                    Ok(Ok((Head::Exited(env, confidence), _))) => {
+                        let me2 = me.clone();
+                        tokio::task::spawn_blocking(move || me2.exited(k, &inputs, &env, confidence, t0, head_ms))
+                            .await
+                            .unwrap_or_else(|e| me.failed(k, t0, head_ms, e.to_string()))
+                    }
+                    Ok(Ok((Head::Continue(env, confidence), sent))) => {
+                        let mut out = me.finish(k, inputs, env, sent, t0, head_ms).await;
                         out.record.exit_confidence = confidence;
                         out
                     }
@@ -234,6 +358,9 @@ impl Device {
             exit_confidence: None,
             error: None,
             check: None,
+            endpoint: None,
+            attempts: 0,
+            failover_ms: None,
         }
     }
 
@@ -274,7 +401,7 @@ impl Device {
     pub fn request(&self, frame: usize, env: &TensorMap) -> Result<(ModelInferRequest, u64), String> {
         let mut req = ModelInferRequest {
             model_name: self.config.model_name.clone(),
-            id: format!("frame-{frame}"),
+            id: format!("{}-{frame}", self.session),
             ..Default::default()
         };
         req.parameters.insert(wire::PARAM_CUT.into(), wire::int_param(self.config.cut as i64));
@@ -293,32 +420,58 @@ impl Device {
         Ok((req, bytes))
     }
 
-    async fn finish(&self, frame: usize, inputs: TensorMap, env: TensorMap, t0: Instant, head_ms: f64) -> FrameOutput {
+    /// Sends the frame (its request `sent`, already encoded) and takes the answer, or completes
+    /// it locally. Computing (a local tail, the checks) goes to the blocking pool.
+    async fn finish(
+        self: &Arc<Self>,
+        frame: usize,
+        inputs: TensorMap,
+        env: TensorMap,
+        sent: Option<Result<(ModelInferRequest, u64), String>>,
+        t0: Instant,
+        head_ms: f64,
+    ) -> FrameOutput {
         let mut record = self.record(frame, head_ms);
         if self.config.cut == self.graph.last_cut() {
             record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
             let outputs = self.model_outputs_of(&env);
             if self.config.check {
-                record.check = self.check(&inputs, &outputs, None);
+                let me = self.clone();
+                let o = outputs.clone();
+                record.check = tokio::task::spawn_blocking(move || me.check(&inputs, &o, None)).await.ok().flatten();
             }
             return FrameOutput { record, outputs };
         }
         record.codec = Some(self.config.encode.codec);
-        let sent = self.request(frame, &env);
+        let sent = sent.unwrap_or_else(|| self.request(frame, &env));
         let remote: Result<(TensorMap, crate::client::TailResponse, ModelInferRequest), String> = match sent {
             Err(e) => Err(e),
             Ok((req, bytes)) => {
                 record.bytes_up = bytes;
-                let mut client = self.client.clone().expect("a server for remote cuts");
-                match client.infer(req.clone(), self.config.timeout).await {
-                    Ok(resp) => resp
-                        .outputs
-                        .iter()
-                        .map(|w| to_tensor(w).map(|t| (w.name.clone(), t)))
-                        .collect::<Result<TensorMap, _>>()
-                        .map_err(|e| e.message)
-                        .map(|m| (m, resp, req)),
-                    Err(e) => Err(describe(&e)),
+                let endpoints = self.remote.as_ref().expect("a server for remote cuts");
+                match endpoints.infer(&req, self.give_up_at(t0)).await {
+                    Ok(answer) => {
+                        record.attempts = answer.attempts.len();
+                        record.endpoint = Some(answer.addr.clone());
+                        // From the end of the first failed attempt to this answer.
+                        if answer.attempts.len() > 1 {
+                            let failed_ms = answer.attempts[0].ms;
+                            let total: f64 = answer.attempts.iter().map(|a| a.ms).sum();
+                            record.failover_ms = Some(total - failed_ms);
+                        }
+                        answer
+                            .response
+                            .outputs
+                            .iter()
+                            .map(|w| to_tensor(w).map(|t| (w.name.clone(), t)))
+                            .collect::<Result<TensorMap, _>>()
+                            .map_err(|e| e.message)
+                            .map(|m| (m, answer.response, req))
+                    }
+                    Err(failed) => {
+                        record.attempts = failed.attempts.len();
+                        Err(failed.to_string())
+                    }
                 }
             }
         };
@@ -333,20 +486,43 @@ impl Device {
                 outputs.extend(tail);
                 record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
                 if self.config.check {
-                    record.check = self.check(&inputs, &outputs, Some((&req, &env)));
+                    let (me, o) = (self.clone(), outputs.clone());
+                    record.check = tokio::task::spawn_blocking(move || me.check(&inputs, &o, Some((&req, &env))))
+                        .await
+                        .ok()
+                        .flatten();
                 }
             }
             Err(e) => {
                 record.status = FrameStatus::LocalFallback;
                 record.error = Some(e);
-                match self.tail_locally(&env) {
-                    Ok(tail) => outputs.extend(tail),
+                let me = self.clone();
+                let local = tokio::task::spawn_blocking(move || {
+                    let t = Instant::now();
+                    let r = me.tail_locally(&env);
+                    (r, t.elapsed())
+                })
+                .await;
+                match local {
+                    Ok((Ok(tail), took)) => {
+                        self.note_local_tail(took.as_secs_f64() * 1e3);
+                        outputs.extend(tail)
+                    }
+                    Ok((Err(e), _)) => {
+                        record.error =
+                            Some(format!("{}; the local tail failed too: {e}", record.error.take().unwrap_or_default()))
+                    }
                     Err(e) => {
                         record.error =
                             Some(format!("{}; the local tail failed too: {e}", record.error.take().unwrap_or_default()))
                     }
                 }
                 record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+                if self.config.check {
+                    let (me, o) = (self.clone(), outputs.clone());
+                    record.check =
+                        tokio::task::spawn_blocking(move || me.check(&inputs, &o, None)).await.ok().flatten();
+                }
             }
         }
         FrameOutput { record, outputs }
@@ -451,8 +627,13 @@ pub(crate) fn run_head(
     Ok((env, Some(confidence)))
 }
 
-fn describe(e: &ClientError) -> String {
-    e.to_string()
+/// 64 random bits in hex (std's hasher keys are random per process and per instance).
+pub(crate) fn session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }
 
 /// Summary statistics of a run.

@@ -11,11 +11,13 @@ pub mod adaptive;
 pub mod client;
 pub mod convert;
 pub mod device;
+pub mod failover;
 pub mod security;
 pub mod server;
 
 pub use adaptive::{AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Estimate, LinkEstimates, Strategy};
 pub use client::{ClientError, ClientSecurity, EdgeClient};
 pub use device::{Device, DeviceConfig, ExitPolicy, FrameOutput, FrameRecord, FrameStatus, RunSummary};
+pub use failover::{Endpoints, FailoverConfig, HealthEvent};
 pub use security::{AuthToken, ClientTls, SecurityError, ServerTls};
 pub use server::{RunningServer, ServerConfig};

@@ -54,6 +54,7 @@ fn device(f: &Fixture, c: EdgeClient, cut: usize, codec: Codec) -> Arc<Device> {
         encode: EncodeOptions::new(codec),
         max_in_flight: 4,
         timeout: Some(Duration::from_secs(10)),
+        fps: None,
         check: true,
     };
     Arc::new(Device::new(Arc::new(Engine::new(EngineConfig::default())), f.graph.clone(), Some(c), config).unwrap())
@@ -112,6 +113,7 @@ async fn concurrent_requests_batch_and_stay_correct() {
         encode: EncodeOptions::new(Codec::Fp32),
         max_in_flight: 16,
         timeout: Some(Duration::from_secs(10)),
+        fps: None,
         check: true,
     };
     let d = Arc::new(

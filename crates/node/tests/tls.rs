@@ -91,6 +91,7 @@ async fn assert_tail_works(f: &Fixture, security: &ClientSecurity, what: &str) {
         encode: EncodeOptions::new(Codec::Fp32),
         max_in_flight: 2,
         timeout: Some(Duration::from_secs(30)),
+        fps: None,
         check: true,
     };
     let device = Arc::new(

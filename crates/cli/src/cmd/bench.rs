@@ -14,6 +14,7 @@ pub enum Bench {
     Rpc(RpcArgs),
     Engines(EnginesArgs),
     Trace(TraceArgs),
+    Chaos(ChaosArgs),
     /// The device process of `bench trace` (internal: JSON lines on stdin/stdout).
     #[command(hide = true)]
     TraceDevice,
@@ -267,6 +268,108 @@ pub struct SplitArgs {
     pub json: Option<PathBuf>,
 }
 
+/// Fault tolerance under a nemesis: no frame lost or duplicated, none late, none wrong.
+///
+/// One device (this process) streams --frames frames at --fps to two edge replicas, real
+/// `cleave serve` processes on loopback, each behind its own proxy. The device lists them in
+/// order and fails over between them (health probes every --probe-interval that must answer
+/// within --probe-timeout, plus every request's outcome); a request that failed is re-sent to
+/// the other replica with the same id. Meanwhile a nemesis waits 1–3 s, picks a replica, and
+/// injects the next of a shuffled cycle of faults: kill -9 (restarted on the same port 1–3 s
+/// later), a blackholed link for 1–5 s, or a reset of every connection.
+///
+/// Then it checks every frame: exactly one result; a remote result equal to the tail run
+/// locally on what was sent, with the boundary within the codec's error bound; a degraded one
+/// (the device computed the tail itself because no replica answered in time) equal to the
+/// whole model run locally; none after its --deadline.
+///
+/// Reported: lost, duplicated, degraded, late, wrong; detection time (fault → the device marks
+/// the replica down; kills and blackholes) and failover time (a frame's failed attempt → the
+/// other replica's answer), p50 and p99; throughput. --json writes it as one object.
+///
+/// Examples:
+///   cleave bench chaos --json chaos.json
+///   cleave bench chaos models/resnet50.onnx --cut 40 --frames 500 --fps 10 --deadline 2s
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ChaosArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Frames to stream.
+    #[arg(long, default_value_t = 2000)]
+    pub frames: usize,
+
+    /// Frames released per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub fps: f64,
+
+    /// Each frame's deadline, from its release.
+    #[arg(long, default_value = "500ms", value_parser = crate::cmd::duration)]
+    pub deadline: std::time::Duration,
+
+    /// The cut (default: the model's middle cut).
+    #[arg(long)]
+    pub cut: Option<usize>,
+
+    /// How the boundary tensors travel.
+    #[arg(long, default_value = "int8")]
+    pub codec: cleave_codec::Codec,
+
+    /// Health probe period of each healthy replica.
+    #[arg(long, default_value = "50ms", value_parser = crate::cmd::duration)]
+    pub probe_interval: std::time::Duration,
+
+    /// A probe slower than this marks the replica down.
+    #[arg(long, default_value = "100ms", value_parser = crate::cmd::duration)]
+    pub probe_timeout: std::time::Duration,
+
+    /// Seed of the nemesis' schedule.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+fn chaos(a: ChaosArgs) -> Result<()> {
+    let loaded = a.model.load()?;
+    let tmp = tempfile::tempdir()?;
+    let model_path = match &a.model.model {
+        Some(p) => p.clone(),
+        None => {
+            let p = tmp.path().join("model.onnx");
+            std::fs::write(&p, &loaded.bytes)?;
+            p
+        }
+    };
+    let exe = std::env::current_exe().context("cannot find the cleave executable to run the replicas")?;
+    let mut opts = cleave_bench::chaos::ChaosOptions::new(exe, model_path);
+    opts.shapes = a.model.input_shapes();
+    opts.frames = a.frames;
+    opts.fps = a.fps;
+    opts.deadline = a.deadline;
+    opts.cut = a.cut;
+    opts.codec = a.codec;
+    opts.seed = a.seed;
+    opts.failover.probe_interval = a.probe_interval;
+    opts.failover.probe_timeout = a.probe_timeout;
+    eprintln!(
+        "bench chaos: {} frames at {} fps to 2 replicas of {} (about {:.0} s)",
+        a.frames,
+        a.fps,
+        loaded.source,
+        a.frames as f64 / a.fps
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(cleave_bench::chaos::run(std::sync::Arc::new(loaded.graph), &opts, |line| {
+        eprintln!("bench chaos: {line}")
+    }))?;
+    println!("{}", report.render());
+    write_json(a.json.as_deref(), &report)
+}
+
 pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Split(a) => split(a),
@@ -274,6 +377,7 @@ pub fn run(b: Bench) -> Result<()> {
         Bench::Rpc(a) => rpc(a),
         Bench::Engines(a) => engines(a),
         Bench::Trace(a) => trace(a),
+        Bench::Chaos(a) => chaos(a),
         Bench::TraceDevice => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             Ok(rt.block_on(cleave_bench::device_proc::worker())?)

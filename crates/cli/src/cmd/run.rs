@@ -12,7 +12,10 @@ use cleave_cost::Link;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::ModelGraph;
 use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Strategy};
-use cleave_node::{ClientSecurity, ClientTls, Device, DeviceConfig, EdgeClient, ExitPolicy, FrameStatus, RunSummary};
+use cleave_node::{
+    ClientSecurity, ClientTls, Device, DeviceConfig, EdgeClient, Endpoints, ExitPolicy, FailoverConfig, FrameStatus,
+    RunSummary,
+};
 use cleave_plan::{Conditions, Constraints, Problem, ProblemBuilder, plan};
 use serde_json::json;
 
@@ -39,6 +42,14 @@ use crate::output::{human_bytes, table};
 /// this device X times slower (it sleeps (X − 1) × each measured compute, and plans with its
 /// profile scaled by X).
 ///
+/// Failover: give several servers, `--edge A --edge B`, in order of preference. The device probes
+/// each (ServerReady every `--probe-interval`, which must answer within `--probe-timeout`) and
+/// watches every request's outcome. When the server in use fails, the request in flight is
+/// re-sent, same id and same head output, to the next healthy one; the server de-duplicates by
+/// id, so nothing is computed twice. Frames return to the first server when it recovers. When
+/// none is healthy, or none answers before the frame's `--timeout`, the device computes the tail
+/// itself and marks the frame degraded (LOCAL).
+///
 /// Early exits: with `--exit NAME --exit-threshold T` the head runs up to the exit and the
 /// device answers there, sending nothing, when the exit's confidence (largest softmax
 /// probability) reaches T. With `--cut auto --calibration calib.json` (from `cleave calibrate`)
@@ -52,6 +63,7 @@ use crate::output::{human_bytes, table};
 ///   cleave run digits.onnx --edge edge:8001 --cut auto --calibration calib.json --max-accuracy-drop 0.5%
 ///   cleave run models/tiny_resnet.onnx --model-name tiny --edge 127.0.0.1:8001 --cut adaptive \
 ///       --fps 10 --frames 300 --device-slowdown 4 --records frames.jsonl
+///   cleave run model.onnx --edge edge-a:8001 --edge edge-b:8001 --cut 5 --fps 30 --timeout 300ms
 ///   cleave run model.onnx --edge edge:8001 --tls-ca ca.pem --tls-cert device.pem \
 ///       --tls-key device.key --auth-token-file token.txt
 #[derive(clap::Args, Debug)]
@@ -60,9 +72,19 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// The server, HOST:PORT.
-    #[arg(long)]
-    pub edge: String,
+    /// A server, HOST:PORT. Repeat it for failover, in order of preference.
+    #[arg(long, required = true)]
+    pub edge: Vec<String>,
+
+    /// How often each healthy server's health is probed (ServerReady). 0 turns it off: then
+    /// only a failed request marks a server down (a down one is still re-probed).
+    #[arg(long, default_value = "50ms", value_parser = crate::cmd::duration)]
+    pub probe_interval: Duration,
+
+    /// A health probe slower than this marks the server down. On a slow uplink a probe can
+    /// queue behind a frame's upload: raise it (or turn probing off) there.
+    #[arg(long, default_value = "100ms", value_parser = crate::cmd::duration)]
+    pub probe_timeout: Duration,
 
     /// Talk TLS to the server and trust certificates signed by this CA (PEM). Without it the
     /// connection is plaintext.
@@ -111,7 +133,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub cuts: Option<Vec<usize>>,
 
-    /// With --cut adaptive: release frames at this rate, per second (default: back to back).
+    /// Release frames at this rate, per second (default: back to back).
     #[arg(long, value_name = "F")]
     pub fps: Option<f64>,
 
@@ -146,7 +168,9 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub max_in_flight: usize,
 
-    /// Deadline of each request; past it the device computes the tail itself.
+    /// Deadline of each frame, from its release: a frame no server has answered in time is
+    /// completed by the device itself, before the deadline (it keeps its own tail's time in
+    /// reserve).
     #[arg(long, default_value = "5s", value_parser = crate::cmd::duration)]
     pub timeout: Duration,
 
@@ -226,10 +250,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let engine = Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 8 }));
     rt.block_on(async move {
-        let mut client = EdgeClient::connect_with(&args.edge, 64 << 20, &security).await.context("--edge")?;
-        if !client.model_ready(&model_name).await.with_context(|| format!("asking {} about model `{model_name}`", args.edge))? {
-            bail!("the server at {} does not serve model `{model_name}` (set --model-name)", args.edge);
-        }
+        let endpoints = Arc::new(connect(&args, &security, &model_name).await?);
+        let (_, mut client) = endpoints.current().context("no server is healthy")?;
         let (cut, codec, exit, why) = choose(&args, &graph, &mut client, &model_name).await?;
         if !args.json {
             eprintln!("{why}");
@@ -240,9 +262,10 @@ pub fn run(args: Args) -> Result<()> {
             encode: EncodeOptions { codec, per_channel: args.per_channel, lz4: args.lz4 },
             max_in_flight: args.max_in_flight,
             timeout: Some(args.timeout),
+            fps: args.fps,
             check: args.check,
         };
-        let device = Device::new(engine, graph.clone(), Some(client), config)
+        let device = Device::with_endpoints(engine, graph.clone(), Some(endpoints), config)
             .and_then(|d| d.with_exit(exit.clone()))
             .map_err(anyhow::Error::msg)?;
         let device = Arc::new(device);
@@ -307,6 +330,32 @@ pub fn run(args: Args) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// Connects to every `--edge` (the unreachable ones start down and are probed) and checks that
+/// each reachable one serves the model.
+async fn connect(args: &Args, security: &ClientSecurity, model_name: &str) -> Result<Endpoints> {
+    let config = FailoverConfig {
+        probe_healthy: !args.probe_interval.is_zero(),
+        probe_interval: args.probe_interval,
+        probe_timeout: args.probe_timeout,
+        ..FailoverConfig::default()
+    };
+    let endpoints = Endpoints::connect(&args.edge, 64 << 20, security, config, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("--edge {}", args.edge.join(", ")))?;
+    for i in 0..endpoints.len() {
+        if !endpoints.is_up(i) {
+            continue;
+        }
+        let addr = endpoints.addr(i).to_owned();
+        let mut c =
+            EdgeClient::connect_with(&addr, 64 << 20, security).await.with_context(|| format!("--edge {addr}"))?;
+        if !c.model_ready(model_name).await.with_context(|| format!("asking {addr} about model `{model_name}`"))? {
+            bail!("the server at {addr} does not serve model `{model_name}` (set --model-name)");
+        }
+    }
+    Ok(endpoints)
 }
 
 /// The frames' inputs.
@@ -416,8 +465,12 @@ fn check_mode_flags(args: &Args, adaptive: bool) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(fps) = args.fps
+        && !(fps.is_finite() && fps > 0.0)
+    {
+        bail!("--fps {fps} must be a positive number");
+    }
     let adaptive_only = [
-        (args.fps.is_some(), "--fps"),
         (args.device_slowdown != 1.0, "--device-slowdown"),
         (args.records.is_some(), "--records"),
         (args.cuts.is_some(), "--cuts"),
@@ -478,15 +531,8 @@ async fn run_adaptive(
     frames: Vec<TensorMap>,
     security: ClientSecurity,
 ) -> Result<()> {
-    let client = EdgeClient::connect_with(&args.edge, 64 << 20, &security).await.context("--edge")?;
-    if !client
-        .clone()
-        .model_ready(&model_name)
-        .await
-        .with_context(|| format!("asking {} about model `{model_name}`", args.edge))?
-    {
-        bail!("the server at {} does not serve model `{model_name}` (set --model-name)", args.edge);
-    }
+    let endpoints = Arc::new(connect(&args, &security, &model_name).await?);
+    let (_, client) = endpoints.current().context("no server is healthy")?;
     let mut problem = problem(&args, &graph)?;
     let candidates: BTreeSet<usize> = match &args.cuts {
         Some(list) => {
@@ -510,8 +556,9 @@ async fn run_adaptive(
         Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 4 * candidates.len() + 16 }));
     let epoch = Instant::now();
     let epoch_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
-    let device = AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config)?
-        .with_epoch(epoch);
+    let device =
+        AdaptiveDevice::with_endpoints(engine, graph.clone(), Some(endpoints), problem, Strategy::Adaptive, config)?
+            .with_epoch(epoch);
     let cuts = device.candidate_cuts();
     if !args.json {
         eprintln!(

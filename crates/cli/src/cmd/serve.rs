@@ -160,6 +160,7 @@ pub fn run(args: Args) -> Result<()> {
         backend: args.engine,
         tls,
         auth_token,
+        dedup: Default::default(),
     };
     if args.engine == cleave_engine::Backend::Ort {
         crate::cmd::load_onnxruntime()?;

@@ -34,6 +34,8 @@ pub struct ModelMetrics {
     pub queue_duration_us: AtomicU64,
     pub compute_infer_duration_us: AtomicU64,
     pub pending: AtomicI64,
+    /// Retried requests answered from an earlier copy's result, without computing.
+    pub deduplicated: AtomicU64,
 }
 
 impl ModelMetrics {
@@ -128,6 +130,12 @@ impl Metrics {
             "gauge",
             "Instantaneous number of pending requests awaiting execution",
             &|m| vec![(String::new(), m.pending.load(Relaxed))],
+        );
+        family(
+            "cleave_request_deduplicated",
+            "counter",
+            "Retried requests (same id) answered with an earlier copy's result, without computing",
+            &one(|m| m.deduplicated.load(Relaxed)),
         );
         out
     }

@@ -7,6 +7,7 @@
 //! may be codec-encoded. Every response carries `cleave.queue_ms` and `cleave.compute_ms`.
 
 pub mod batcher;
+pub mod dedup;
 pub mod metrics;
 pub mod registry;
 
@@ -27,6 +28,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use batcher::{BatchConfig, Batcher, Work};
+use dedup::{Admission, Dedup, DedupConfig};
 use metrics::{Failure, Metrics};
 use registry::Registry;
 
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub tls: Option<crate::security::ServerTls>,
     /// Require `authorization: Bearer <token>` on every RPC but the health ones.
     pub auth_token: Option<crate::security::AuthToken>,
+    /// Bounds of the answers kept to de-duplicate retried requests ([`dedup`]).
+    pub dedup: DedupConfig,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             tls: None,
             auth_token: None,
+            dedup: DedupConfig::default(),
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub shutting_down: AtomicBool,
+    /// Answers of retried requests (same id), so that none is computed twice.
+    pub dedup: Dedup,
 }
 
 /// HTTP/2 flow-control windows and frame size, on both ends (see [`crate::client`]).
@@ -192,7 +199,22 @@ impl Service {
             ))));
         }
         let cut = wire::get_int(&req.parameters, wire::PARAM_CUT).map_err(Status::from).map_err(reject)?;
-        let tensors = wire::decode_inputs(&req, &state.limits).map_err(Status::from).map_err(reject)?;
+        // Decoding a large payload (dequantizing, decompressing) is compute: off the runtime's
+        // threads, which must keep answering health probes.
+        let raw: usize = req.raw_input_contents.iter().map(|b| b.len()).sum();
+        let (req, tensors) = if raw > (256 << 10) {
+            let limits = state.limits;
+            tokio::task::spawn_blocking(move || {
+                let t = wire::decode_inputs(&req, &limits);
+                (req, t)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+        } else {
+            let t = wire::decode_inputs(&req, &state.limits);
+            (req, t)
+        };
+        let tensors = tensors.map_err(Status::from).map_err(reject)?;
         let shapes = match cut {
             Some(_) => {
                 let s = wire::get_str(&req.parameters, PARAM_INPUT_SHAPES)
@@ -379,7 +401,21 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        self.infer(request).await.map(Response::new)
+        // A device that failed over re-sends a request with the same id: compute it once.
+        match self.state.dedup.admit(request.get_ref()).await {
+            Admission::Untracked => self.infer(request).await.map(Response::new),
+            Admission::First(ticket) => {
+                let outcome = self.infer(request).await;
+                ticket.finish(&outcome);
+                outcome.map(Response::new)
+            }
+            Admission::Copy(outcome) => {
+                if let Ok(r) = &outcome {
+                    self.state.metrics.model(&r.model_name).deduplicated.fetch_add(1, Ordering::Relaxed);
+                }
+                outcome.map(Response::new)
+            }
+        }
     }
 }
 
@@ -413,6 +449,7 @@ impl RunningServer {
             metrics: Arc::new(Metrics::default()),
             limits: config.limits,
             shutting_down: AtomicBool::new(false),
+            dedup: Dedup::new(config.dedup.clone()),
         });
         let listener = TcpListener::bind(config.grpc_addr)
             .await
