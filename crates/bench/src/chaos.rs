@@ -9,9 +9,10 @@
 //! each a deadline.
 //!
 //! The nemesis waits a random gap, picks a replica, and injects the next fault of a shuffled
-//! cycle of the three kinds, so every kind occurs: `kill -9` (restarted on the same port 1–3 s
-//! later), a blackhole of 1–5 s, or a reset. One fault at a time; a seed makes the schedule
-//! reproducible (the machine's timing still varies).
+//! cycle of the kinds, so every kind occurs: `kill -9` (restarted on the same port 1–3 s
+//! later), a blackhole of 1–5 s, a reset, or a partition (both links silent for 1–3 s, so the
+//! device must answer by itself: degraded frames). One fault at a time; a seed makes the
+//! schedule reproducible (the machine's timing still varies).
 //!
 //! The history check: every frame has exactly one result; a remote result equals the tail
 //! computed locally on what was sent (so within the codec's bound of the whole model) and its
@@ -100,20 +101,23 @@ pub enum FaultKind {
     Kill,
     Blackhole,
     Reset,
+    /// Both replicas' links blackholed at once: the device is cut off and must answer locally.
+    Partition,
 }
 
 /// One injected fault.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fault {
     pub kind: FaultKind,
-    pub replica: usize,
+    /// The replicas it hit.
+    pub replicas: Vec<usize>,
     /// From the start of the run.
     pub at_ms: f64,
     /// How long the replica stayed dead or its link silent (0 for a reset).
     pub duration_ms: f64,
-    /// From the fault to the device marking the replica down, when it did.
+    /// From the fault to the device marking the (last) replica down, when it did.
     pub detected_after_ms: Option<f64>,
-    /// The replica was already marked down when the fault came.
+    /// A replica it hit was already marked down when the fault came.
     pub already_down: bool,
 }
 
@@ -155,14 +159,15 @@ impl ChaosReport {
         let count = |k: FaultKind| self.faults.iter().filter(|f| f.kind == k).count();
         let mut s = String::new();
         s += &format!(
-            "{} frames at cut {} ({}), deadline {:.0} ms; faults: {} kill -9, {} blackhole, {} reset\n",
+            "{} frames at cut {} ({}), deadline {:.0} ms; faults: {} kill -9, {} blackhole, {} reset, {} partition\n",
             self.frames,
             self.cut,
             self.codec,
             self.deadline_ms,
             count(FaultKind::Kill),
             count(FaultKind::Blackhole),
-            count(FaultKind::Reset)
+            count(FaultKind::Reset),
+            count(FaultKind::Partition)
         );
         s += &format!(
             "lost {}, duplicated {}, late {}, wrong {}; degraded {} ({} retried; replicas answered {:?})\n",
@@ -306,18 +311,19 @@ pub async fn run(
     let events = endpoints.events();
     for f in faults.iter_mut().filter(|f| f.kind != FaultKind::Reset) {
         let at = start + Duration::from_secs_f64(f.at_ms / 1e3);
-        f.detected_after_ms = events
-            .iter()
-            .filter(|e| e.endpoint == f.replica && !e.up && e.at >= at)
-            .map(|e| (e.at - at).as_secs_f64() * 1e3)
-            .next();
-        // Down at the fault's instant (an earlier fault, or a probe that timed out): nothing to
-        // detect; it was not used.
-        let before: Vec<_> = events.iter().filter(|e| e.endpoint == f.replica && e.at < at).collect();
-        f.already_down = before.last().is_some_and(|e| !e.up);
-        if f.already_down {
-            f.detected_after_ms = None;
+        let mut worst: Option<f64> = Some(0.0);
+        for &r in &f.replicas {
+            // Down at the fault's instant (an earlier fault, or a slow probe): nothing to detect.
+            let before: Vec<_> = events.iter().filter(|e| e.endpoint == r && e.at < at).collect();
+            f.already_down |= before.last().is_some_and(|e| !e.up);
+            let first = events
+                .iter()
+                .filter(|e| e.endpoint == r && !e.up && e.at >= at)
+                .map(|e| (e.at - at).as_secs_f64() * 1e3)
+                .next();
+            worst = worst.zip(first).map(|(a, b)| a.max(b));
         }
+        f.detected_after_ms = if f.already_down { None } else { worst };
     }
 
     // The history check.
@@ -422,7 +428,7 @@ async fn nemesis(
             break;
         }
         if cycle.is_empty() {
-            cycle = vec![FaultKind::Kill, FaultKind::Blackhole, FaultKind::Reset];
+            cycle = vec![FaultKind::Kill, FaultKind::Blackhole, FaultKind::Reset, FaultKind::Partition];
             for i in (1..cycle.len()).rev() {
                 cycle.swap(i, rng.below(i + 1));
             }
@@ -432,7 +438,7 @@ async fn nemesis(
         let at = start.elapsed();
         let mut fault = Fault {
             kind,
-            replica,
+            replicas: if kind == FaultKind::Partition { vec![0, 1] } else { vec![replica] },
             at_ms: at.as_secs_f64() * 1e3,
             duration_ms: 0.0,
             detected_after_ms: None,
@@ -476,6 +482,23 @@ async fn nemesis(
                 ));
                 nap(silent_for).await;
                 link.blackhole(false);
+                fault.duration_ms = (start.elapsed() - at).as_secs_f64() * 1e3;
+            }
+            FaultKind::Partition => {
+                let silent_for = rng.between(Duration::from_secs(1), Duration::from_secs(3));
+                let links: Vec<LinkHandle> = replicas.lock().await.iter().map(|r| r.link.clone()).collect();
+                for l in &links {
+                    l.blackhole(true);
+                }
+                log(format!(
+                    "{:>7.1} s  partition: both links silent for {:.1} s",
+                    at.as_secs_f64(),
+                    silent_for.as_secs_f64()
+                ));
+                nap(silent_for).await;
+                for l in &links {
+                    l.blackhole(false);
+                }
                 fault.duration_ms = (start.elapsed() - at).as_secs_f64() * 1e3;
             }
             FaultKind::Reset => {

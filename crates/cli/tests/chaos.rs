@@ -1,5 +1,6 @@
 //! The chaos test: one device streams 2,000 frames to two real `cleave serve` replicas while a
-//! nemesis kills -9 and restarts them, blackholes their links and resets their connections.
+//! nemesis kills -9 and restarts them, blackholes their links, resets their connections and
+//! partitions the device from both.
 //! The history check (done by `cleave bench chaos`, asserted here): every frame has exactly one
 //! result, each correct (remote: the tail on what was sent, boundary within the codec's bound;
 //! degraded: the whole model locally), none after its deadline. About a minute.
@@ -42,12 +43,14 @@ fn no_frame_is_lost_duplicated_late_or_wrong_under_kills_blackholes_and_resets()
     assert_eq!(v["wrong"], 0, "{stdout}");
     // The nemesis really struck, with every kind of fault, and the device noticed.
     let faults = v["faults"].as_array().unwrap();
-    for kind in ["kill", "blackhole", "reset"] {
+    for kind in ["kill", "blackhole", "reset", "partition"] {
         assert!(faults.iter().any(|f| f["kind"] == kind), "no {kind} fault: {stdout}");
     }
     let detected = faults.iter().filter(|f| f["detected_after_ms"].is_number()).count();
     let detectable = faults.iter().filter(|f| f["kind"] != "reset" && f["already_down"] == false).count();
     assert_eq!(detected, detectable, "a kill or blackhole went unnoticed: {stdout}");
+    // Cut off from both replicas, the device answered by itself.
+    assert!(v["degraded"].as_u64().unwrap() > 0, "{stdout}");
     // Both replicas served frames (the device failed over and came back).
     let by = v["remote_by_replica"].as_array().unwrap();
     assert!(by.iter().all(|n| n.as_u64().unwrap() > 0), "{stdout}");

@@ -219,7 +219,12 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
         frame_lines.iter().all(|l| l.contains(" cut ") && l.contains("estimate") && l.contains("Mbit/s")),
         "{stdout}"
     );
-    assert!(stdout.contains("10 frames: ") && stdout.contains(" 0 local fallback"), "{stdout}");
+    assert!(stdout.contains("10 frames: "), "{stdout}");
+    // No frame fell back for a failure. A hedge (the answer came later than twice its
+    // prediction, so the device's own tail won) is timing, not failure: a loaded test machine
+    // may produce one.
+    let failed: Vec<&&str> = frame_lines.iter().filter(|l| l.contains("LOCAL") && !l.contains("hedged")).collect();
+    assert!(failed.is_empty(), "{stdout}");
 
     let text = std::fs::read_to_string(&records).unwrap();
     let lines: Vec<Value> =
@@ -233,6 +238,7 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
         match r["status"].as_str().unwrap() {
             "remote" => assert!(cut < last_cut && r["codec"].is_string() && r["bytes_up"].as_u64() > Some(0), "{r}"),
             "device" => assert_eq!(cut, last_cut, "{r}"),
+            "local-fallback" if r["error"].as_str().is_some_and(|e| e.starts_with("hedged")) => {}
             other => panic!("frame {k} was answered by `{other}`: {r}"),
         }
         assert!(r["estimate"]["up_bps"].as_f64().unwrap() > 0.0, "{r}");
@@ -250,8 +256,10 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["summary"]["frames"], 3, "{v}");
-    assert_eq!(v["summary"]["local_fallback"], 0, "{v}");
     assert_eq!(v["frames"].as_array().unwrap().len(), 3, "{v}");
+    for f in v["frames"].as_array().unwrap() {
+        assert!(f["status"] != "local-fallback" || f["error"].as_str().is_some_and(|e| e.starts_with("hedged")), "{f}");
+    }
 
     // Flags of other modes are refused, not ignored.
     for (args, message) in [
@@ -284,6 +292,49 @@ fn run_against_a_dead_server_is_a_clean_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.starts_with("error: ") && err.contains("cannot reach"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `--edge A --edge B`: a dead first server is skipped, frames go to the second; when the
+/// second is killed mid-run, frames complete locally (degraded), each exactly once.
+#[test]
+fn run_fails_over_across_edges_and_degrades_when_all_are_gone() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny_resnet.onnx");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut server = Server::start(&["--model", &format!("tiny={}", model.display())]);
+    let child = cleave()
+        .arg("run")
+        .arg(&model)
+        .args(["--model-name", "tiny", "--edge", &dead, "--edge", &server.grpc, "--cut", "3", "--codec", "int8"])
+        .args(["--frames", "60", "--fps", "20", "--timeout", "2s", "--check", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the live server about a second in (20 of the 60 frames).
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = server.child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cleave run failed ({}): {stderr}", out.status);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let frames = v["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 60);
+    for (k, f) in frames.iter().enumerate() {
+        assert_eq!(f["frame"], k);
+        let check = &f["check"];
+        match f["status"].as_str().unwrap() {
+            "remote" => {
+                assert_eq!(f["endpoint"].as_str(), Some(server.grpc.as_str()), "{f}");
+                assert!(check["vs_local_tail"].as_f64().unwrap() < 1e-4, "{f}");
+            }
+            "local-fallback" => assert!(check["vs_whole"].as_f64().unwrap() < 1e-5, "{f}"),
+            s => panic!("frame {k}: unexpected status {s}: {f}"),
+        }
+    }
+    let first = &frames[0];
+    assert_eq!(first["status"], "remote", "the dead first edge is skipped: {first}");
+    let last = frames.last().unwrap();
+    assert_eq!(last["status"], "local-fallback", "with every edge gone the device answers: {last}");
 }
 
 /// The committed early-exit digits model and its held-out digits.

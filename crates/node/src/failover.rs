@@ -3,10 +3,12 @@
 //! - **Detection.** Two signals mark an endpoint down: the outcome of every request (a transport
 //!   error, UNAVAILABLE, a reset) and a health probe, ServerReady every
 //!   [`FailoverConfig::probe_interval`] that must answer within
-//!   [`FailoverConfig::probe_timeout`], twice in a row ([`FailoverConfig::probe_failures`]; the
-//!   confirming probe goes at once). The probe is what notices a link that went silent: a
-//!   blackholed request never fails, it just never answers. So the time from a failure to its
-//!   detection is at most about `probe_interval + 2 × probe_timeout` (250 ms by default), and a
+//!   [`FailoverConfig::probe_timeout`], twice in a row ([`FailoverConfig::probe_failures`]).
+//!   Probes overlap (one waiting out its timeout does not hold back the next), so the
+//!   confirming probe fails one interval after the first. The probe is what notices a link that
+//!   went silent: a blackholed request never fails, it just never answers. So the time from a
+//!   failure to its detection is at most about `2 × probe_interval + probe_timeout` (200 ms by
+//!   default), and a
 //!   request in flight on an endpoint that goes down is abandoned at that moment. One slow probe
 //!   is not enough: on a loaded machine a healthy server's answer can take 100 ms, and the
 //!   timeout stretches to 4× the smoothed probe round trip when that is longer.
@@ -46,8 +48,8 @@ pub struct FailoverConfig {
     /// A probe slower than this fails (stretched to 4× the smoothed probe round trip when that
     /// is longer, e.g. on a loaded machine or a long link).
     pub probe_timeout: Duration,
-    /// Failed probes in a row that mark an endpoint down; the next probe after a failure goes
-    /// at once, so detection takes about `probe_interval + probe_failures × probe_timeout`.
+    /// Failed probes in a row that mark an endpoint down. Probes overlap, so detection takes
+    /// about `probe_failures × probe_interval + probe_timeout`.
     pub probe_failures: u32,
     /// First wait before re-probing a down endpoint; doubles per failed probe…
     pub backoff_min: Duration,
@@ -416,9 +418,8 @@ impl Shared {
 /// backoff while down.
 async fn probe_loop(weak: Weak<Shared>, i: usize) {
     let mut backoff = None;
-    // Consecutive failed probes, and a smoothed probe round trip (RFC 6298 style) that stretches
-    // the timeout when the server or this device is loaded.
-    let mut failures = 0u32;
+    // A smoothed probe round trip (RFC 6298 style) that stretches the timeout when the server
+    // or this device is loaded.
     let mut srtt: Option<Duration> = None;
     loop {
         let Some(shared) = weak.upgrade() else { return };
@@ -427,34 +428,9 @@ async fn probe_loop(weak: Weak<Shared>, i: usize) {
         let up = *e.up.borrow();
         if up {
             backoff = None;
-            let client = e.client.lock().expect("client lock").clone();
             drop(shared);
-            // After a failed probe, confirm at once rather than after the interval.
-            if failures == 0 {
-                tokio::time::sleep(config.probe_interval).await;
-            }
-            let Some(mut client) = client.filter(|_| config.probe_healthy) else {
-                tokio::time::sleep(config.probe_interval).await;
-                continue;
-            };
-            let timeout = srtt.map_or(config.probe_timeout, |s| config.probe_timeout.max(s * 4));
-            let t0 = Instant::now();
-            let r = client.server_ready(timeout).await;
-            let Some(shared) = weak.upgrade() else { return };
-            let why = match r {
-                Ok(true) => {
-                    let rtt = t0.elapsed();
-                    srtt = Some(srtt.map_or(rtt, |s| (s * 7 + rtt) / 8));
-                    failures = 0;
-                    continue;
-                }
-                Ok(false) => "the server is not ready".to_string(),
-                Err(err) => err.to_string(),
-            };
-            failures += 1;
-            if failures >= config.probe_failures.max(1) {
-                failures = 0;
-                shared.mark(i, false, format!("health probe ({} in a row): {why}", config.probe_failures.max(1)));
+            if !watch_healthy(&weak, i, &mut srtt).await {
+                return;
             }
         } else {
             let wait = backoff.unwrap_or(config.backoff_min);
@@ -474,4 +450,70 @@ async fn probe_loop(weak: Weak<Shared>, i: usize) {
             }
         }
     }
+}
+
+/// Probes healthy endpoint `i` every `probe_interval` until it is marked down (by the probes or
+/// by a request). Probes overlap: one waiting for its timeout does not hold back the next, so a
+/// silent link is confirmed by the following probe one interval later, not one timeout later.
+/// Returns false when the endpoints are gone.
+async fn watch_healthy(weak: &Weak<Shared>, i: usize, srtt: &mut Option<Duration>) -> bool {
+    let (config, client, mut up) = {
+        let Some(shared) = weak.upgrade() else { return false };
+        let e = &shared.endpoints[i];
+        (shared.config.clone(), e.client.lock().expect("client lock").clone(), e.up.subscribe())
+    };
+    let Some(client) = client.filter(|_| config.probe_healthy) else {
+        // Only requests mark it down; the sender lives as long as the endpoints do.
+        return up.wait_for(|u| !*u).await.is_ok();
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut outstanding = 0usize;
+    let mut failures = 0u32;
+    let needed = config.probe_failures.max(1);
+    let mut next = tokio::time::Instant::now() + config.probe_interval;
+    let mut tasks = vec![];
+    let result = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                next += config.probe_interval;
+                if weak.strong_count() == 0 {
+                    break false;
+                }
+                if outstanding < 8 {
+                    outstanding += 1;
+                    let timeout = srtt.map_or(config.probe_timeout, |s| config.probe_timeout.max(s * 4));
+                    let (mut c, tx) = (client.clone(), tx.clone());
+                    tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                    tasks.push(tokio::spawn(async move {
+                        let t0 = Instant::now();
+                        let r = c.server_ready(timeout).await;
+                        let _ = tx.send((t0.elapsed(), r));
+                    }));
+                }
+            }
+            Some((rtt, r)) = rx.recv() => {
+                outstanding -= 1;
+                let why = match r {
+                    Ok(true) => {
+                        *srtt = Some(srtt.map_or(rtt, |s| (s * 7 + rtt) / 8));
+                        failures = 0;
+                        continue;
+                    }
+                    Ok(false) => "the server is not ready".to_string(),
+                    Err(err) => err.to_string(),
+                };
+                failures += 1;
+                if failures >= needed {
+                    let Some(shared) = weak.upgrade() else { break false };
+                    shared.mark(i, false, format!("health probe ({needed} in a row): {why}"));
+                    break true;
+                }
+            }
+            r = up.wait_for(|u| !*u) => break r.is_ok(),
+        }
+    };
+    for t in tasks {
+        t.abort();
+    }
+    result
 }

@@ -276,7 +276,8 @@ pub struct SplitArgs {
 /// within --probe-timeout, plus every request's outcome); a request that failed is re-sent to
 /// the other replica with the same id. Meanwhile a nemesis waits 1–3 s, picks a replica, and
 /// injects the next of a shuffled cycle of faults: kill -9 (restarted on the same port 1–3 s
-/// later), a blackholed link for 1–5 s, or a reset of every connection.
+/// later), a blackholed link for 1–5 s, a reset of every connection, or a partition (both
+/// links silent for 1–3 s: the device answers by itself, degraded).
 ///
 /// Then it checks every frame: exactly one result; a remote result equal to the tail run
 /// locally on what was sent, with the boundary within the codec's error bound; a degraded one
@@ -284,7 +285,7 @@ pub struct SplitArgs {
 /// whole model run locally; none after its --deadline.
 ///
 /// Reported: lost, duplicated, degraded, late, wrong; detection time (fault → the device marks
-/// the replica down; kills and blackholes) and failover time (a frame's failed attempt → the
+/// the replica down; kills, blackholes and partitions) and failover time (a frame's failed attempt → the
 /// other replica's answer), p50 and p99; throughput. --json writes it as one object.
 ///
 /// Examples:

@@ -76,8 +76,9 @@ pub struct Args {
     #[arg(long, required = true)]
     pub edge: Vec<String>,
 
-    /// How often each healthy server's health is probed (ServerReady). 0 turns it off: then
-    /// only a failed request marks a server down (a down one is still re-probed).
+    /// How often each healthy server's health is probed (ServerReady), with several --edge.
+    /// 0 turns it off; with one --edge it is off: then only a failed request marks a server
+    /// down (a down one is still re-probed until it recovers).
     #[arg(long, default_value = "50ms", value_parser = crate::cmd::duration)]
     pub probe_interval: Duration,
 
@@ -336,7 +337,9 @@ pub fn run(args: Args) -> Result<()> {
 /// each reachable one serves the model.
 async fn connect(args: &Args, security: &ClientSecurity, model_name: &str) -> Result<Endpoints> {
     let config = FailoverConfig {
-        probe_healthy: !args.probe_interval.is_zero(),
+        // With one server there is nowhere to fail over to: its health comes from the requests
+        // alone, and a slow probe on a loaded machine cannot send frames home for nothing.
+        probe_healthy: !args.probe_interval.is_zero() && args.edge.len() > 1,
         probe_interval: args.probe_interval,
         probe_timeout: args.probe_timeout,
         ..FailoverConfig::default()
