@@ -215,46 +215,33 @@ impl Device {
     }
 
     /// When to stop waiting for servers: the deadline less the local tail's time (×1.5 + 2 ms).
+    /// When the local tail cannot meet the deadline at all, servers get until the deadline
+    /// itself (the local answer will be an early exit, or late).
     fn give_up_at(&self, t0: Instant) -> Instant {
         match self.config.timeout {
             None => t0 + Duration::from_secs(24 * 3600),
             Some(d) => {
-                let reserve = self
-                    .local_tail_ms
-                    .lock()
-                    .expect("local tail lock")
-                    .map_or(d / 4, |ms| Duration::from_secs_f64((ms * 1.5 + 2.0) / 1e3));
-                t0 + d.saturating_sub(reserve)
+                let reserve = self.local_reserve().unwrap_or(d / 4);
+                if reserve < d { t0 + d - reserve } else { t0 + d }
             }
         }
     }
 
-    /// Answers at an early exit when its confidence reaches the policy's threshold: the head
-    /// runs up to the exit, and goes on (and offloads) only when the exit is not sure enough.
-    /// The exit must be computed at or before the device's cut.
-    pub fn with_exit(mut self, policy: Option<ExitPolicy>) -> Result<Device, String> {
-        let (graph, config) = (&self.graph, &self.config);
-        self.exit_cut = match &policy {
-            None => None,
-            Some(p) => {
-                if !(0.0..=1.0).contains(&p.threshold) {
-                    return Err(format!("exit threshold {} is outside 0..1", p.threshold));
-                }
-                if !graph.outputs().iter().any(|o| o.name == p.name) {
-                    return Err(format!("`{}` is not an output of this model", p.name));
-                }
-                let e = graph.first_cut_after(&p.name).ok_or_else(|| format!("`{}` is never computed", p.name))?;
-                if e > config.cut {
-                    return Err(format!(
-                        "exit `{}` is computed after cut {e}, but the device stops at cut {}: choose a cut ≥ {e}",
-                        p.name, config.cut
-                    ));
-                }
-                Some(e)
-            }
-        };
-        self.exit = policy;
-        Ok(self)
+    fn local_reserve(&self) -> Option<Duration> {
+        self.local_tail_ms.lock().expect("local tail lock").map(|ms| Duration::from_secs_f64((ms * 1.5 + 2.0) / 1e3))
+    }
+
+    /// With no server in time: the early exits the head computed, when the local tail would
+    /// miss the deadline and there is one (the deepest); otherwise `None` (run the tail).
+    fn exit_instead_of_tail(&self, t0: Instant, env: &TensorMap) -> Option<TensorMap> {
+        let deadline = t0 + self.config.timeout?;
+        let reserve = self.local_reserve()?;
+        if Instant::now() + reserve <= deadline {
+            return None;
+        }
+        let exits: TensorMap =
+            self.graph.exits().iter().filter_map(|n| env.get(n).map(|t| (n.clone(), t.clone()))).collect();
+        (!exits.is_empty()).then_some(exits)
     }
 
     /// Runs every frame and returns them in order.
@@ -496,6 +483,22 @@ impl Device {
             Err(e) => {
                 record.status = FrameStatus::LocalFallback;
                 record.error = Some(e);
+                // Degraded: the tail locally, or, when it would miss the deadline, the exits
+                // the head already computed.
+                if let Some(exits) = self.exit_instead_of_tail(t0, &env) {
+                    record.error = Some(format!(
+                        "{}; answered at early exit {} (the local tail would miss the deadline)",
+                        record.error.take().unwrap_or_default(),
+                        exits.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                    record.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    if self.config.check {
+                        let (me, o) = (self.clone(), exits.clone());
+                        record.check =
+                            tokio::task::spawn_blocking(move || me.check(&inputs, &o, None)).await.ok().flatten();
+                    }
+                    return FrameOutput { record, outputs: exits };
+                }
                 let me = self.clone();
                 let local = tokio::task::spawn_blocking(move || {
                     let t = Instant::now();

@@ -206,3 +206,51 @@ async fn a_retried_request_is_computed_once() {
     assert!(resp.outputs.len() == r1.outputs.len());
     assert_eq!(m.inference_count.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+/// Degraded with no time for the local tail: the device answers with the early exit its head
+/// already computed, and that answer is the exit's local reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_server_and_no_time_for_the_tail_the_device_answers_at_its_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exit.onnx");
+    let bytes = zoo::with_exit(5).encode_to_vec();
+    std::fs::write(&path, &bytes).unwrap();
+    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
+    let mut registry = Registry::default();
+    registry.add(ModelEntry::load("exit", &path, &InputShapes::none()).unwrap()).unwrap();
+    let config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
+    let server = RunningServer::start(registry, config).await.unwrap();
+    let endpoints = Arc::new(
+        Endpoints::connect(
+            &[server.grpc_addr.to_string()],
+            64 << 20,
+            &ClientSecurity::default(),
+            config(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap(),
+    );
+    server.shutdown().await.unwrap();
+    let cut = graph.first_cut_after("exit_1").unwrap();
+    let device_config = DeviceConfig {
+        model_name: "exit".into(),
+        cut,
+        encode: EncodeOptions::new(Codec::Fp32),
+        max_in_flight: 1,
+        // Shorter than any local tail: only the exit can answer in time.
+        timeout: Some(Duration::from_micros(10)),
+        fps: None,
+        check: true,
+    };
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let dev = Arc::new(Device::with_endpoints(engine, graph.clone(), Some(endpoints), device_config).unwrap());
+    let out = dev.run(frames(&graph, 5)).await;
+    for f in &out {
+        let r = &f.record;
+        assert_eq!(r.status, FrameStatus::LocalFallback, "{r:?}");
+        assert!(r.error.as_deref().unwrap_or("").contains("early exit exit_1"), "{r:?}");
+        assert_eq!(f.outputs.keys().collect::<Vec<_>>(), ["exit_1"], "{r:?}");
+        assert!(r.check.as_ref().unwrap().vs_whole < 1e-6, "the exit's own reference: {r:?}");
+    }
+}
