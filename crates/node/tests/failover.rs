@@ -218,8 +218,9 @@ async fn with_no_server_and_no_time_for_the_tail_the_device_answers_at_its_exit(
     let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
     let mut registry = Registry::default();
     registry.add(ModelEntry::load("exit", &path, &InputShapes::none()).unwrap()).unwrap();
-    let config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
-    let server = RunningServer::start(registry, config).await.unwrap();
+    let server_config =
+        ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
+    let server = RunningServer::start(registry, server_config).await.unwrap();
     let endpoints = Arc::new(
         Endpoints::connect(
             &[server.grpc_addr.to_string()],
