@@ -1,5 +1,6 @@
 //! Encode + decode of a 1 MiB f32 tensor (262,144 elements), per element-wise codec; and of a
 //! 1×3×224×224 image (an ImageNet-sized input) with JPEG at three qualities.
+//! And encode, decode apart, of the 200 KiB boundary tensor `cleave bench rpc` sends.
 //! Run: `cargo bench -p cleave-codec --bench codec`.
 
 use cleave_codec::{Codec, EncodeOptions, decode, encode};
@@ -63,5 +64,23 @@ fn bench_jpeg(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_jpeg);
+/// Encode and decode apart, on the 200 KiB boundary of `cleave bench rpc` (1×50×32×32 f32):
+/// the device pays the first, the server the second.
+fn bench_boundary(c: &mut Criterion) {
+    let shape = [1usize, 50, 32, 32];
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> =
+        (0..n).map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 100.0 - 5.0).map(|x| x.max(0.0)).collect();
+    let mut g = c.benchmark_group("boundary_200KiB");
+    g.throughput(Throughput::Bytes((n * 4) as u64));
+    for codec in [Codec::Fp32, Codec::Fp16, Codec::Int8, Codec::Int4] {
+        let opts = EncodeOptions::new(codec);
+        g.bench_function(BenchmarkId::new("encode", codec), |b| b.iter(|| encode(&data, &shape, opts).unwrap()));
+        let enc = encode(&data, &shape, opts).unwrap();
+        g.bench_function(BenchmarkId::new("decode", codec), |b| b.iter(|| decode(&enc).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_jpeg, bench_boundary);
 criterion_main!(benches);
