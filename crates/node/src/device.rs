@@ -244,6 +244,34 @@ impl Device {
         (!exits.is_empty()).then_some(exits)
     }
 
+    /// Answers at an early exit when its confidence reaches the policy's threshold: the head
+    /// runs up to the exit, and goes on (and offloads) only when the exit is not sure enough.
+    /// The exit must be computed at or before the device's cut.
+    pub fn with_exit(mut self, policy: Option<ExitPolicy>) -> Result<Device, String> {
+        let (graph, config) = (&self.graph, &self.config);
+        self.exit_cut = match &policy {
+            None => None,
+            Some(p) => {
+                if !(0.0..=1.0).contains(&p.threshold) {
+                    return Err(format!("exit threshold {} is outside 0..1", p.threshold));
+                }
+                if !graph.outputs().iter().any(|o| o.name == p.name) {
+                    return Err(format!("`{}` is not an output of this model", p.name));
+                }
+                let e = graph.first_cut_after(&p.name).ok_or_else(|| format!("`{}` is never computed", p.name))?;
+                if e > config.cut {
+                    return Err(format!(
+                        "exit `{}` is computed after cut {e}, but the device stops at cut {}: choose a cut ≥ {e}",
+                        p.name, config.cut
+                    ));
+                }
+                Some(e)
+            }
+        };
+        self.exit = policy;
+        Ok(self)
+    }
+
     /// Runs every frame and returns them in order.
     pub async fn run(self: &Arc<Self>, frames: Vec<TensorMap>) -> Vec<FrameOutput> {
         let sem = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
