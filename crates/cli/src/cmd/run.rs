@@ -171,9 +171,9 @@ pub struct Args {
 
     /// Deadline of each frame, from its release: a frame no server has answered in time is
     /// completed by the device itself, before the deadline (it keeps its own tail's time in
-    /// reserve).
-    #[arg(long, default_value = "5s", value_parser = crate::cmd::duration)]
-    pub timeout: Duration,
+    /// reserve). Default: with --cut auto, 3× the plan's predicted latency + 100 ms; else 5 s.
+    #[arg(long, value_parser = crate::cmd::duration)]
+    pub timeout: Option<Duration>,
 
     /// Threads per inference on this device.
     #[arg(long, default_value_t = 1)]
@@ -253,7 +253,19 @@ pub fn run(args: Args) -> Result<()> {
     rt.block_on(async move {
         let endpoints = Arc::new(connect(&args, &security, &model_name).await?);
         let (_, mut client) = endpoints.current().context("no server is healthy")?;
-        let (cut, codec, exit, why) = choose(&args, &graph, &mut client, &model_name).await?;
+        let (cut, codec, exit, why, predicted_ms) = choose(&args, &graph, &mut client, &model_name).await?;
+        // The frame deadline: given, or derived from the plan (3× its prediction + 100 ms, so a
+        // server that stalls is given up on in time for the device to answer), or 5 s.
+        let timeout = args.timeout.unwrap_or_else(|| match predicted_ms {
+            Some(ms) if ms.is_finite() => Duration::from_secs_f64((3.0 * ms + 100.0) / 1e3),
+            _ => Duration::from_secs(5),
+        });
+        if !args.json {
+            eprintln!(
+                "frame deadline {timeout:?}{}",
+                if args.timeout.is_none() && predicted_ms.is_some() { " (3× the plan's prediction + 100 ms)" } else { "" }
+            );
+        }
         if !args.json {
             eprintln!("{why}");
         }
@@ -262,7 +274,7 @@ pub fn run(args: Args) -> Result<()> {
             cut,
             encode: EncodeOptions { codec, per_channel: args.per_channel, lz4: args.lz4 },
             max_in_flight: args.max_in_flight,
-            timeout: Some(args.timeout),
+            timeout: Some(timeout),
             fps: args.fps,
             check: args.check,
         };
@@ -284,6 +296,7 @@ pub fn run(args: Args) -> Result<()> {
                 "codec": codec,
                 "exit": exit.as_ref().map(|e| json!({"name": e.name, "threshold": e.threshold})),
                 "decision": why,
+                "deadline_ms": timeout.as_secs_f64() * 1e3,
                 "summary": summary,
                 "frames": results.iter().map(|f| &f.record).collect::<Vec<_>>(),
             });
@@ -391,7 +404,7 @@ async fn choose(
     graph: &cleave_graph::ModelGraph,
     client: &mut EdgeClient,
     model: &str,
-) -> Result<(usize, Codec, Option<ExitPolicy>, String)> {
+) -> Result<(usize, Codec, Option<ExitPolicy>, String, Option<f64>)> {
     let given_exit = match (&args.exit, args.exit_threshold) {
         (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
         _ => None,
@@ -417,7 +430,7 @@ async fn choose(
                 shapes.join(", ")
             );
         }
-        return Ok((cut, codec, given_exit, format!("cut {cut}, codec {codec} (as given)")));
+        return Ok((cut, codec, given_exit, format!("cut {cut}, codec {codec} (as given)"), None));
     }
     // Measure: RTT from health calls, uplink from a probe the server answers without computing.
     let rtt = client.rtt(5).await?;
@@ -443,7 +456,7 @@ async fn choose(
         best.predicted.total_ms,
         best.predicted.accuracy_drop * 100.0,
     );
-    Ok((best.cuts[0], codec, exit, why))
+    Ok((best.cuts[0], codec, exit, why, Some(best.predicted.total_ms)))
 }
 
 /// Refuses flags that do not apply to the chosen `--cut` mode, rather than ignoring them.
@@ -550,7 +563,7 @@ async fn run_adaptive(
     let codecs = problem.codecs.clone();
     let config = AdaptiveConfig {
         model_name: model_name.clone(),
-        timeout: args.timeout,
+        timeout: args.timeout.unwrap_or(Duration::from_secs(5)),
         device_slowdown: args.device_slowdown,
         down_bps: None,
         probe: true,
