@@ -94,6 +94,7 @@ impl CpuLimit {
             if !enabled {
                 std::fs::write(&control, "+cpu").map_err(io(&control))?;
             }
+            sweep_stale(root);
             let dir = root.join(name);
             std::fs::create_dir(&dir).map_err(io(&dir))?;
             let limit = CpuLimit { dir, version: Version::V2, fraction };
@@ -103,6 +104,7 @@ impl CpuLimit {
         }
         let v1 = root.join("cpu");
         if v1.join("cpu.cfs_quota_us").exists() {
+            sweep_stale(&v1);
             let dir = v1.join(name);
             std::fs::create_dir(&dir).map_err(io(&dir))?;
             let limit = CpuLimit { dir, version: Version::V1, fraction };
@@ -144,6 +146,23 @@ impl CpuLimit {
     }
 }
 
+/// Removes the cgroups an earlier cleave left behind when it was killed before its `Drop` ran
+/// (`cleave-<pid>-<n>` whose process is gone). The kernel refuses to remove one that still holds
+/// a process, so a cgroup in use is never touched.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("cleave-")).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+}
+
 impl Drop for CpuLimit {
     fn drop(&mut self) {
         // Fails while a process is still inside; the caller drops its children first.
@@ -170,6 +189,24 @@ mod tests {
         assert_eq!((period_us(0.5), quota_us(0.5)), (2000, 1000));
         assert_eq!((period_us(2.0), quota_us(2.0)), (1000, 2000));
         assert_eq!((period_us(0.001), quota_us(0.001)), (100_000, 1000));
+    }
+
+    /// Regression: a `bench trace` killed by a signal left an empty `cleave-*` cgroup behind.
+    #[test]
+    fn cgroups_of_dead_cleave_processes_are_swept() {
+        let root = std::env::temp_dir().join(format!("cleave-cgroup-sweep-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("cpu")).unwrap();
+        std::fs::write(root.join("cpu/cpu.cfs_quota_us"), "-1").unwrap();
+        // pid_max is at most 2^22: this process cannot exist.
+        let stale = root.join("cpu/cleave-4999999-0");
+        let other = root.join("cpu/someone-else");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let limit = CpuLimit::create_in(&root, 0.5).unwrap();
+        assert!(!stale.exists(), "the stale cgroup is gone");
+        assert!(other.exists(), "other cgroups are left alone");
+        drop(limit);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
