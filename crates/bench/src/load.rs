@@ -239,6 +239,11 @@ pub struct LoadReport {
     /// Queue time the edge reported on OK answers (`cleave.queue_ms`).
     pub server_queue_p50_ms: f64,
     pub server_queue_p99_ms: f64,
+    /// CPU seconds the edge used during the load (user + system, every thread).
+    pub edge_cpu_s: f64,
+    /// CPU seconds this process (the devices) used during the load: the devices share the
+    /// machine with the edge, so what they use is not the edge's.
+    pub devices_cpu_s: f64,
     /// The `retry-after-ms` hints received (the first seen; all equal today).
     pub retry_after_ms: Option<u64>,
     pub memory: Memory,
@@ -409,6 +414,16 @@ pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system) a process has used, in seconds, from `/proc/PID/stat` (clock ticks
+/// of 1/100 s, Linux's USER_HZ on every architecture it runs cleave on).
+pub fn proc_cpu_s(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let rest: Vec<&str> = s.get(s.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// GET `/metrics` over plain HTTP/1.1 (the edge's metrics port), the body as text.
@@ -726,6 +741,7 @@ pub async fn run(
     let idle = proc_memory(edge.pid()).map(|m| m.0).unwrap_or(0);
 
     progress(Event::Step("loading"));
+    let cpu_before = (proc_cpu_s(edge.pid()), proc_cpu_s(std::process::id()));
     let start = Instant::now() + Duration::from_millis(100);
     let stop = start + Duration::from_secs_f64(opts.seconds);
     let shared = Arc::new(Shared {
@@ -783,6 +799,9 @@ pub async fn run(
         }
     }
     let seconds = opts.seconds;
+    let cpu_after = (proc_cpu_s(edge.pid()), proc_cpu_s(std::process::id()));
+    let used = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or(f64::NAN, |(a, b)| b - a);
+    let (edge_cpu_s, devices_cpu_s) = (used(cpu_before.0, cpu_after.0), used(cpu_before.1, cpu_after.1));
     let final_metrics = fetch_metrics(edge.metrics).await;
     let hwm = proc_memory(edge.pid()).map(|m| m.1);
     edge.check_alive()?;
@@ -933,6 +952,8 @@ pub async fn run(
         latency,
         server_queue_p50_ms: quantile(&mut queue_ms, 0.5),
         server_queue_p99_ms: quantile(&mut queue_ms, 0.99),
+        edge_cpu_s,
+        devices_cpu_s,
         retry_after_ms,
         memory,
         queue,
@@ -999,6 +1020,16 @@ impl LoadReport {
             format!("p50 {:.2} ms, p99 {:.2} ms", self.server_queue_p50_ms, self.server_queue_p99_ms),
         );
         s += &row("mean batch", format!("{:.2}", self.server.mean_batch));
+        s += &row(
+            "CPU during the load",
+            format!(
+                "edge {:.1} s ({:.2} cores), devices (this process) {:.1} s ({:.2} cores)",
+                self.edge_cpu_s,
+                self.edge_cpu_s / self.seconds,
+                self.devices_cpu_s,
+                self.devices_cpu_s / self.seconds
+            ),
+        );
         let q = &self.queue;
         s += &row(
             "queue depth",
@@ -1052,6 +1083,17 @@ mod tests {
     fn reads_own_memory() {
         let (rss, hwm) = proc_memory(std::process::id()).expect("/proc/self/status");
         assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        let t0 = proc_cpu_s(std::process::id()).expect("/proc/self/stat");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(start.elapsed());
+        }
+        let t1 = proc_cpu_s(std::process::id()).unwrap();
+        assert!(t0 >= 0.0 && t1 >= t0, "{t0} {t1}");
     }
 
     #[test]

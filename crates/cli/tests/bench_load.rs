@@ -42,6 +42,7 @@ fn check_sane(v: &Value, devices: u64, seconds: f64) {
     assert!(ok > 0, "some requests succeeded: {v}");
     assert_eq!(err, 0, "no errors but refusals: {}", v["errors_by_code"]);
     assert!(f(v, "/throughput_ok_per_s") > 0.0);
+    assert!(f(v, "/edge_cpu_s") > 0.0 && f(v, "/devices_cpu_s") > 0.0, "CPU time of both processes");
     let (p50, p99, max) = (f(v, "/latency/p50_ms"), f(v, "/latency/p99_ms"), f(v, "/latency/max_ms"));
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{}", v["latency"]);
     // The edge's memory is its own process's: tens of MiB, not this test's.
