@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod chaos;
 pub mod device_proc;
 pub mod engines;
+pub mod load;
 pub mod predict;
 pub mod rpc;
 pub mod split;

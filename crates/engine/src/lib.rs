@@ -303,6 +303,17 @@ impl Engine {
         Ok(compiled)
     }
 
+    /// Tells the cache that `part`, compiled from the model whose [`ModelGraph::id`] is
+    /// `model_id`, is in use: a cache hit for its key, or, if the cache evicted it meanwhile, puts
+    /// it back. Never compiles: a lock and a lookup, cheap enough for an async thread.
+    pub fn keep(&self, model_id: &str, part: &Arc<CompiledPart>) {
+        let key = PartKey { model: model_id.to_owned(), from: part.from_cut, to: part.to_cut };
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.get(&key).is_none() {
+            cache.put(key, part.clone());
+        }
+    }
+
     /// The whole model, compiled (cached).
     pub fn whole(&self, graph: &ModelGraph) -> Result<Arc<CompiledPart>> {
         self.part(graph, 0, graph.last_cut())
@@ -467,6 +478,21 @@ mod tests {
         assert_eq!("ORT".parse::<Backend>(), Ok(Backend::Ort));
         assert!("tvm".parse::<Backend>().unwrap_err().contains("expected `tract` or `ort`"));
         assert_eq!(Backend::default(), Backend::Tract);
+    }
+
+    #[test]
+    fn keep_puts_an_evicted_part_back_without_compiling() {
+        use prost::Message;
+        let bytes = cleave_graph::build::zoo::chain(7).encode_to_vec();
+        let g = ModelGraph::from_bytes(&bytes, &cleave_graph::InputShapes::none()).unwrap();
+        let e = Engine::new(EngineConfig { cache_capacity: 1, ..EngineConfig::default() });
+        let a = e.part(&g, 0, 1).unwrap();
+        let b = e.part(&g, 1, g.last_cut()).unwrap(); // evicts `a`
+        e.keep(&g.id(), &a); // `a` is back, `b` evicted
+        assert!(Arc::ptr_eq(&e.part(&g, 0, 1).unwrap(), &a), "the same compiled part, not a new one");
+        e.keep(&g.id(), &a);
+        assert!(Arc::ptr_eq(&e.part(&g, 0, 1).unwrap(), &a));
+        assert!(!Arc::ptr_eq(&e.part(&g, 1, g.last_cut()).unwrap(), &b), "`b` had been evicted");
     }
 
     #[test]

@@ -7,9 +7,12 @@ use clap::Subcommand;
 
 use crate::model_arg::ModelArgs;
 
+mod load;
+
 #[derive(Subcommand, Debug)]
 pub enum Bench {
     Split(SplitArgs),
+    Load(load::LoadArgs),
     Predict(PredictArgs),
     Rpc(RpcArgs),
     Engines(EnginesArgs),
@@ -374,6 +377,7 @@ fn chaos(a: ChaosArgs) -> Result<()> {
 pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Split(a) => split(a),
+        Bench::Load(a) => load::run(a),
         Bench::Predict(a) => predict(a),
         Bench::Rpc(a) => rpc(a),
         Bench::Engines(a) => engines(a),

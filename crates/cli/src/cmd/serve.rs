@@ -145,6 +145,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let auth_token = crate::cmd::auth_token(args.auth_token_file.as_deref())?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = args.workers.unwrap_or((cores / args.threads.max(1)).max(1));
     let config = ServerConfig {
         grpc_addr: SocketAddr::new(args.host, args.grpc_port),
         metrics_addr: Some(SocketAddr::new(args.host, args.metrics_port)),
@@ -153,7 +154,7 @@ pub fn run(args: Args) -> Result<()> {
             max_batch: args.max_batch.max(1),
             max_queue_delay: args.max_queue_delay,
             max_queue: args.max_queue.max(1),
-            workers: args.workers.unwrap_or((cores / args.threads.max(1)).max(1)),
+            workers,
         },
         engine: EngineConfig { threads: args.threads, cache_capacity: args.cache.max(1) },
         limits: Limits::default(),
@@ -165,7 +166,15 @@ pub fn run(args: Args) -> Result<()> {
     if args.engine == cleave_engine::Backend::Ort {
         crate::cmd::load_onnxruntime()?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        // Tails compute on the blocking pool, at most `workers` batches at once, plus a tail
+        // being compiled now and then. Uncapped, the pool grew a thread whenever a batch was
+        // handed out before the previous batch's thread was back in the pool, which under load
+        // happens late in a run as well as early, and every new thread brought its own malloc
+        // arena: the edge's RSS rose by ~10 MiB per thread (`cleave bench load`, docs/LOAD.md).
+        .max_blocking_threads(workers + 2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let server = RunningServer::start(registry, config).await.map_err(anyhow::Error::msg)?;
         // One line a supervisor or test can parse for the actual ports.

@@ -233,9 +233,10 @@ impl Service {
         let route = match entry.route(&key) {
             Some((r, refresh)) => {
                 if refresh {
-                    // Let the engine's cache see that this part is in use (a cache hit).
-                    let (engine, graph, from) = (state.engine.clone(), r.graph.clone(), r.part.from_cut);
-                    tokio::task::spawn_blocking(move || engine.part(&graph, from, graph.last_cut()));
+                    // Let the engine's cache see that this part is in use. Inline: a blocking
+                    // task per refresh grew the blocking pool under load, and every new thread
+                    // brought its own malloc arena (RSS +10 MiB each, late in a run).
+                    state.engine.keep(&r.graph_id, &r.part);
                 }
                 r
             }
