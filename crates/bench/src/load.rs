@@ -704,6 +704,7 @@ pub async fn run(
         encode: EncodeOptions::new(opts.codec),
         max_in_flight: 1,
         timeout: Some(opts.timeout),
+        fps: None,
         check: false,
     };
     let device =
