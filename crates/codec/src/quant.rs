@@ -288,6 +288,12 @@ fn unpack(payload: &[u8], codec: Codec, i: usize) -> u8 {
     }
 }
 
+/// The most bytes one byte of an LZ4 block decompresses to. A block is a run of sequences; each
+/// output byte is a literal (one input byte each) or part of a match, whose length is 4 plus a
+/// token nibble (≤ 15) plus extension bytes adding at most 255 each, and a sequence costs at least
+/// three bytes (token and offset): so at most 255 output bytes per input byte.
+const LZ4_MAX_RATIO: usize = 255;
+
 /// Decodes to f32 values. Every length and parameter is checked before any allocation that
 /// depends on them; a hostile payload is an error, never a panic or an oversized allocation.
 pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
@@ -298,6 +304,15 @@ pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
     let expected = payload_len(enc.codec, n)?;
     let raw;
     let payload: &[u8] = if enc.lz4 {
+        // The decompressor allocates the size the shape claims before it reads a byte: refuse a
+        // claim the payload cannot back (`n` is bounded by the caller's limits, not by the bytes
+        // received, so a few bytes could otherwise cost gigabytes).
+        if expected > enc.payload.len().saturating_mul(LZ4_MAX_RATIO) {
+            return Err(CodecError::Corrupt(format!(
+                "{} LZ4 bytes cannot decompress to the {expected} bytes the shape needs",
+                enc.payload.len()
+            )));
+        }
         raw = lz4_flex::block::decompress(&enc.payload, expected).map_err(|e| CodecError::Corrupt(e.to_string()))?;
         &raw
     } else {
