@@ -43,7 +43,8 @@ pub struct Encoded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodeOptions {
     pub codec: Codec,
-    /// Integer codecs: one scale per channel (axis 1) instead of one per tensor.
+    /// Integer codecs: one scale per channel (axis 1) instead of one per tensor (when the tensor
+    /// has elements and more than one channel).
     pub per_channel: bool,
     /// Compress the payload with LZ4. Ignored by JPEG, whose payload is already entropy-coded.
     pub lz4: bool,
@@ -227,7 +228,9 @@ pub fn encode(data: &[f32], shape: &[usize], opts: EncodeOptions) -> Result<Enco
         Codec::Bf16 => (to_half::<bf16>(data, |src, dst| dst.convert_from_f32_slice(src)), None),
         c => {
             let l = levels(c).expect("integer codec");
-            let per_channel = opts.per_channel && shape.len() >= 2 && shape[1] > 1;
+            // An empty tensor is quantized per tensor: with a 0 elsewhere in its shape, its channel
+            // count and the product of its trailing dimensions are unbounded.
+            let per_channel = opts.per_channel && n > 0 && shape.len() >= 2 && shape[1] > 1;
             let (q, quant): (Vec<u8>, Quant) = if per_channel {
                 let channels = shape[1];
                 let inner: usize = shape[2..].iter().product();
@@ -363,7 +366,8 @@ pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
                     for (s, z) in scales.iter().zip(zero_points) {
                         check(*s, *z)?;
                     }
-                    let inner: usize = enc.shape[2..].iter().product::<usize>().max(1);
+                    // Overflows only when a dimension is 0 (`n` = 0: nothing is decoded).
+                    let inner = volume(&enc.shape[2..]).unwrap_or(1).max(1);
                     Ok((0..n)
                         .map(|i| {
                             let ch = (i / inner) % channels;

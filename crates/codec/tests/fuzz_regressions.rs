@@ -1,7 +1,7 @@
 //! Regressions for what fuzzing the codec (`codec_decode` in fuzz/) found: each test is named
 //! after the bug and reproduces it with a small input.
 
-use cleave_codec::{Codec, CodecError, EncodeOptions, Encoded, decode, encode};
+use cleave_codec::{Codec, CodecError, EncodeOptions, Encoded, Quant, decode, encode};
 
 /// An LZ4 payload of a few bytes whose shape claimed 4 TiB: the decompressor allocated the
 /// claimed size before reading a byte (an out-of-memory abort under the fuzzer; at the wire's
@@ -17,6 +17,43 @@ fn lz4_claimed_size_is_bounded_by_the_payload() {
         let zeros = vec![0f32; 1 << 20];
         let enc = encode(&zeros, &[1 << 20], EncodeOptions { codec, per_channel: false, lz4: true }).unwrap();
         assert_eq!(decode(&enc).unwrap(), zeros, "{codec}: {} payload bytes", enc.payload.len());
+    }
+}
+
+/// The size of a shape whose element count overflows: `estimated_len` saturated the count to
+/// `u64::MAX`, then `encoded_len` multiplied it by the bits per element (a panic in debug builds,
+/// a wrapped, tiny size in release ones).
+#[test]
+fn encoded_len_of_a_huge_shape_saturates() {
+    use cleave_graph::DType;
+    let huge = [1usize << 40, 1 << 40];
+    for codec in Codec::ALL.into_iter().chain(Codec::JPEG) {
+        assert_eq!(codec.estimated_len(DType::I64, &huge), u64::MAX, "{codec}");
+        let f32_len = codec.estimated_len(DType::F32, &huge);
+        assert!(f32_len >= u64::MAX / 16, "{codec}: {f32_len}");
+    }
+    assert_eq!(Codec::Fp32.encoded_len(DType::F32, u64::MAX), u64::MAX);
+    assert_eq!(Codec::Int2.encoded_len(DType::F32, u64::MAX), u64::MAX.div_ceil(4));
+    assert_eq!(Codec::Int4.encoded_len(DType::F32, 11), 6);
+}
+
+/// Per-channel parameters on a tensor with no elements (a 0 in its shape) and huge trailing
+/// dimensions: the product of the trailing dimensions overflowed (a panic in debug builds).
+/// Encoding had the same product, and allocated a scale for each of its channels.
+#[test]
+fn per_channel_on_an_empty_tensor_with_huge_dimensions() {
+    let enc = Encoded {
+        codec: Codec::Int8,
+        shape: vec![0, 1, 1 << 33, 1 << 33],
+        quant: Some(Quant::PerChannel { axis: 1, scales: vec![1.0], zero_points: vec![0] }),
+        lz4: false,
+        payload: vec![],
+    };
+    assert_eq!(decode(&enc).unwrap(), Vec::<f32>::new());
+    for shape in [vec![0, 1 << 40], vec![0, 2, 1 << 33, 1 << 33]] {
+        let enc = encode(&[], &shape, EncodeOptions { codec: Codec::Int4, per_channel: true, lz4: false }).unwrap();
+        assert!(matches!(enc.quant, Some(Quant::PerTensor { .. })), "{shape:?}: {:?}", enc.quant);
+        assert_eq!(decode(&enc).unwrap(), Vec::<f32>::new());
     }
 }
 
