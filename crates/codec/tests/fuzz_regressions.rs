@@ -1,7 +1,7 @@
 //! Regressions for what fuzzing the codec (`codec_decode` in fuzz/) found: each test is named
 //! after the bug and reproduces it with a small input.
 
-use cleave_codec::{Codec, CodecError, EncodeOptions, Encoded, Quant, decode, encode};
+use cleave_codec::{Codec, CodecError, EncodeOptions, Encoded, Quant, decode, encode, jpeg};
 
 /// An LZ4 payload of a few bytes whose shape claimed 4 TiB: the decompressor allocated the
 /// claimed size before reading a byte (an out-of-memory abort under the fuzzer; at the wire's
@@ -81,5 +81,55 @@ fn jpeg_header_claiming_more_pixels_than_its_file_holds() {
         let pixels = shape[2] * shape[3];
         assert!(enc.payload.len() * 128 > pixels, "{shape:?}: {} bytes", enc.payload.len());
         assert_eq!(decode(&enc).unwrap().len(), n);
+    }
+}
+
+/// A corrupt 16 × 16 RGB JPEG on which the JPEG decoder (zune-jpeg 0.5.15) panics in its AVX2
+/// IDCT (`idct/avx2.rs:246`, an `unwrap`): the codec's guard must turn it into an error, and the
+/// fuzz targets' panic hook must see it as a decoder panic ([`jpeg::in_decoder_call`]) and let
+/// it unwind to the guard.
+#[test]
+fn jpeg_decoder_panic_is_an_error() {
+    const PAYLOAD: &[&str] = &[
+        "ffd810010200000100ffc00011080010001003011100021101032301ffdb00430003024924924924924a030403030405",
+        "0805050404050a070706080c0a0c0c0b0a0b0b0d0e12100d0e110e0b0b1016101113141515150c0f1718161418121415",
+        "14ffdb00430103040405040509050509140d0b0d14141414141414141414141414141414141414141414141414141414",
+        "141414143d1414141414141414141414141414141414ffc4001f00000105010101010101000000000000000001020304",
+        "05060708090a0bffc400b5100002010303020403050504040000017d3f00ff00010405060708090a0b01010101010100",
+        "0000000000000001060708090a0bffc400b5100003020103030204030505f8ff0000c3c0c5c6c7c8c9cad28400003f00",
+        "ff00010405060708090a0b01010101010100000000000000000708090101010101010000000000000000f7f8f9ffda00",
+        "08010100003f00ff00010405060708090a0b01010101010100000000000000000101010000000000000000f7f8f9ffda",
+        "0008010100003f00ff000104",
+    ];
+    let hex = PAYLOAD.concat();
+    let payload: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let enc = Encoded {
+        codec: Codec::jpeg(90).unwrap(),
+        shape: vec![1, 3, 16, 16],
+        quant: Some(Quant::PerChannel { axis: 1, scales: vec![1.0; 3], zero_points: vec![0; 3] }),
+        lz4: false,
+        payload,
+    };
+    let saw_decoder_panic = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saw = saw_decoder_panic.clone();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if jpeg::in_decoder_call() {
+            saw.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            hook(info);
+        }
+    }));
+    let r = decode(&enc);
+    let _ = std::panic::take_hook();
+    assert!(!jpeg::in_decoder_call());
+    match r {
+        // The decoder panicked (on a CPU with AVX2), and the guard caught it.
+        Err(CodecError::Corrupt(m)) if m.contains("panicked") => {
+            assert!(saw_decoder_panic.load(std::sync::atomic::Ordering::SeqCst))
+        }
+        // A decoder that does not panic (no AVX2, or a fixed version) must still refuse or decode it.
+        Err(e) => assert!(matches!(e, CodecError::Corrupt(_)), "{e:?}"),
+        Ok(v) => assert_eq!(v.len(), 3 * 16 * 16),
     }
 }
