@@ -22,8 +22,9 @@
 //! little-endian; nothing may follow the last.
 //!
 //! **Decoding** checks the shape, the parameters and the framing, then decodes each JPEG (whose
-//! header must give exactly H × W and the expected colour type, checked before any pixel is
-//! decoded) and reverses the affine map. A corrupt or truncated payload is a [`CodecError`],
+//! header must give exactly H × W and the expected colour type, and whose file must be long
+//! enough to code that many pixels, all checked before any pixel is allocated or decoded) and
+//! reverses the affine map. A corrupt or truncated payload is a [`CodecError`],
 //! never a panic; the decoder is also run under `catch_unwind` as a second line of defence.
 //!
 //! **Size.** Content-dependent. [`prior_len`] is the planner's prior: a fixed header plus
@@ -35,6 +36,7 @@
 //! Measure its effect on accuracy with `cleave calibrate`; the planner forbids an unmeasured
 //! JPEG codec under an accuracy budget.
 
+use std::cell::Cell;
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -200,6 +202,13 @@ fn split(payload: &[u8], n: usize) -> Result<Vec<&[u8]>, CodecError> {
     Ok(files)
 }
 
+/// The most pixels one byte of a JPEG file can describe. Every scan that codes an 8×8 block's DC
+/// coefficient (which a baseline file does for each block, and a progressive file's first scan
+/// does) spends at least one bit on it, a Huffman code being at least one bit long: at most
+/// 64 pixels per bit, 512 per byte. A file whose header claims more pixels than that is not a
+/// JPEG whose pixels were sent, only a size.
+const MAX_PIXELS_PER_BYTE: usize = 512;
+
 /// Reads one JPEG file's header and checks it against the shape: the decoder, ready to decode
 /// H × W × C bytes.
 fn open_file(file: &[u8], c: usize, h: usize, w: usize) -> Result<JpegDecoder<Cursor<&[u8]>>, String> {
@@ -207,6 +216,14 @@ fn open_file(file: &[u8], c: usize, h: usize, w: usize) -> Result<JpegDecoder<Cu
     let (dw, dh) = decoder.dimensions();
     if (dw as usize, dh as usize) != (w, h) {
         return Err(format!("the image is {dw}×{dh}, the shape says {w}×{h}"));
+    }
+    // The pixels are allocated from the header's size: refuse a header its file cannot back.
+    if h * w > MAX_PIXELS_PER_BYTE.saturating_mul(file.len()) {
+        return Err(format!(
+            "a {w}×{h} JPEG needs at least {} bytes of entropy-coded data, the file has {}",
+            (h * w).div_ceil(MAX_PIXELS_PER_BYTE),
+            file.len()
+        ));
     }
     let want = if c == 1 { ColorType::L8 } else { ColorType::Rgb8 };
     let got = decoder.color_type();
@@ -220,9 +237,27 @@ fn open_file(file: &[u8], c: usize, h: usize, w: usize) -> Result<JpegDecoder<Cu
     Ok(decoder)
 }
 
+thread_local! {
+    static IN_DECODER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is inside a call into the JPEG decoder, whose panics
+/// [`crate::decode`] turns into [`CodecError::Corrupt`]. A process-wide panic hook can use it to
+/// stay silent about them (the `codec_decode` and `request_decode` fuzz targets do, and let every
+/// other panic abort).
+///
+/// The decoder (`zune-jpeg` 0.5.15, through `image`) panics on some corrupt files: an `unwrap` in
+/// its AVX2 IDCT (found here by `codec_decode`; known upstream as zune-image issue 409).
+pub fn in_decoder_call() -> bool {
+    IN_DECODER.with(Cell::get)
+}
+
 /// Runs `f` on the JPEG decoder, turning an error or a panic into [`CodecError::Corrupt`].
 fn guarded<T>(i: usize, f: impl FnOnce() -> Result<T, String>) -> Result<T, CodecError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let outer = IN_DECODER.with(|flag| flag.replace(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_DECODER.with(|flag| flag.set(outer));
+    match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(CodecError::Corrupt(format!("image {i}: {e}"))),
         Err(_) => Err(CodecError::Corrupt(format!("image {i}: the JPEG decoder panicked"))),

@@ -178,16 +178,20 @@ impl Codec {
     /// Exact for element-wise codecs. For JPEG, whose size depends on the content and the
     /// shape, a shape-blind prior: the elements taken as the samples of one RGB image (see
     /// [`Codec::estimated_len`], which knows the shape).
+    ///
+    /// Saturates at `u64::MAX` (a shape too large to exist, as [`Codec::estimated_len`] passes
+    /// for one whose element count overflows).
     pub fn encoded_len(self, dtype: DType, elements: u64) -> u64 {
+        let raw = elements.saturating_mul(dtype.size() as u64);
         if !dtype.is_float() {
-            return elements * dtype.size() as u64;
+            return raw;
         }
         if let Codec::Jpeg(q) = self {
             let pixels = elements.div_ceil(3);
-            return jpeg::prior_len(q, 3, pixels).min(elements * dtype.size() as u64);
+            return jpeg::prior_len(q, 3, pixels).min(raw);
         }
         let bits = (self.bits() as u64).min(8 * dtype.size() as u64);
-        (elements * bits).div_ceil(8)
+        u64::try_from((elements as u128 * bits as u128).div_ceil(8)).unwrap_or(u64::MAX)
     }
 
     /// Payload bytes for a tensor of `dtype` and `shape`: what the planner assumes.

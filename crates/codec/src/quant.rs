@@ -43,7 +43,8 @@ pub struct Encoded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodeOptions {
     pub codec: Codec,
-    /// Integer codecs: one scale per channel (axis 1) instead of one per tensor.
+    /// Integer codecs: one scale per channel (axis 1) instead of one per tensor (when the tensor
+    /// has elements and more than one channel).
     pub per_channel: bool,
     /// Compress the payload with LZ4. Ignored by JPEG, whose payload is already entropy-coded.
     pub lz4: bool,
@@ -447,7 +448,9 @@ pub fn encode(data: &[f32], shape: &[usize], opts: EncodeOptions) -> Result<Enco
         Codec::Bf16 => (to_half::<bf16>(data, |src, dst| dst.convert_from_f32_slice(src)), None),
         c => {
             let l = levels(c).expect("integer codec");
-            let per_channel = opts.per_channel && shape.len() >= 2 && shape[1] > 1;
+            // An empty tensor is quantized per tensor: with a 0 elsewhere in its shape, its channel
+            // count and the product of its trailing dimensions are unbounded.
+            let per_channel = opts.per_channel && n > 0 && shape.len() >= 2 && shape[1] > 1;
             let (q, quant): (Vec<u8>, Quant) = if per_channel {
                 let channels = shape[1];
                 let inner: usize = shape[2..].iter().product();
@@ -508,6 +511,12 @@ fn unpack(payload: &[u8], codec: Codec, i: usize) -> u8 {
     }
 }
 
+/// The most bytes one byte of an LZ4 block decompresses to. A block is a run of sequences; each
+/// output byte is a literal (one input byte each) or part of a match, whose length is 4 plus a
+/// token nibble (≤ 15) plus extension bytes adding at most 255 each, and a sequence costs at least
+/// three bytes (token and offset): so at most 255 output bytes per input byte.
+const LZ4_MAX_RATIO: usize = 255;
+
 /// Decodes to f32 values. Every length and parameter is checked before any allocation that
 /// depends on them; a hostile payload is an error, never a panic or an oversized allocation.
 pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
@@ -518,6 +527,15 @@ pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
     let expected = payload_len(enc.codec, n)?;
     let raw;
     let payload: &[u8] = if enc.lz4 {
+        // The decompressor allocates the size the shape claims before it reads a byte: refuse a
+        // claim the payload cannot back (`n` is bounded by the caller's limits, not by the bytes
+        // received, so a few bytes could otherwise cost gigabytes).
+        if expected > enc.payload.len().saturating_mul(LZ4_MAX_RATIO) {
+            return Err(CodecError::Corrupt(format!(
+                "{} LZ4 bytes cannot decompress to the {expected} bytes the shape needs",
+                enc.payload.len()
+            )));
+        }
         raw = lz4_flex::block::decompress(&enc.payload, expected).map_err(|e| CodecError::Corrupt(e.to_string()))?;
         &raw
     } else {
@@ -575,7 +593,8 @@ pub fn decode(enc: &Encoded) -> Result<Vec<f32>, CodecError> {
                     for (s, z) in scales.iter().zip(zero_points) {
                         check(*s, *z)?;
                     }
-                    let inner: usize = enc.shape[2..].iter().product::<usize>().max(1);
+                    // Overflows only when a dimension is 0 (`n` = 0: nothing is decoded).
+                    let inner = volume(&enc.shape[2..]).unwrap_or(1).max(1);
                     Ok((0..n)
                         .map(|i| {
                             let ch = (i / inner) % channels;
