@@ -299,6 +299,20 @@ async fn malformed_requests_get_the_right_code_and_the_server_keeps_serving() {
             Code::FailedPrecondition,
         ),
         (
+            // Regression (found by reading after fuzzing): the error message cut the client's
+            // string at byte 12, inside this multi-byte character, and the handler panicked.
+            "non-ASCII model hash",
+            raw_request(
+                vec![int4.clone()],
+                vec![
+                    (wire::PARAM_CUT, wire::int_param(1)),
+                    (cleave_node::server::PARAM_INPUT_SHAPES, shapes.clone()),
+                    (wire::PARAM_MODEL_SHA256, wire::str_param("0123456789aé")),
+                ],
+            ),
+            Code::FailedPrecondition,
+        ),
+        (
             "truncated jpeg",
             {
                 let (mut t, b) = jpeg.clone();

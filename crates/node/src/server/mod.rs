@@ -195,7 +195,8 @@ impl Service {
                 "the device split another file than this server's model `{}` (sha256 {} here, {} there)",
                 entry.name,
                 &entry.sha256[..12],
-                &sha[..12.min(sha.len())]
+                // The client's string may be anything: cut it at a character, not a byte.
+                sha.chars().take(12).collect::<String>()
             ))));
         }
         let cut = wire::get_int(&req.parameters, wire::PARAM_CUT).map_err(Status::from).map_err(reject)?;
