@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use cleave_codec::{Codec, EncodeOptions};
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::{InputShapes, ModelGraph};
-use cleave_link::{LinkConfig, LinkHandle, LinkProxy};
+use cleave_link::{LinkConfig, LinkHandle, LinkProxy, SplitMix64};
 use cleave_node::{ClientSecurity, Device, DeviceConfig, Endpoints, FailoverConfig, FrameStatus};
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -188,25 +188,15 @@ impl ChaosReport {
     }
 }
 
-/// SplitMix64: a small seeded generator for the nemesis' schedule.
-struct Rng(u64);
+/// The nemesis' random numbers: link's SplitMix64, so a seed names the same schedule.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
     fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        lo + (hi.saturating_sub(lo)).mul_f64(self.unit())
+        lo + (hi.saturating_sub(lo)).mul_f64(self.0.unit())
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below(n as u64) as usize
     }
 }
 
@@ -411,7 +401,7 @@ async fn nemesis(
     opts: &ChaosOptions,
     log: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Vec<Fault>, ChaosError> {
-    let mut rng = Rng(opts.seed);
+    let mut rng = Rng(SplitMix64(opts.seed));
     let mut faults = vec![];
     let mut cycle: Vec<FaultKind> = vec![];
     let is_done = || done.load(std::sync::atomic::Ordering::Acquire);
@@ -517,7 +507,7 @@ mod tests {
 
     #[test]
     fn the_schedule_is_reproducible_and_in_range() {
-        let (mut a, mut b) = (Rng(7), Rng(7));
+        let (mut a, mut b) = (Rng(SplitMix64(7)), Rng(SplitMix64(7)));
         for _ in 0..100 {
             let (x, y) = (
                 a.between(Duration::from_secs(1), Duration::from_secs(5)),

@@ -67,7 +67,7 @@ pub mod trace;
 pub use estimate::{BandwidthEstimator, LoadEstimator, RttEstimator};
 pub use schedule::{Delivery, Shaper};
 pub use shaped::{DEFAULT_QUEUE_LIMIT, Direction, LinkConfig, LinkHandle, LinkProxy, LinkStats};
-pub use trace::{PACKET_BYTES, Trace};
+pub use trace::{PACKET_BYTES, SplitMix64, Trace};
 
 /// Errors of this crate: malformed traces and invalid parameters.
 #[derive(Debug, thiserror::Error)]

@@ -298,11 +298,12 @@ impl Builder {
     }
 }
 
-/// SplitMix64 (Steele, Lea and Flood 2014): tiny, fast, and fixed forever here.
-struct SplitMix64(u64);
+/// SplitMix64 (Steele, Lea and Flood 2014): tiny, fast, and fixed forever here, so a seed
+/// names the same sequence in every version (traces, the chaos bench's nemesis).
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -311,12 +312,12 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Uniform in [0, n), n > 0 (Lemire's multiply-shift; the bias is below 2^-64 n).
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
     }
 }
