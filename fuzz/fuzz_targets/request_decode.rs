@@ -7,37 +7,14 @@
 //! shape is a finding (a panic inside the JPEG decoder, which the codec turns into an error, is
 //! not).
 //!
-//! cleave-node is not linked (it pulls tokio and the engines); its `parse_shapes`, a few pure
-//! lines over `InputShapes::parse_one`, is mirrored below.
+//! cleave-node is not linked (it pulls tokio and the engines); the shapes parser it uses lives in
+//! `cleave_proto::wire`.
 #![no_main]
 
-use cleave_graph::InputShapes;
 use cleave_proto::inference::ModelInferRequest;
-use cleave_proto::wire::{self, Limits, WireError};
+use cleave_proto::wire::{self, Limits};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-
-/// `cleave_node::server::PARAM_PROBE` and `PARAM_INPUT_SHAPES`.
-const PARAM_PROBE: &str = "cleave.probe";
-const PARAM_INPUT_SHAPES: &str = "cleave.input_shapes";
-
-/// A copy of `cleave_node::server::parse_shapes` (keep in step).
-fn parse_shapes(s: &str, limits: &Limits) -> Result<InputShapes, WireError> {
-    let mut out = InputShapes::none();
-    for part in s.split(';').filter(|p| !p.is_empty()) {
-        let (name, dims) =
-            InputShapes::parse_one(part).map_err(|e| WireError::invalid(format!("{PARAM_INPUT_SHAPES}: {e}")))?;
-        if dims.len() > limits.max_rank {
-            return Err(WireError::invalid(format!("{PARAM_INPUT_SHAPES}: rank {} is too large", dims.len())));
-        }
-        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if n.is_none_or(|n| n > limits.max_elements) {
-            return Err(WireError::invalid(format!("{PARAM_INPUT_SHAPES}: input `{name}` is too large")));
-        }
-        out = out.with(name, dims);
-    }
-    Ok(out)
-}
 
 fuzz_target!(init: {
     // The JPEG decoder's own panics are caught by the codec and become errors, as they do for
@@ -54,7 +31,7 @@ fuzz_target!(init: {
         return;
     };
     let limits = Limits::default();
-    let _ = wire::get_int(&req.parameters, PARAM_PROBE);
+    let _ = wire::get_int(&req.parameters, wire::PARAM_PROBE);
     let _ = wire::get_str(&req.parameters, wire::PARAM_MODEL_SHA256);
     let cut = wire::get_int(&req.parameters, wire::PARAM_CUT);
     let Ok(tensors) = wire::decode_inputs(&req, &limits) else {
@@ -68,8 +45,8 @@ fuzz_target!(init: {
         assert_eq!(t.data.len(), n * t.dtype.size(), "{}: {:?} {:?}", t.name, t.dtype, t.shape);
     }
     if let Ok(Some(_)) = cut
-        && let Ok(Some(s)) = wire::get_str(&req.parameters, PARAM_INPUT_SHAPES)
+        && let Ok(Some(s)) = wire::get_str(&req.parameters, wire::PARAM_INPUT_SHAPES)
     {
-        let _ = parse_shapes(s, &limits);
+        let _ = wire::parse_input_shapes(s, &limits);
     }
 });

@@ -29,6 +29,11 @@ use crate::inference::{InferParameter, InferTensorContents, ModelInferRequest, M
 
 /// Request parameter: the cut whose tail the server runs (absent: the whole model).
 pub const PARAM_CUT: &str = "cleave.cut";
+/// Request parameter: the model's input shapes the device analysed it at, `x=1,3,48,192;y=…`
+/// (required with `cleave.cut`: cut indices depend on them).
+pub const PARAM_INPUT_SHAPES: &str = "cleave.input_shapes";
+/// Request parameter: a bandwidth probe; the server answers at once without computing.
+pub const PARAM_PROBE: &str = "cleave.probe";
 /// Request parameter: SHA-256 of the model file the device split, checked by the server.
 pub const PARAM_MODEL_SHA256: &str = "cleave.model_sha256";
 /// Tensor parameters of a codec-encoded tensor.
@@ -141,6 +146,26 @@ pub fn str_param(v: impl Into<String>) -> InferParameter {
 }
 pub fn f64_param(v: f64) -> InferParameter {
     InferParameter { parameter_choice: Some(infer_parameter::ParameterChoice::DoubleParam(v)) }
+}
+
+/// Parses `cleave.input_shapes` (`x=1,3,48,192;y=…`), refusing a rank or an element count
+/// beyond `limits` before anything is allocated for it.
+pub fn parse_input_shapes(s: &str, limits: &Limits) -> Result<cleave_graph::InputShapes, WireError> {
+    use cleave_graph::InputShapes;
+    let mut out = InputShapes::none();
+    for part in s.split(';').filter(|p| !p.is_empty()) {
+        let (name, dims) =
+            InputShapes::parse_one(part).map_err(|e| WireError::invalid(format!("{PARAM_INPUT_SHAPES}: {e}")))?;
+        if dims.len() > limits.max_rank {
+            return Err(WireError::invalid(format!("{PARAM_INPUT_SHAPES}: rank {} is too large", dims.len())));
+        }
+        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n.is_none_or(|n| n > limits.max_elements) {
+            return Err(WireError::invalid(format!("{PARAM_INPUT_SHAPES}: input `{name}` is too large")));
+        }
+        out = out.with(name, dims);
+    }
+    Ok(out)
 }
 
 /// An integer parameter (int64 or uint64 in range), if present.

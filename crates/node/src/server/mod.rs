@@ -32,11 +32,7 @@ use dedup::{Admission, Dedup, DedupConfig};
 use metrics::{Failure, Metrics};
 use registry::Registry;
 
-/// Request parameter: the model's input shapes the device analysed it at, `x=1,3,48,192;y=…`
-/// (required with `cleave.cut`: cut indices depend on them).
-pub const PARAM_INPUT_SHAPES: &str = "cleave.input_shapes";
-/// Request parameter: a bandwidth probe; the server answers at once without computing.
-pub const PARAM_PROBE: &str = "cleave.probe";
+pub use cleave_proto::wire::{PARAM_INPUT_SHAPES, PARAM_PROBE};
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -84,23 +80,6 @@ pub fn format_shapes(shapes: &InputShapes) -> String {
         .map(|(k, v)| format!("{k}={}", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")))
         .collect::<Vec<_>>()
         .join(";")
-}
-
-fn parse_shapes(s: &str, limits: &Limits) -> Result<InputShapes, WireError> {
-    let mut out = InputShapes::none();
-    for part in s.split(';').filter(|p| !p.is_empty()) {
-        let (name, dims) =
-            InputShapes::parse_one(part).map_err(|e| WireError::invalid(format!("{PARAM_INPUT_SHAPES}: {e}")))?;
-        if dims.len() > limits.max_rank {
-            return Err(WireError::invalid(format!("{PARAM_INPUT_SHAPES}: rank {} is too large", dims.len())));
-        }
-        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if n.is_none_or(|n| n > limits.max_elements) {
-            return Err(WireError::invalid(format!("{PARAM_INPUT_SHAPES}: input `{name}` is too large")));
-        }
-        out = out.with(name, dims);
-    }
-    Ok(out)
 }
 
 /// Shared state of a running server.
@@ -224,7 +203,7 @@ impl Service {
                     .ok_or_else(|| {
                         reject(Status::invalid_argument(format!("{} needs {PARAM_INPUT_SHAPES}", wire::PARAM_CUT)))
                     })?;
-                parse_shapes(s, &state.limits).map_err(Status::from).map_err(reject)?
+                wire::parse_input_shapes(s, &state.limits).map_err(Status::from).map_err(reject)?
             }
             None => InputShapes(tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()),
         };
