@@ -93,6 +93,9 @@ pub struct Setup {
     pub edge: SocketAddr,
     pub frames: usize,
     pub source: FrameSource,
+    /// The adaptive device's hedging policy.
+    #[serde(default)]
+    pub hedge: cleave_node::adaptive::Hedge,
 }
 
 /// Run one strategy through the link at `proxy`.
@@ -276,6 +279,7 @@ async fn serve(
         // The bench's downlink is not shaped: only the one-way delay applies.
         down_bps: Some(1e9),
         probe: true,
+        hedge: setup.hedge,
     };
     {
         let direct = EdgeClient::connect(&setup.edge.to_string(), 64 << 20).await.map_err(|e| dev(&e))?;

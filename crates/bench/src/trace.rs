@@ -45,10 +45,13 @@
 //! scaled by the median measured/profiled ratio of the runs. The fixed per-request cost is the
 //! median, per codec, over the sent frames, of what the frame took beyond its head, its ideal
 //! transfer, the delays and the edge's reported time (encoding, HTTP/2, decoding). The adaptive
-//! device's hedging (its own tail racing a late answer) is not simulated: the oracle picks one
-//! place per frame. The oracle is therefore a
-//! model calibrated on the runs, not a measured run: it can be beaten by a little where the model
-//! is pessimistic.
+//! device's hedging is not simulated: the oracle picks one place per frame. The adaptive
+//! device by default races the server with its own tail (`--hedge race`, see
+//! `cleave_node::adaptive`), so each of its sent frames costs about the smaller of the two
+//! places' latencies and it can come close to, or beat, this oracle; its extra device compute
+//! is the price (`local_fallback` counts the frames its own tail answered). The oracle is
+//! also a model calibrated on the runs, not a measured run: it can be beaten by a little where
+//! the model is pessimistic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -119,6 +122,8 @@ pub struct TraceOptions {
     pub server_exe: PathBuf,
     /// A strategy that falls this far behind its releases is stopped.
     pub max_backlog: Duration,
+    /// When the adaptive device races the server with its own tail (fixed strategies never do).
+    pub hedge: adaptive::Hedge,
 }
 
 /// How the device was made slower than the edge, and what was measured.
@@ -451,6 +456,7 @@ pub async fn run(
             edge: edge.grpc,
             frames: opts.frames,
             source: opts.source.clone(),
+            hedge: opts.hedge,
         })
         .await?;
     let device_profile = match device.recv().await? {
@@ -1024,6 +1030,7 @@ mod tests {
             source: FrameSource::Random,
             server_exe: PathBuf::new(),
             max_backlog: Duration::from_secs(30),
+            hedge: Default::default(),
         }
     }
 

@@ -220,10 +220,12 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
         "{stdout}"
     );
     assert!(stdout.contains("10 frames: "), "{stdout}");
-    // No frame fell back for a failure. A hedge (the answer came later than twice its
-    // prediction, so the device's own tail won) is timing, not failure: a loaded test machine
-    // may produce one.
-    let failed: Vec<&&str> = frame_lines.iter().filter(|l| l.contains("LOCAL") && !l.contains("hedged")).collect();
+    // No frame fell back for a failure. A race the device's own tail won (it starts with the
+    // request; `--hedge race`, the default) is timing, not failure: on this tiny model the
+    // local tail takes a few ms, and a loaded test machine may answer later than that.
+    let won_race = |e: &str| e.starts_with("raced") || e.starts_with("hedged");
+    let failed: Vec<&&str> =
+        frame_lines.iter().filter(|l| l.contains("LOCAL") && !l.contains("raced") && !l.contains("hedged")).collect();
     assert!(failed.is_empty(), "{stdout}");
 
     let text = std::fs::read_to_string(&records).unwrap();
@@ -238,7 +240,7 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
         match r["status"].as_str().unwrap() {
             "remote" => assert!(cut < last_cut && r["codec"].is_string() && r["bytes_up"].as_u64() > Some(0), "{r}"),
             "device" => assert_eq!(cut, last_cut, "{r}"),
-            "local-fallback" if r["error"].as_str().is_some_and(|e| e.starts_with("hedged")) => {}
+            "local-fallback" if r["error"].as_str().is_some_and(won_race) => {}
             other => panic!("frame {k} was answered by `{other}`: {r}"),
         }
         assert!(r["estimate"]["up_bps"].as_f64().unwrap() > 0.0, "{r}");
@@ -258,7 +260,7 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
     assert_eq!(v["summary"]["frames"], 3, "{v}");
     assert_eq!(v["frames"].as_array().unwrap().len(), 3, "{v}");
     for f in v["frames"].as_array().unwrap() {
-        assert!(f["status"] != "local-fallback" || f["error"].as_str().is_some_and(|e| e.starts_with("hedged")), "{f}");
+        assert!(f["status"] != "local-fallback" || f["error"].as_str().is_some_and(won_race), "{f}");
     }
 
     // Flags of other modes are refused, not ignored.

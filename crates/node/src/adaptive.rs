@@ -34,14 +34,27 @@
 //! plausible bandwidth would change the choice, none is sent. Before a frame large enough to be
 //! measured is sent, any probe still on the link is awaited, so the frame's sample stays clean.
 //!
-//! ## Hedging a late answer
-//! A link can go silent for seconds (cellular traces do). When the answer is late by twice the
-//! predicted remote time (+20 ms), the adaptive device starts computing the tail itself and the
-//! frame takes whichever answer comes first, so a frame costs at most about that wait plus the
-//! local tail, not the outage. A hedged frame is marked `local-fallback` with the reason. Its
-//! wait is not a bandwidth sample: it measures an outage, and in a harmonic mean one such sample
-//! would keep the estimate near zero long after the link recovered. Fixed strategies do not
-//! hedge.
+//! ## Racing the server
+//! A link can go silent for seconds (cellular traces do), and no estimator sees that coming: a
+//! frame sent just before an outage waits it out. So by default ([`Hedge::Race`]) the device
+//! starts its own tail the moment a request leaves, on a thread in the lowest CPU class
+//! ([`crate::priority`]: `SCHED_IDLE`), and the frame takes whichever answer comes first. While
+//! it waits for the server the device's CPU is otherwise idle, so the race costs no latency: the
+//! idle-class thread yields to the runtime that handles the answer and to the next frame's head
+//! (within a CPU quota too: it only gets quota time no normal thread wants). A frame therefore
+//! costs at most about its local latency, whatever the link does, and the planner's choice only
+//! has to be right when the link is up. What it costs is device energy: the tail also runs on
+//! frames the server answers (the result is dropped; tract cannot stop a running plan). With
+//! [`Hedge::Late`] the tail starts only once the answer is late by twice the predicted remote
+//! time (+20 ms), for a device that must save energy; [`Hedge::Off`] waits until the deadline.
+//! Fixed strategies never hedge. A frame answered by its own tail is marked `local-fallback`
+//! with the reason.
+//!
+//! The server's answer to such a frame is not thrown away: the call stays open until the next
+//! frame sends, and if the answer comes by then its transfer is a bandwidth sample like any
+//! other (so a device whose race keeps winning still learns that the link got slow). A call
+//! still open when the next frame sends is dropped: it measures an outage that is still going
+//! on, and one such sample would dominate the harmonic mean long after the link recovered.
 //!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
@@ -78,7 +91,7 @@ use cleave_cost::Link;
 use cleave_engine::{Engine, TensorMap, random_input};
 use cleave_graph::{ModelGraph, TensorSpec};
 use cleave_link::{BandwidthEstimator, LoadEstimator, RttEstimator};
-use cleave_plan::{Conditions, Plan, PlanError, Planner, Problem};
+use cleave_plan::{Conditions, Objective, Plan, PlanError, Planner, Problem};
 use cleave_proto::inference::ModelInferRequest;
 use cleave_proto::wire;
 use serde::{Deserialize, Serialize};
@@ -159,6 +172,11 @@ impl LinkEstimates {
         // subtraction claim more than half of the call (at most 2× the naive rate).
         let wire = call.saturating_sub(base).max(call / 2);
         if self.bandwidth.observe(bytes, wire) { self.bandwidth.samples().last() } else { None }
+    }
+
+    /// The recent uplink throughput samples, bit/s, oldest first.
+    pub fn up_samples(&self) -> Vec<f64> {
+        self.bandwidth.samples().collect()
     }
 
     /// One answer's reported queue delay and compute time, ms.
@@ -243,10 +261,63 @@ pub fn allowed_cuts(problem: &Problem) -> BTreeSet<usize> {
 
 /// The per-frame decision: a plan for the estimate (pure).
 pub fn decide(problem: &Problem, est: &Estimate, down_bps: Option<f64>) -> Result<Plan, PlanError> {
-    let mut link = Link::symmetric(est.up_bps, est.rtt_ms);
-    link.down_bps = down_bps.unwrap_or(est.up_bps);
-    let cond = Conditions { server_queue_ms: est.server_queue_ms, ..Conditions::two_tier(link) };
-    Planner::new(problem)?.plan(&cond)
+    Planner::new(problem)?.plan(&conditions(est, est.up_bps, down_bps))
+}
+
+/// The planner's conditions for the estimate, at uplink `up_bps`.
+fn conditions(est: &Estimate, up_bps: f64, down_bps: Option<f64>) -> Conditions {
+    let mut link = Link::symmetric(up_bps, est.rtt_ms);
+    link.down_bps = down_bps.unwrap_or(up_bps);
+    Conditions { server_queue_ms: est.server_queue_ms, ..Conditions::two_tier(link) }
+}
+
+/// The per-frame decision of a device that races the server with its own tail
+/// ([`Hedge::Race`]; pure). A sent frame then costs `min(remote, local)`: the tail the device
+/// starts with the request answers by `local` (its whole-model time) at the latest. So an
+/// offload is scored by the mean of `min(remote latency at s, local)` over the recent bandwidth
+/// samples `s` (their empirical distribution), not by its latency at one point estimate: a
+/// single outage sample, which would pull the harmonic mean (and a point decision) down to
+/// device-only for several frames, costs an offload at most its local latency in this mean,
+/// and the frames around it, where the link works, still count. Device-only is scored as
+/// [`decide`] scores it. Falls back to [`decide`] for objectives other than latency (racing
+/// does not save energy) and before any sample. `predicted.total_ms` and `objective` of the
+/// returned plan are the raced expectation.
+pub fn decide_racing(
+    problem: &Problem,
+    est: &Estimate,
+    samples_bps: &[f64],
+    down_bps: Option<f64>,
+) -> Result<Plan, PlanError> {
+    let usable: Vec<f64> = samples_bps.iter().copied().filter(|s| s.is_finite() && *s > 0.0).collect();
+    if problem.objective != Objective::Latency || usable.is_empty() {
+        return decide(problem, est, down_bps);
+    }
+    let last = problem.last();
+    let local_ms = problem.device_ms[last];
+    let plans = Planner::new(problem)?.alternatives(&conditions(est, est.up_bps, down_bps), usize::MAX)?;
+    let raced = |plan: &Plan| -> f64 {
+        if plan.cuts.first() == Some(&last) {
+            return plan.predicted.total_ms;
+        }
+        let sent = usable
+            .iter()
+            .map(|&s| {
+                cleave_plan::evaluate(problem, &conditions(est, s, down_bps), &plan.choice)
+                    .map_or(local_ms, |p| p.predicted.sent_total_ms.min(local_ms))
+            })
+            .sum::<f64>()
+            / usable.len() as f64;
+        let x = plan.predicted.exit_rate;
+        x * plan.predicted.exit_ms + (1.0 - x) * sent
+    };
+    let (ms, mut plan) = plans
+        .into_iter()
+        .map(|p| (raced(&p), p))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .expect("alternatives returns at least one plan or an error");
+    plan.predicted.total_ms = ms;
+    plan.objective = ms;
+    Ok(plan)
 }
 
 /// Transfers smaller than this give no bandwidth sample (see [`cleave_link::BandwidthEstimator`]).
@@ -274,6 +345,48 @@ pub struct AdaptiveConfig {
     pub down_bps: Option<f64>,
     /// Probe the uplink while computing locally (see the module docs).
     pub probe: bool,
+    /// When the device computes the tail itself while a request is out (see the module docs).
+    pub hedge: Hedge,
+}
+
+/// When the adaptive device starts its own tail while a request is out; the frame takes
+/// whichever answer comes first (see "Racing the server" in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hedge {
+    /// As soon as the request is sent, on a thread at the lowest CPU priority: the device's
+    /// own tail uses only CPU time the device would otherwise leave idle, and a frame costs at
+    /// most its local latency however long the link stalls. Costs device energy on every
+    /// offloaded frame.
+    #[default]
+    Race,
+    /// Once the answer is late by twice the predicted remote time (+20 ms): local compute
+    /// only for frames that are already late.
+    Late,
+    /// Never: wait for the server until the deadline.
+    Off,
+}
+
+impl std::str::FromStr for Hedge {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "race" => Ok(Hedge::Race),
+            "late" => Ok(Hedge::Late),
+            "off" => Ok(Hedge::Off),
+            _ => Err(format!("unknown hedge policy `{s}` (race, late or off)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Hedge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hedge::Race => "race",
+            Hedge::Late => "late",
+            Hedge::Off => "off",
+        })
+    }
 }
 
 /// What happened to one frame. Times in ms; instants in ms since the device's epoch.
@@ -334,6 +447,9 @@ pub struct AdaptiveDevice {
     model_outputs: Vec<String>,
     epoch: Instant,
     side: Option<JoinHandle<SideResult>>,
+    /// The server's answer to a frame the device's own tail already answered: (payload
+    /// bytes, response), for its bandwidth sample.
+    straggler: Option<JoinHandle<Option<(u64, TailResponse)>>>,
     last_sample: Option<Instant>,
     last_rtt: Option<Instant>,
     last_release: Option<Instant>,
@@ -350,8 +466,8 @@ pub struct AdaptiveDevice {
 /// How a sent frame ended.
 enum Outcome {
     Remote(TensorMap, TailResponse),
-    /// The device's own tail finished first, this long after sending.
-    Hedged(TensorMap, Duration),
+    /// The device's own tail finished first, this long after sending (raced from the start?).
+    Hedged(TensorMap, Duration, bool),
     Failed(String),
 }
 
@@ -464,6 +580,7 @@ impl AdaptiveDevice {
             model_outputs,
             epoch: Instant::now(),
             side: None,
+            straggler: None,
             last_sample: None,
             last_rtt: None,
             last_release: None,
@@ -498,6 +615,11 @@ impl AdaptiveDevice {
     pub fn prepare(&self) -> Result<(), AdaptiveError> {
         let mut parts: BTreeSet<(usize, usize)> = self.candidate_cuts().into_iter().map(|c| (0, c)).collect();
         if self.strategy == Strategy::Adaptive {
+            // The local tails the device races the server with.
+            if self.config.hedge != Hedge::Off {
+                let last = self.graph.last_cut();
+                parts.extend(self.candidate_cuts().into_iter().map(|c| (c, last)));
+            }
             for e in &self.problem.exits {
                 parts.insert((0, e.cut));
                 for c in self.candidate_cuts().into_iter().filter(|&c| c > e.cut) {
@@ -560,6 +682,17 @@ impl AdaptiveDevice {
 
     /// Takes a finished side task's measurements; with `wait`, waits for a running one.
     async fn harvest(&mut self, wait: bool) {
+        if self.straggler.as_ref().is_some_and(|h| h.is_finished())
+            && let Some(h) = self.straggler.take()
+            && let Ok(Some((bytes, resp))) = h.await
+        {
+            let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
+            self.estimates.observe_server(q, c);
+            let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
+            if self.estimates.observe_transfer(wire_bytes(bytes), resp.rpc, server).is_some() {
+                self.last_sample = Some(Instant::now());
+            }
+        }
         let ready = self.side.as_ref().is_some_and(|h| wait || h.is_finished());
         if !ready {
             return;
@@ -597,6 +730,14 @@ impl AdaptiveDevice {
             for (d, b) in self.problem.server_ms.iter_mut().zip(&self.base_server_ms) {
                 *d = b * f;
             }
+        }
+    }
+
+    /// This frame's decision under the device's hedging policy.
+    fn decide(&self, est: &Estimate) -> Result<Plan, PlanError> {
+        match self.config.hedge {
+            Hedge::Race => decide_racing(&self.problem, est, &self.estimates.up_samples(), self.config.down_bps),
+            Hedge::Late | Hedge::Off => decide(&self.problem, est, self.config.down_bps),
         }
     }
 
@@ -669,7 +810,7 @@ impl AdaptiveDevice {
         let last = self.graph.last_cut();
         let (cut, codec, exit, predicted_ms) = match self.strategy {
             Strategy::Fixed { cut, codec } => (cut, codec, None, None),
-            Strategy::Adaptive => match decide(&self.problem, &estimate, self.config.down_bps) {
+            Strategy::Adaptive => match self.decide(&estimate) {
                 Ok(p) => {
                     let exit = match (&p.exit, p.exit_threshold) {
                         (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
@@ -734,15 +875,20 @@ impl AdaptiveDevice {
         // Keep the link clean for this frame's sample: a probe still out is awaited (unless the
         // frame is too small to give a sample; see the module docs).
         self.harvest(sends >= MIN_SAMPLE_BYTES).await;
-        // Hedge (adaptive only): past twice the predicted remote time, the device starts the
-        // tail itself and the frame takes whichever answer comes first.
-        let hedge_after = match (self.strategy, predicted_ms) {
-            (Strategy::Adaptive, Some(p)) => {
+        // Hedge (adaptive only): the device's own tail races the server, from the start or
+        // once the answer is late (see "Racing the server" in the module docs).
+        let hedge_after = match (self.strategy, self.config.hedge, predicted_ms) {
+            (Strategy::Adaptive, Hedge::Race, _) => Some(Duration::ZERO),
+            (Strategy::Adaptive, Hedge::Late, Some(p)) => {
                 let remote = (p - self.problem.device_ms[cut]).max(1.0);
                 Some(Duration::from_secs_f64((2.0 * remote + 20.0) / 1e3))
             }
             _ => None,
         };
+        // A straggler of an earlier frame still on the link would delay this one: let it go.
+        if let Some(s) = self.straggler.take() {
+            s.abort();
+        }
         let outcome = match self.request(k, cut, EncodeOptions::new(codec), &env) {
             Err(e) => Outcome::Failed(e),
             Ok((req, bytes)) => {
@@ -752,26 +898,37 @@ impl AdaptiveDevice {
                 let t = Instant::now();
                 rec.send_ms = Some(self.ms_since_epoch(t));
                 let give_up_at = t + self.config.timeout;
-                let call = endpoints.infer(&req, give_up_at);
-                tokio::pin!(call);
+                let mut call = Box::pin(async move { endpoints.infer(&req, give_up_at).await });
                 let first = match hedge_after {
-                    None => Some((&mut call).await),
+                    None => Some(call.as_mut().await),
+                    Some(h) if h.is_zero() => None,
                     Some(h) => tokio::select! {
-                        r = &mut call => Some(r),
+                        r = call.as_mut() => Some(r),
                         _ = tokio::time::sleep(h) => None,
                     },
                 };
                 match first {
                     Some(r) => Outcome::remote(r),
                     None => {
-                        let local = self.tail_locally(cut, env.clone());
-                        tokio::pin!(local);
-                        tokio::select! {
-                            r = &mut call => Outcome::remote(r),
-                            l = &mut local => match l {
-                                Ok(tail) => Outcome::Hedged(tail, hedge_after.unwrap_or_default()),
-                                Err(_) => Outcome::remote(call.await),
-                            },
+                        let raced = self.config.hedge == Hedge::Race;
+                        let won = {
+                            let local = self.tail_locally(cut, env.clone(), raced);
+                            tokio::pin!(local);
+                            tokio::select! {
+                                r = call.as_mut() => Err(Outcome::remote(r)),
+                                l = &mut local => Ok(l),
+                            }
+                        };
+                        match won {
+                            Err(remote) => remote,
+                            Ok(Err(_)) => Outcome::remote(call.await),
+                            Ok(Ok(tail)) => {
+                                // The server's answer may still come: keep the call until the
+                                // next frame sends, for its bandwidth sample.
+                                self.straggler =
+                                    Some(tokio::spawn(async move { call.await.ok().map(|a| (bytes, a.response)) }));
+                                Outcome::Hedged(tail, t.elapsed(), raced)
+                            }
                         }
                     }
                 }
@@ -794,15 +951,15 @@ impl AdaptiveDevice {
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
             }
-            Outcome::Hedged(tail, after) => {
+            Outcome::Hedged(tail, after, raced) => {
                 rec.status = FrameStatus::LocalFallback;
                 rec.error = Some(format!(
-                    "hedged: no answer {:.0} ms after sending, and the device finished the tail first",
+                    "{}: no answer {:.0} ms after sending, and the device finished the tail first",
+                    if raced { "raced" } else { "hedged" },
                     after.as_secs_f64() * 1e3
                 ));
-                // No bandwidth sample: the wait measures an outage, not the link's rate, and one
-                // such sample would dominate the harmonic mean long after the link recovered
-                // (seen on the ATT trace); the hedge already bounds what outages cost.
+                // No bandwidth sample yet: the server's answer, if it comes before the next
+                // frame sends, gives one (see `harvest`); a wait cut short measures nothing.
                 outputs.extend(tail);
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
@@ -810,7 +967,7 @@ impl AdaptiveDevice {
             Outcome::Failed(e) => {
                 rec.status = FrameStatus::LocalFallback;
                 rec.error = Some(e);
-                match self.tail_locally(cut, env).await {
+                match self.tail_locally(cut, env, false).await {
                     Ok(tail) => outputs.extend(tail),
                     Err(e) => {
                         rec.error =
@@ -844,17 +1001,30 @@ impl AdaptiveDevice {
         }
     }
 
-    async fn tail_locally(&self, cut: usize, env: TensorMap) -> Result<TensorMap, String> {
+    /// Computes the tail after `cut` on the device; `background`: on a thread of its own at
+    /// the lowest CPU priority (a race the device may lose, which must not slow anything else).
+    async fn tail_locally(&self, cut: usize, env: TensorMap, background: bool) -> Result<TensorMap, String> {
         let (engine, graph) = (self.engine.clone(), self.graph.clone());
         let last = graph.last_cut();
-        let r = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let t0 = Instant::now();
             let part = engine.part(&graph, cut, last).map_err(|e| e.to_string())?;
             let out = engine.run(&part, &env).map_err(|e| e.to_string())?;
             Ok::<_, String>((out, t0.elapsed()))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        };
+        let r = if background {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("cleave-race".into())
+                .spawn(move || {
+                    crate::priority::lowest_for_this_thread();
+                    let _ = tx.send(work());
+                })
+                .map_err(|e| format!("starting the local tail: {e}"))?;
+            rx.await.map_err(|_| "the local tail's thread stopped".to_string())??
+        } else {
+            tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())??
+        };
         self.slow_down(r.1).await;
         Ok(r.0)
     }
@@ -980,6 +1150,35 @@ mod tests {
         assert_eq!(*after.last().unwrap(), slow.cuts[0], "{after:?}");
         // The harmonic mean reacts at the first slow sample.
         assert!(after[0] > before, "{after:?}");
+    }
+
+    /// Racing caps what an offload can cost at the local latency, so one outage sample among
+    /// good ones no longer sends the device home, as it does a point decision at the harmonic
+    /// mean; a link that is bad in every sample still does.
+    #[test]
+    fn a_racing_device_is_not_sent_home_by_one_outage_sample() {
+        let mut p = toy_problem();
+        for d in &mut p.device_ms {
+            *d *= 10.0; // whole model 800 ms on the device
+        }
+        let last = p.last();
+        let samples = [0.05e6, 20e6, 20e6, 20e6, 20e6];
+        let harmonic = samples.len() as f64 / samples.iter().map(|s| 1.0 / s).sum::<f64>();
+        let e = Estimate { up_bps: harmonic, ..est(1.0) };
+        assert_eq!(decide(&p, &e, None).unwrap().cuts[0], last, "the point decision goes home");
+        let raced = decide_racing(&p, &e, &samples, None).unwrap();
+        assert!(raced.cuts[0] < last, "{raced:?}");
+        // (800 capped + 4 × ~110) / 5 ms: well under the local 800 ms.
+        assert!(raced.predicted.total_ms < 400.0, "{}", raced.predicted.total_ms);
+
+        let bad = [0.05e6; 5];
+        let e = Estimate { up_bps: 0.05e6, ..est(1.0) };
+        assert_eq!(decide_racing(&p, &e, &bad, None).unwrap().cuts[0], last);
+        // Before any sample, and for an energy objective, it is the point decision.
+        let e = Estimate { up_bps: harmonic, ..est(1.0) };
+        assert_eq!(decide_racing(&p, &e, &[], None).unwrap(), decide(&p, &e, None).unwrap());
+        p.objective = Objective::Energy;
+        assert_eq!(decide_racing(&p, &e, &samples, None).unwrap(), decide(&p, &e, None).unwrap());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod convert;
 pub mod device;
 pub mod failover;
+pub mod priority;
 pub mod security;
 pub mod server;
 

@@ -11,7 +11,7 @@ use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::build::zoo;
 use cleave_graph::{InputShapes, ModelGraph};
 use cleave_link::{LinkConfig, LinkProxy};
-use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, Strategy};
+use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, Hedge, Strategy};
 use cleave_node::server::registry::{ModelEntry, Registry};
 use cleave_node::{EdgeClient, FrameStatus, RunningServer, ServerConfig};
 use cleave_plan::ProblemBuilder;
@@ -43,8 +43,14 @@ async fn a_silent_link_is_hedged_not_waited_out() {
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
     let timeout = Duration::from_secs(60);
     let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let config =
-        AdaptiveConfig { model_name: "tiny".into(), timeout, device_slowdown: 1.0, down_bps: None, probe: false };
+    let config = AdaptiveConfig {
+        model_name: "tiny".into(),
+        timeout,
+        device_slowdown: 1.0,
+        down_bps: None,
+        probe: false,
+        hedge: Hedge::Late,
+    };
     let mut device =
         AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
     device.prepare().unwrap();
@@ -66,4 +72,72 @@ async fn a_silent_link_is_hedged_not_waited_out() {
     assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
     // Without hedging this frame would end at the 60 s deadline.
     assert!(took < timeout / 4, "took {took:?}");
+}
+
+/// The default policy, `race`: the device's own tail starts with the request, at the lowest
+/// priority. With the link up the server still answers first (the race must not slow it down);
+/// with the link silent the frame costs its local latency, not twice the predicted remote time
+/// plus that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.onnx");
+    let bytes = zoo::tiny_resnet(3).encode_to_vec();
+    std::fs::write(&path, &bytes).unwrap();
+    let mut registry = Registry::default();
+    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
+    let config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
+    let server = RunningServer::start(registry, config).await.unwrap();
+    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
+    let proxy = LinkProxy::start(server.grpc_addr, LinkConfig::default()).await.unwrap();
+
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let opts =
+        cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: "t".into() };
+    let edge = cleave_engine::profile::profile(&engine, &graph, &opts, &mut |_: usize, _: usize, _: &str| {}).unwrap();
+    let mut problem = ProblemBuilder::new(&graph, &edge.scaled(1000.0, "device"))
+        .server(edge.clone())
+        .codecs(vec![Codec::Fp32, Codec::Int8])
+        .build();
+    adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
+    // The device really is slow: it sleeps so that its whole-model time is at least 300 ms,
+    // far more than a loopback round trip.
+    let whole_ms = edge.prefix()[graph.last_cut()].max(0.01);
+    let slowdown = (300.0 / whole_ms).max(2.0);
+    let timeout = Duration::from_secs(60);
+    let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
+    let config = AdaptiveConfig {
+        model_name: "tiny".into(),
+        timeout,
+        device_slowdown: slowdown,
+        down_bps: None,
+        probe: false,
+        hedge: Hedge::Race,
+    };
+    let mut device =
+        AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
+    device.prepare().unwrap();
+    device.warm_server(&client).await.unwrap();
+    device.bootstrap().await;
+    let input = |k: u64| -> TensorMap { graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k))).collect() };
+    let mut remote = 0;
+    for k in 0..5 {
+        let (rec, out) = device.frame(k, input(k as u64), Instant::now()).await;
+        assert!(out.contains_key("logits"), "frame {k}: {:?}", out.keys());
+        assert_eq!(rec.cut, 0);
+        remote += usize::from(rec.status == FrameStatus::Remote);
+    }
+    // The server answers in a few ms; the device's own tail needs ≥ 300 ms. A loaded CI
+    // machine may delay one answer, not most.
+    assert!(remote >= 4, "only {remote} of 5 frames were answered by the server with the link up");
+
+    proxy.handle().blackhole(true);
+    let t0 = Instant::now();
+    let (rec, out) = device.frame(5, input(5), t0).await;
+    let took = t0.elapsed();
+    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
+    assert!(rec.error.as_deref().unwrap_or("").contains("raced"), "{:?}", rec.error);
+    assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
+    // About the local latency (≥ 300 ms of sleeping), not the 60 s deadline.
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(10), "took {took:?}");
 }

@@ -120,6 +120,12 @@ pub struct TraceArgs {
     #[arg(long, default_value = "30s", value_parser = crate::cmd::duration)]
     pub max_backlog: std::time::Duration,
 
+    /// When the adaptive device computes the tail itself while a request is out (`race`: from
+    /// the moment it sends, at the lowest CPU priority; `late`: once the answer is late; `off`).
+    /// See `cleave run --help`. Fixed strategies never hedge.
+    #[arg(long, value_name = "POLICY", default_value = "race")]
+    pub hedge: cleave_node::adaptive::Hedge,
+
     /// Frame inputs (single-input models): a .npy used for every frame, or an .npz whose `x`
     /// holds N samples (frame k gets sample k mod N).
     #[arg(long, value_name = "PATH")]
@@ -447,6 +453,7 @@ fn trace(a: TraceArgs) -> Result<()> {
         source,
         server_exe: std::env::current_exe().context("cannot find the cleave executable to run the edge")?,
         max_backlog: a.max_backlog,
+        hedge: a.hedge,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(cleave_bench::trace::run(graph, &opts, &mut |p| {

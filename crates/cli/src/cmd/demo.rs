@@ -123,6 +123,7 @@ pub fn run(a: Args) -> Result<()> {
         source: FrameSource::Dataset(data_path, Default::default()),
         server_exe: std::env::current_exe().context("cannot find the cleave executable to run the edge")?,
         max_backlog: Duration::from_secs(10),
+        hedge: Default::default(),
     };
 
     let bar = ProgressBar::new_spinner();

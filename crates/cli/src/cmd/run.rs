@@ -11,7 +11,7 @@ use cleave_codec::{Codec, EncodeOptions};
 use cleave_cost::Link;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::ModelGraph;
-use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Strategy};
+use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Hedge, Strategy};
 use cleave_node::{
     ClientSecurity, ClientTls, Device, DeviceConfig, EdgeClient, Endpoints, ExitPolicy, FailoverConfig, FrameStatus,
     RunSummary,
@@ -142,6 +142,15 @@ pub struct Args {
     /// (X − 1) × each measured compute and plans with its profile scaled by X.
     #[arg(long, value_name = "X", default_value_t = 1.0)]
     pub device_slowdown: f64,
+
+    /// With --cut adaptive: when the device computes the tail itself while a request is out;
+    /// the frame takes whichever answer comes first. `race`: from the moment it sends, on a
+    /// lowest-priority thread, so a frame never costs more than its local latency however long
+    /// the link stalls (costs device energy: the tail runs on every offloaded frame); `late`:
+    /// once the answer is late by twice the predicted remote time + 20 ms; `off`: wait for the
+    /// server until --timeout.
+    #[arg(long, value_name = "POLICY", default_value = "race")]
+    pub hedge: Hedge,
 
     /// With --cut adaptive: write one JSON object per frame to PATH (JSON lines, flushed per
     /// frame): the decision's estimate, cut, codec, timings, bytes, and `start_unix_ms`, the
@@ -567,6 +576,7 @@ async fn run_adaptive(
         device_slowdown: args.device_slowdown,
         down_bps: None,
         probe: true,
+        hedge: args.hedge,
     };
     let engine =
         Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 4 * candidates.len() + 16 }));
