@@ -113,6 +113,9 @@ pub struct RunStrategy {
     pub max_backlog_ms: f64,
     /// Measure the link before the first frame (adaptive only).
     pub bootstrap: bool,
+    /// The adaptive device's hedging policy for this run (default: the set-up's).
+    #[serde(default)]
+    pub hedge: Option<cleave_node::adaptive::Hedge>,
 }
 
 /// The device's answers.
@@ -308,10 +311,13 @@ async fn serve(
         }
         let client = EdgeClient::connect(&run.proxy.to_string(), 64 << 20).await.map_err(|e| dev(&e))?;
         let origin = from_unix_ns(run.origin_unix_ns);
-        let mut device =
-            AdaptiveDevice::new(engine.clone(), graph.clone(), Some(client), p, run.strategy, config.clone())
-                .map_err(|e| dev(&e))?
-                .with_epoch(origin);
+        let mut config = config.clone();
+        if let Some(h) = run.hedge {
+            config.hedge = h;
+        }
+        let mut device = AdaptiveDevice::new(engine.clone(), graph.clone(), Some(client), p, run.strategy, config)
+            .map_err(|e| dev(&e))?
+            .with_epoch(origin);
         if run.bootstrap && run.strategy == Strategy::Adaptive {
             device.bootstrap().await;
         }

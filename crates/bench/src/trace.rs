@@ -124,6 +124,9 @@ pub struct TraceOptions {
     pub max_backlog: Duration,
     /// When the adaptive device races the server with its own tail (fixed strategies never do).
     pub hedge: adaptive::Hedge,
+    /// More adaptive runs, one per policy, reported as `adaptive-hedge-<policy>` side by side
+    /// with `adaptive` (e.g. to see what racing costs and saves on this trace).
+    pub compare_hedges: Vec<adaptive::Hedge>,
 }
 
 /// How the device was made slower than the edge, and what was measured.
@@ -467,19 +470,19 @@ pub async fn run(
     let mut adaptive_problem = problem.clone();
     adaptive::restrict_cuts(&mut adaptive_problem, &adaptive_set);
 
-    let mut run_one = async |name: &str, strategy: Strategy| -> Result<Run, TraceBenchError> {
+    let mut run_with = async |name: &str, strategy: Strategy, hedge: Option<adaptive::Hedge>| {
         progress(Progress::Strategy { name, frames: opts.frames });
-        run_strategy(&mut device, strategy, &adaptive_set, edge.grpc, opts, last, &mut *progress).await
+        run_strategy(&mut device, strategy, hedge, &adaptive_set, edge.grpc, opts, last, &mut *progress).await
     };
 
-    let device_only = run_one("device-only", Strategy::Fixed { cut: last, codec: Codec::Fp32 }).await?;
+    let device_only = run_with("device-only", Strategy::Fixed { cut: last, codec: Codec::Fp32 }, None).await?;
     // The input baselines: raw fp32, raw 8-bit, JPEG (image inputs only).
     let mut baselines: Vec<(&str, Codec, Run)> = vec![];
     for (name, codec) in
         [("offload-raw-fp32", Codec::Fp32), ("offload-raw-u8", Codec::Int8), ("offload-jpeg", JPEG_BASELINE)]
     {
         if usable(&problem, 0, codec) {
-            baselines.push((name, codec, run_one(name, Strategy::Fixed { cut: 0, codec }).await?));
+            baselines.push((name, codec, run_with(name, Strategy::Fixed { cut: 0, codec }, None).await?));
         }
     }
     let mut statics: Vec<(usize, Option<Codec>, Run)> = vec![];
@@ -488,11 +491,17 @@ pub async fn run(
             if (cut == 0 && baselines.iter().any(|b| b.1 == codec)) || !usable(&problem, cut, codec) {
                 continue;
             }
-            let r = run_one(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec }).await?;
+            let r = run_with(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec }, None).await?;
             statics.push((cut, Some(codec), r));
         }
     }
-    let adaptive_run = run_one("adaptive", Strategy::Adaptive).await?;
+    let adaptive_run = run_with("adaptive", Strategy::Adaptive, None).await?;
+    let mut compared: Vec<(String, Run)> = vec![];
+    for &h in &opts.compare_hedges {
+        let name = format!("adaptive-hedge-{h}");
+        let r = run_with(&name, Strategy::Adaptive, Some(h)).await?;
+        compared.push((name, r));
+    }
     device.finish().await;
     drop(edge);
 
@@ -505,6 +514,9 @@ pub async fn run(
         all.extend(r.records.iter());
     }
     all.extend(adaptive_run.records.iter());
+    for (_, r) in &compared {
+        all.extend(r.records.iter());
+    }
     let model = OracleModel::fit(&all, &problem, &edge_profile, &device_profile, opts);
     let oracle = model.simulate(&adaptive_problem, opts);
 
@@ -598,6 +610,12 @@ pub async fn run(
         })
         .collect();
     strategies.push(ad);
+    for (name, r) in &compared {
+        let mut s = summarize(name, &r.records, r.stopped, device_speed.clone());
+        s.probe_bytes = r.records.iter().map(|r| r.probe_bytes).sum();
+        s.note = Some("the adaptive device with another hedging policy, run after `adaptive`".into());
+        strategies.push(s);
+    }
     let mut or = summarize_points("oracle", &oracle, device_speed.clone());
     or.per_frame = oracle
         .iter()
@@ -644,9 +662,11 @@ struct Run {
 }
 
 /// Runs one strategy on the device process through a fresh link proxy.
+#[allow(clippy::too_many_arguments)]
 async fn run_strategy(
     device: &mut DeviceProcess,
     strategy: Strategy,
+    hedge: Option<adaptive::Hedge>,
     adaptive_cuts: &BTreeSet<usize>,
     edge: SocketAddr,
     opts: &TraceOptions,
@@ -671,6 +691,7 @@ async fn run_strategy(
             fps: opts.fps,
             max_backlog_ms: opts.max_backlog.as_secs_f64() * 1e3,
             bootstrap: true,
+            hedge,
         })
         .await?;
     let run = loop {
@@ -1031,6 +1052,7 @@ mod tests {
             server_exe: PathBuf::new(),
             max_backlog: Duration::from_secs(30),
             hedge: Default::default(),
+            compare_hedges: vec![],
         }
     }
 

@@ -294,7 +294,8 @@ pub fn decide_racing(
     }
     let last = problem.last();
     let local_ms = problem.device_ms[last];
-    let plans = Planner::new(problem)?.alternatives(&conditions(est, est.up_bps, down_bps), usize::MAX)?;
+    let planner = Planner::new(problem)?;
+    let plans = planner.alternatives(&conditions(est, est.up_bps, down_bps), usize::MAX)?;
     let raced = |plan: &Plan| -> f64 {
         if plan.cuts.first() == Some(&last) {
             return plan.predicted.total_ms;
@@ -302,7 +303,8 @@ pub fn decide_racing(
         let sent = usable
             .iter()
             .map(|&s| {
-                cleave_plan::evaluate(problem, &conditions(est, s, down_bps), &plan.choice)
+                planner
+                    .evaluate(&conditions(est, s, down_bps), &plan.choice)
                     .map_or(local_ms, |p| p.predicted.sent_total_ms.min(local_ms))
             })
             .sum::<f64>()

@@ -415,6 +415,13 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Scores one choice under `cond`, as [`evaluate`] does, without checking the problem
+    /// again: for callers that score many choices or conditions of one problem.
+    pub fn evaluate(&self, cond: &Conditions, ch: &Choice) -> Option<Plan> {
+        check_conditions(cond).ok()?;
+        evaluate_in(&self.ctx(cond), ch)
+    }
+
     /// The best plan for each allowed first cut, best first, at most `k`.
     pub fn alternatives(&self, cond: &Conditions, k: usize) -> Result<Vec<Plan>, PlanError> {
         check_conditions(cond)?;
@@ -560,9 +567,7 @@ impl Front {
 
 /// Scores one choice: `None` when it breaks a constraint.
 pub fn evaluate(p: &Problem, cond: &Conditions, ch: &Choice) -> Option<Plan> {
-    let planner = Planner::new(p).ok()?;
-    check_conditions(cond).ok()?;
-    evaluate_in(&planner.ctx(cond), ch)
+    Planner::new(p).ok()?.evaluate(cond, ch)
 }
 
 fn evaluate_in(ctx: &Ctx, ch: &Choice) -> Option<Plan> {

@@ -122,9 +122,11 @@ pub struct TraceArgs {
 
     /// When the adaptive device computes the tail itself while a request is out (`race`: from
     /// the moment it sends, at the lowest CPU priority; `late`: once the answer is late; `off`).
-    /// See `cleave run --help`. Fixed strategies never hedge.
-    #[arg(long, value_name = "POLICY", default_value = "race")]
-    pub hedge: cleave_node::adaptive::Hedge,
+    /// See `cleave run --help`. Fixed strategies never hedge. Several, comma-separated (e.g.
+    /// `race,late`): the first is `adaptive`, each other one runs after it as
+    /// `adaptive-hedge-<policy>`, side by side on the same trace and frames.
+    #[arg(long, value_name = "POLICY", value_delimiter = ',', default_value = "race")]
+    pub hedge: Vec<cleave_node::adaptive::Hedge>,
 
     /// Frame inputs (single-input models): a .npy used for every frame, or an .npz whose `x`
     /// holds N samples (frame k gets sample k mod N).
@@ -453,7 +455,8 @@ fn trace(a: TraceArgs) -> Result<()> {
         source,
         server_exe: std::env::current_exe().context("cannot find the cleave executable to run the edge")?,
         max_backlog: a.max_backlog,
-        hedge: a.hedge,
+        hedge: a.hedge.first().copied().unwrap_or_default(),
+        compare_hedges: a.hedge.iter().skip(1).copied().collect(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(cleave_bench::trace::run(graph, &opts, &mut |p| {

@@ -124,6 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         server_exe: std::env::current_exe().context("cannot find the cleave executable to run the edge")?,
         max_backlog: Duration::from_secs(10),
         hedge: Default::default(),
+        compare_hedges: vec![],
     };
 
     let bar = ProgressBar::new_spinner();
