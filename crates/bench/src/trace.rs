@@ -232,6 +232,9 @@ pub struct TraceReport {
     pub bandwidth: Vec<(f64, f64)>,
     /// Every adaptive frame, as recorded.
     pub adaptive_records: Vec<AdaptiveRecord>,
+    /// Every frame of every run, as the device recorded it, by strategy name (in run order).
+    #[serde(skip)]
+    pub records: Vec<(String, Vec<AdaptiveRecord>)>,
 }
 
 /// Errors of the benchmark's set-up (a failed frame is counted, not an error).
@@ -475,6 +478,7 @@ pub async fn run(
         run_strategy(&mut device, strategy, hedge, &adaptive_set, edge.grpc, opts, last, &mut *progress).await
     };
 
+    let mut records: Vec<(String, Vec<AdaptiveRecord>)> = vec![];
     let device_only = run_with("device-only", Strategy::Fixed { cut: last, codec: Codec::Fp32 }, None).await?;
     // The input baselines: raw fp32, raw 8-bit, JPEG (image inputs only).
     let mut baselines: Vec<(&str, Codec, Run)> = vec![];
@@ -505,6 +509,17 @@ pub async fn run(
     device.finish().await;
     drop(edge);
 
+    records.push(("device-only".into(), device_only.records.clone()));
+    for (name, _, r) in &baselines {
+        records.push((name.to_string(), r.records.clone()));
+    }
+    for (cut, codec, r) in &statics {
+        records.push((format!("static-{cut}-{}", codec.map(|c| c.to_string()).unwrap_or_default()), r.records.clone()));
+    }
+    records.push(("adaptive".into(), adaptive_run.records.clone()));
+    for (name, r) in &compared {
+        records.push((name.clone(), r.records.clone()));
+    }
     // Everything that ran, for the oracle's measured compute.
     let mut all: Vec<&AdaptiveRecord> = device_only.records.iter().collect();
     for (_, _, r) in &baselines {
@@ -648,6 +663,7 @@ pub async fn run(
         strategies,
         bandwidth,
         adaptive_records: adaptive_run.records,
+        records,
     })
 }
 

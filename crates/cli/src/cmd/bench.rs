@@ -146,6 +146,12 @@ pub struct TraceArgs {
     /// Plot bandwidth, the adaptive cut and per-frame latency over time (.png or .svg).
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
+
+    /// Write every frame of every run as the device recorded it (decision, estimate, head,
+    /// send, RPC, server queue and compute, status), one JSON object per line with its
+    /// `strategy`: for finding out why a frame was slow.
+    #[arg(long, value_name = "PATH")]
+    pub records: Option<PathBuf>,
 }
 
 fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
@@ -470,6 +476,19 @@ fn trace(a: TraceArgs) -> Result<()> {
     println!("{}", report.render());
     if let Some(p) = &a.plot {
         crate::plot::trace_timeline(p, &report)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.records {
+        let mut out = String::new();
+        for (strategy, records) in &report.records {
+            for r in records {
+                let mut v = serde_json::to_value(r)?;
+                v["strategy"] = serde_json::Value::String(strategy.clone());
+                out.push_str(&serde_json::to_string(&v)?);
+                out.push('\n');
+            }
+        }
+        std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }
     write_json(a.json.as_deref(), &report.json_list())
