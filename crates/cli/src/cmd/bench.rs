@@ -120,8 +120,9 @@ pub struct TraceArgs {
     #[arg(long, default_value = "30s", value_parser = crate::cmd::duration)]
     pub max_backlog: std::time::Duration,
 
-    /// When the adaptive device computes the tail itself while a request is out (`race`: from
-    /// the moment it sends, at the lowest CPU priority; `late`: once the answer is late; `off`).
+    /// When the adaptive device computes the tail itself while a request is out (`race`: once
+    /// the answer is due, at the lowest CPU priority, counted on by the decision; `late`: once
+    /// the answer is late by twice that; `off`).
     /// See `cleave run --help`. Fixed strategies never hedge. Several, comma-separated (e.g.
     /// `race,late`): the first is `adaptive`, each other one runs after it as
     /// `adaptive-hedge-<policy>`, side by side on the same trace and frames.

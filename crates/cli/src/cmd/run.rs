@@ -144,10 +144,11 @@ pub struct Args {
     pub device_slowdown: f64,
 
     /// With --cut adaptive: when the device computes the tail itself while a request is out;
-    /// the frame takes whichever answer comes first. `race`: from the moment it sends, on a
-    /// lowest-priority thread, so a frame never costs more than its local latency however long
-    /// the link stalls (costs device energy: the tail runs on every offloaded frame); `late`:
-    /// once the answer is late by twice the predicted remote time + 20 ms; `off`: wait for the
+    /// the frame takes whichever answer comes first. `race`: once the answer is due (the plan's
+    /// predicted remote time), on a lowest-priority thread, and the per-frame decision counts
+    /// on that cap, so a frame never costs more than its local latency plus that wait however
+    /// long the link stalls (costs device energy on late frames); `late`: once the answer is
+    /// late by twice the predicted remote time + 20 ms, not counted on; `off`: wait for the
     /// server until --timeout.
     #[arg(long, value_name = "POLICY", default_value = "race")]
     pub hedge: Hedge,
