@@ -10,6 +10,7 @@ fn bench_trace_reports_every_strategy() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("trace.json");
     let plot = dir.path().join("trace.png");
+    let records = dir.path().join("frames.jsonl");
     let t0 = std::time::Instant::now();
     let o = Command::new(env!("CARGO_BIN_EXE_cleave"))
         .args(["bench", "trace", "--trace", "markov:3", "--frames", "12", "--fps", "10", "--delay", "10ms"])
@@ -17,6 +18,8 @@ fn bench_trace_reports_every_strategy() {
         .arg(&json)
         .arg("--plot")
         .arg(&plot)
+        .arg("--records")
+        .arg(&records)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -57,6 +60,17 @@ fn bench_trace_reports_every_strategy() {
     // No latency comparison here: on a shared 2-core CI machine timings say little; the
     // acceptance figures come from `cleave bench trace` runs reported in the issue.
     assert!(std::fs::metadata(&plot).unwrap().len() > 10_000, "a plot was drawn");
+    // --records: every run's 12 frames, each with its strategy and the device's timings.
+    let text = std::fs::read_to_string(&records).unwrap();
+    let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+    for l in text.lines() {
+        let r: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("records line `{l}`: {e}"));
+        assert!(r["total_ms"].as_f64().unwrap() > 0.0, "{r}");
+        *per.entry(r["strategy"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    for name in ["device-only", "offload-raw-fp32", "offload-raw-u8", "offload-jpeg", "adaptive"] {
+        assert_eq!(per.get(name), Some(&12), "{per:?}");
+    }
 }
 
 #[test]
