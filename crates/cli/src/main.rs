@@ -44,7 +44,7 @@ enum Command {
     Profile(cmd::profile::Args),
     Plan(cmd::plan::Args),
     Serve(cmd::serve::Args),
-    Run(cmd::run::Args),
+    Run(Box<cmd::run::Args>),
     Calibrate(cmd::calibrate::Args),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         Command::Profile(a) => cmd::profile::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Serve(a) => cmd::serve::run(a),
-        Command::Run(a) => cmd::run::run(a),
+        Command::Run(a) => cmd::run::run(*a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     };
