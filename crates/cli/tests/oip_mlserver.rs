@@ -145,21 +145,38 @@ fn cleave_run_offloads_to_mlserver() {
         if let Some(s) = shape {
             cmd.args(["--shape", s]);
         }
+        // fp16 too for the built-in model (the shared ones keep the test short).
+        let dtypes = if name == "tiny_resnet" { "fp32,fp16,uint8" } else { "fp32,uint8" };
         let o = cmd
-            .args(["--cuts", &cut_list, "--dtypes", "fp32,uint8", "--format", "mlserver", "--name", name, "-o"])
+            .args(["--cuts", &cut_list, "--dtypes", dtypes, "--format", "mlserver", "--name", name, "-o"])
             .arg(&dir)
             .output()
             .unwrap();
         assert!(o.status.success(), "export {name}: {}", String::from_utf8_lossy(&o.stderr));
         plan.push((name.clone(), path.clone(), *shape, dir, cuts));
     }
+    // A copy of a tail whose runtime reports no times: the device must infer them.
+    let (tiny_dir, tiny_cut) = (plan[0].3.clone(), plan[0].4[0]);
+    let quiet = repo.path().join("quiet").join("tiny_quiet");
+    std::fs::create_dir_all(&quiet).unwrap();
+    let src = tiny_dir.join(format!("tiny_resnet_tail_c{tiny_cut}"));
+    for f in ["model.onnx", "cleave_onnx_runtime.py"] {
+        std::fs::copy(src.join(f), quiet.join(f)).unwrap();
+    }
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("model-settings.json")).unwrap()).unwrap();
+    settings["name"] = "tiny_quiet".into();
+    settings["parameters"]["extra"] = serde_json::json!({"report_times": false});
+    std::fs::write(quiet.join("model-settings.json"), settings.to_string()).unwrap();
+
     let mut server = MlServer::start(&bin, repo.path());
     server.wait_ready(Duration::from_secs(120));
     let edge = format!("127.0.0.1:{}", server.grpc);
     let mut report = vec![];
     for (name, path, shape, dir, cuts) in &plan {
         for &cut in cuts {
-            for codec in ["fp32", "int8"] {
+            let codecs: &[&str] = if name == "tiny_resnet" { &["fp32", "fp16", "int8"] } else { &["fp32", "int8"] };
+            for &codec in codecs {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_cleave"));
                 cmd.arg("run").arg(path);
                 if let Some(s) = shape {
@@ -198,11 +215,45 @@ fn cleave_run_offloads_to_mlserver() {
                 if codec == "fp32" {
                     assert!(whole <= 1e-5, "{line}");
                 } else {
+                    // fp16 and int8: the boundary within the codec's bound, the server's tail
+                    // equal to the local one on the decoded boundary.
                     assert!(bound <= 1.0, "{line}");
                     assert!(tail <= 1e-5, "{line}");
                 }
             }
         }
     }
+
+    // No --export: the device derives the tail's inputs itself; the quiet runtime reports no
+    // times, so they are inferred.
+    let o = Command::new(env!("CARGO_BIN_EXE_cleave"))
+        .arg("run")
+        .arg(root.join("models/tiny_resnet.onnx"))
+        .args(["--edge", &edge, "--edge-kind", "oip", "--model-name", "tiny_quiet"])
+        .args(["--cut", &tiny_cut.to_string(), "--frames", "3", "--timeout", "60s", "--check", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["summary"]["remote"], 3, "{stdout}");
+    assert!(v["check"]["max_vs_whole"].as_f64().unwrap() <= 1e-5, "{stdout}");
+    for f in v["frames"].as_array().unwrap() {
+        assert_eq!(f["server_times"], "inferred", "{f}");
+        assert!(f["record"]["compute_ms"].as_f64().unwrap() >= 0.0, "{f}");
+        assert!(f["record"]["queue_ms"].as_f64().unwrap() >= 0.0, "{f}");
+    }
+    report.push(format!(
+        "tiny_quiet (no reported times) cut {tiny_cut}: vs whole {:.2e}, server times inferred",
+        v["check"]["max_vs_whole"].as_f64().unwrap()
+    ));
+
+    // A cleave-to-cleave codec is refused before anything is sent.
+    let o = Command::new(env!("CARGO_BIN_EXE_cleave"))
+        .args(["run", "--edge", &edge, "--edge-kind", "oip", "--cut", "5", "--codec", "int4"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cleave-to-cleave"), "{}", String::from_utf8_lossy(&o.stderr));
     println!("{}", report.join("\n"));
 }

@@ -440,3 +440,24 @@ pub fn reported_ms(params: &HashMap<String, InferParameter>, keys: &[&str]) -> O
         })
         .filter(|v| v.is_finite() && *v >= 0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_times_are_numbers_or_numeric_strings() {
+        let mut p = HashMap::new();
+        assert_eq!(reported_ms(&p, &["cleave.compute_ms", "compute_ms"]), None);
+        p.insert("compute_ms".to_owned(), wire::str_param(" 1.5 "));
+        assert_eq!(reported_ms(&p, &["cleave.compute_ms", "compute_ms"]), Some(1.5));
+        p.insert("cleave.compute_ms".to_owned(), wire::f64_param(2.0));
+        assert_eq!(reported_ms(&p, &["cleave.compute_ms", "compute_ms"]), Some(2.0), "cleave's name first");
+        p.insert("queue_ms".to_owned(), wire::int_param(3));
+        assert_eq!(reported_ms(&p, &["queue_ms"]), Some(3.0));
+        for bad in ["", "x", "-1", "NaN", "inf"] {
+            p.insert("queue_ms".to_owned(), wire::str_param(bad));
+            assert_eq!(reported_ms(&p, &["queue_ms"]), None, "`{bad}` is no time");
+        }
+    }
+}

@@ -6,7 +6,8 @@ It knows nothing about cleave: it takes the standard-datatype tensors a request 
 feeds them to the ONNX model by name, and answers with every model output.
 
 It reports its compute time as the response parameter `compute_ms` (a string: MLServer's
-gRPC layer drops float parameters), which `cleave run --edge-kind oip` reads when present.
+gRPC layer drops float parameters), which `cleave run --edge-kind oip` reads when present;
+`"parameters": {"extra": {"report_times": false}}` in model-settings.json turns that off.
 """
 
 import os
@@ -32,6 +33,8 @@ class OnnxRuntimeModel(MLModel):
         self._session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self._input_types = {i.name: i.type for i in self._session.get_inputs()}
         self._output_names = [o.name for o in self._session.get_outputs()]
+        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
+        self._report_times = bool(extra.get("report_times", True))
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -52,5 +55,5 @@ class OnnxRuntimeModel(MLModel):
             model_version=self.version,
             id=payload.id,
             outputs=outputs,
-            parameters=Parameters(compute_ms=f"{compute_ms:.3f}"),
+            parameters=Parameters(compute_ms=f"{compute_ms:.3f}") if self._report_times else None,
         )
