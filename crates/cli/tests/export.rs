@@ -291,3 +291,45 @@ fn int4_and_unknown_datatypes_are_refused_with_a_reason() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("out of range"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `--scale S --zero-point Z` bakes the quantization into the tail: a DequantizeLinear with
+/// constant parameters (which tract runs), and no scale or zero-point inputs.
+#[test]
+fn fixed_scale_and_zero_point_are_baked_into_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scale, zp) = (0.05f32, 100u8);
+    let o = cleave()
+        .args(["export", "--cuts", "5", "--format", "triton", "--dtypes", "uint8", "--scale", "0.05"])
+        .args(["--zero-point", "100", "-o"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest =
+        ExportManifest::from_json(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let tail = &manifest.tails[0];
+    assert!(tail.inputs.iter().all(|i| i.role == InputRole::Tensor), "{:?}", tail.inputs);
+    let onnx = std::fs::read(dir.path().join(&tail.file)).unwrap();
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny_resnet.onnx")).unwrap();
+    let graph = ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap();
+    let engine = Engine::new(EngineConfig { threads: 1, cache_capacity: 8 });
+    let inputs = cleave_testkit::inputs_for(&graph, 3);
+    let mut env = inputs.clone();
+    env.extend(engine.run(&engine.part(&graph, 0, 5).unwrap(), &inputs).unwrap());
+    let (mut feed, mut decoded) = (TensorMap::new(), env.clone());
+    for i in &tail.inputs {
+        let t = &env[&i.of];
+        let x: Vec<f32> = t.to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+        let q: Vec<u8> = x.iter().map(|v| ((v / scale).round() + zp as f32).clamp(0.0, 255.0) as u8).collect();
+        let d: Vec<f32> = q.iter().map(|&q| (q as f32 - zp as f32) * scale).collect();
+        feed.insert(i.spec.name.clone(), Arc::new(cleave_engine::Tensor::from_shape(t.shape(), &q).unwrap()));
+        decoded.insert(i.of.clone(), Arc::new(cleave_engine::Tensor::from_shape(t.shape(), &d).unwrap()));
+    }
+    let exported = ModelGraph::from_bytes(&onnx, &InputShapes::none()).unwrap();
+    let got = engine.run(&engine.whole(&exported).unwrap(), &feed).unwrap();
+    let reference = engine.run(&engine.part(&graph, 5, graph.last_cut()).unwrap(), &decoded).unwrap();
+    for o in &tail.outputs {
+        let e = cleave_engine::relative_error(&got[&o.name], &reference[&o.name]).unwrap();
+        assert!(e <= 1e-5, "{}: {e}", o.name);
+    }
+}
