@@ -24,7 +24,7 @@ pub enum Format {
     /// KServe: the Triton layout plus DIR/inferenceservice.yaml (KServe's Triton runtime).
     Kserve,
     /// MLServer: DIR/<name>/model-settings.json, model.onnx and the runtime
-    /// cleave_onnx_runtime.py (onnxruntime).
+    /// cleave_onnx_runtime.py (onnxruntime), and DIR/settings.json (parallel_workers 0).
     Mlserver,
 }
 
@@ -194,7 +194,10 @@ pub fn run(args: Args) -> Result<()> {
             &dir.join("inferenceservice.yaml"),
             kserve_inference_service(&format!("{base}-tails"), &args.storage_uri).as_bytes(),
         )?,
-        Format::Triton | Format::Mlserver => {}
+        // MLServer 1.7.1's worker pool (parallel_workers ≥ 1, its default) crashed here at start
+        // ("There is no current event loop"): run inference in the server process.
+        Format::Mlserver => write(&dir.join("settings.json"), b"{\n  \"parallel_workers\": 0\n}\n")?,
+        Format::Triton => {}
     }
     let summary = ModelSummary {
         name: g.name().to_owned(),
