@@ -288,7 +288,7 @@ impl GraphBuilder {
     }
 }
 
-fn attribute(name: &str, v: &Attr) -> pb::AttributeProto {
+pub(crate) fn attribute(name: &str, v: &Attr) -> pb::AttributeProto {
     use pb::attribute_proto::AttributeType;
     let mut a = pb::AttributeProto { name: name.into(), ..Default::default() };
     match v {

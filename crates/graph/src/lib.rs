@@ -30,6 +30,7 @@ pub mod build;
 pub mod cuts;
 pub mod dtype;
 pub mod error;
+pub mod export;
 pub mod manifest;
 pub mod model;
 pub mod opcost;
@@ -39,6 +40,7 @@ mod tensor;
 pub use cuts::Cut;
 pub use dtype::DType;
 pub use error::{GraphError, Result};
+pub use export::{ExportManifest, ExportedTail, QuantParams, WireDType};
 pub use manifest::Manifest;
 pub use model::{
     EXITS_KEY, InputShapes, ModelGraph, NodeInfo, TensorId, TensorInfo, TensorKind, TensorSpec, parse_exit_list,

@@ -289,7 +289,7 @@ impl ConstClosure {
     }
 }
 
-fn value_info(t: &TensorSpec) -> pb::ValueInfoProto {
+pub(crate) fn value_info(t: &TensorSpec) -> pb::ValueInfoProto {
     pb::ValueInfoProto {
         name: t.name.clone(),
         r#type: Some(pb::TypeProto {

@@ -196,8 +196,9 @@ impl EdgeClient {
         let outputs = wire::decode_outputs(&resp, &limits).map_err(|e| ClientError::Malformed(e.message))?;
         Ok(TailResponse {
             outputs,
-            queue_ms: wire::get_f64(&resp.parameters, wire::PARAM_QUEUE_MS),
-            compute_ms: wire::get_f64(&resp.parameters, wire::PARAM_COMPUTE_MS),
+            // cleave's names, or the plain ones a foreign server may report (crate::oip).
+            queue_ms: crate::oip::reported_ms(&resp.parameters, &[wire::PARAM_QUEUE_MS, "queue_ms"]),
+            compute_ms: crate::oip::reported_ms(&resp.parameters, &[wire::PARAM_COMPUTE_MS, "compute_ms"]),
             batch: wire::get_int(&resp.parameters, wire::PARAM_BATCH).ok().flatten(),
             rpc,
         })

@@ -3,11 +3,13 @@
 pub mod bench;
 pub mod calibrate;
 pub mod demo;
+pub mod export;
 pub mod infer;
 pub mod inspect;
 pub mod plan;
 pub mod profile;
 pub mod run;
+pub mod run_oip;
 pub mod serve;
 pub mod split;
 

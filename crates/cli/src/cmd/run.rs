@@ -66,6 +66,8 @@ use crate::output::{human_bytes, table};
 ///   cleave run model.onnx --edge edge-a:8001 --edge edge-b:8001 --cut 5 --fps 30 --timeout 300ms
 ///   cleave run model.onnx --edge edge:8001 --tls-ca ca.pem --tls-cert device.pem \
 ///       --tls-key device.key --auth-token-file token.txt
+///   cleave export model.onnx --cuts 7 --dtypes fp32,uint8 --format mlserver -o repo
+///   cleave run model.onnx --edge mlserver:8081 --edge-kind oip --export repo --cut 7 --codec int8
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -75,6 +77,21 @@ pub struct Args {
     /// A server, HOST:PORT. Repeat it for failover, in order of preference.
     #[arg(long, required = true)]
     pub edge: Vec<String>,
+
+    /// What the servers are: `cleave` (`cleave serve`: every cut and codec of one model) or
+    /// `oip`, any Open Inference Protocol server (Triton, KServe, MLServer) serving the tails
+    /// `cleave export` wrote. With `oip` the device names the exported tail model
+    /// (`<model>_tail_c<N>`, `…_fp16`, `…_uint8`, or as --export's manifest says) and sends
+    /// standard datatypes only: --codec fp32, fp16 or int8 (UINT8 plus its scale and zero
+    /// point as two more inputs); int4 and int2 are cleave-to-cleave codecs. It needs a fixed
+    /// --cut.
+    #[arg(long, value_enum, default_value = "cleave")]
+    pub edge_kind: EdgeKind,
+
+    /// With --edge-kind oip: the directory `cleave export` wrote; its manifest.json names the
+    /// tail model of --cut and --codec and lists its inputs.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
 
     /// How often each healthy server's health is probed (ServerReady), with several --edge.
     /// 0 turns it off; with one --edge it is off: then only a failed request marks a server
@@ -233,7 +250,7 @@ pub struct Args {
 }
 
 /// TLS and the bearer token for the connection to the server, from the flags.
-fn security(args: &Args) -> Result<ClientSecurity> {
+pub(crate) fn security(args: &Args) -> Result<ClientSecurity> {
     let tls = match &args.tls_ca {
         Some(ca) => {
             let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
@@ -244,7 +261,22 @@ fn security(args: &Args) -> Result<ClientSecurity> {
     Ok(ClientSecurity { tls, token: crate::cmd::auth_token(args.auth_token_file.as_deref())? })
 }
 
+/// The kind of server behind `--edge`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeKind {
+    /// `cleave serve`.
+    Cleave,
+    /// Any Open Inference Protocol server serving `cleave export`'s tails.
+    Oip,
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if args.edge_kind == EdgeKind::Oip {
+        return crate::cmd::run_oip::run(args);
+    }
+    if args.export.is_some() {
+        bail!("--export applies to --edge-kind oip");
+    }
     let adaptive = args.cut == "adaptive";
     check_mode_flags(&args, adaptive)?;
     let loaded = args.model.load()?;
@@ -358,7 +390,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Connects to every `--edge` (the unreachable ones start down and are probed) and checks that
 /// each reachable one serves the model.
-async fn connect(args: &Args, security: &ClientSecurity, model_name: &str) -> Result<Endpoints> {
+pub(crate) async fn connect(args: &Args, security: &ClientSecurity, model_name: &str) -> Result<Endpoints> {
     let config = FailoverConfig {
         // With one server there is nowhere to fail over to: its health comes from the requests
         // alone, and a slow probe on a loaded machine cannot send frames home for nothing.
@@ -385,7 +417,7 @@ async fn connect(args: &Args, security: &ClientSecurity, model_name: &str) -> Re
 }
 
 /// The frames' inputs.
-fn frames(args: &Args, graph: &cleave_graph::ModelGraph) -> Result<Vec<TensorMap>> {
+pub(crate) fn frames(args: &Args, graph: &cleave_graph::ModelGraph) -> Result<Vec<TensorMap>> {
     let specs = graph.inputs();
     if args.inputs.is_empty() {
         return Ok((0..args.frames.max(1))
