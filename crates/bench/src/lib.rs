@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod chaos;
 pub mod device_proc;
+pub mod edge;
 pub mod engines;
 pub mod load;
 pub mod predict;
