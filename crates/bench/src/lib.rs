@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod device_proc;
 pub mod edge;
 pub mod engines;
+pub mod fleet;
 pub mod load;
 pub mod predict;
 pub mod rpc;
