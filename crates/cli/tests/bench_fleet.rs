@@ -42,9 +42,8 @@ fn every_strategy_answers_every_frame() {
         assert_eq!(u(r, "devices"), 8);
         let (released, answered) = (u(r, "frames_released"), u(r, "frames_answered"));
         // 8 devices at 5 fps for 3 s.
-        assert!((100..=130).contains(&released), "{r}");
+        assert_eq!(released, 120, "{r}");
         assert_eq!(answered + u(r, "frames_unanswered"), released, "{r}");
-        assert_eq!(u(r, "frames_unanswered"), 0, "8 devices never fall that far behind: {r}");
         let (p50, p99) = (f(r, "p50_ms"), f(r, "p99_ms"));
         assert!(0.0 < p50 && p50 <= p99, "{r}");
         assert!(f(r, "throughput_fps") > 0.0, "{r}");
