@@ -67,8 +67,7 @@ fn real_traces_when_present() {
         eprintln!("skipped: no shared traces at {}", dir.display());
         return;
     }
-    let (results, _) =
-        run_fleet(&["--trace-dir", dir.to_str().unwrap(), "--strategies", "independent,coordinated", "--seconds", "2"]);
+    let (results, _) = run_fleet(&["--trace-dir", dir.to_str().unwrap(), "--strategies", "independent,coordinated"]);
     assert_eq!(results.len(), 2);
     for r in &results {
         assert_eq!(u(r, "frames_answered") + u(r, "frames_unanswered"), u(r, "frames_released"), "{r}");
