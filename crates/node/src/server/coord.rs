@@ -108,7 +108,6 @@ pub struct Coordinator {
     inner: Mutex<Plan>,
 }
 
-#[derive(Default)]
 struct Plan {
     devices: HashMap<String, Tracked>,
     solved_at: Option<Instant>,
@@ -116,6 +115,10 @@ struct Plan {
     dirty: bool,
     /// The last solve's predicted utilization and objective (for logs and tests).
     last: Option<(f64, f64)>,
+    /// Measured ÷ predicted utilization, smoothed: how much more server time a request really
+    /// costs than the devices' profiles say (contention, request handling); scales the reported
+    /// server times before solving. 1 until measured.
+    scale: f64,
 }
 
 struct Tracked {
@@ -127,12 +130,21 @@ struct Tracked {
 impl Coordinator {
     pub fn new(config: CoordConfig, workers: usize) -> Coordinator {
         let capacity = Capacity { workers: workers.max(1), max_utilization: config.max_utilization.clamp(0.05, 0.99) };
-        Coordinator { config, capacity, inner: Mutex::new(Plan::default()) }
+        let plan = Plan { devices: HashMap::new(), solved_at: None, dirty: false, last: None, scale: 1.0 };
+        Coordinator { config, capacity, inner: Mutex::new(plan) }
     }
 
     /// A request from device `id`, with its report when it sent one (already parsed). Returns
-    /// the device's recommendation, if it has one. `Err` for an id that is too long.
-    pub fn visit(&self, id: &str, report: Option<DeviceReport>, now: Instant) -> Result<Option<String>, String> {
+    /// the device's recommendation, if it has one. `measured_util` is the server's utilization now
+    /// ([`LoadMeter`]), compared with the last plan's prediction to correct the server times.
+    /// `Err` for an id that is too long.
+    pub fn visit(
+        &self,
+        id: &str,
+        report: Option<DeviceReport>,
+        now: Instant,
+        measured_util: f64,
+    ) -> Result<Option<String>, String> {
         if id.is_empty() || id.len() > MAX_DEVICE_ID {
             return Err(format!("device id must be 1 to {MAX_DEVICE_ID} bytes"));
         }
@@ -160,6 +172,13 @@ impl Coordinator {
         let missing = plan.devices.get(id).is_some_and(|t| t.recommendation.is_none());
         let stale = age.is_none_or(|a| a >= self.config.forget_after);
         if due && (plan.dirty || missing || stale) {
+            if let Some((predicted, _)) = plan.last
+                && predicted > 0.05
+                && measured_util.is_finite()
+            {
+                let ratio = (measured_util / predicted).clamp(0.5, 4.0);
+                plan.scale = (0.7 * plan.scale + 0.3 * ratio).clamp(0.5, 4.0);
+            }
             self.solve(&mut plan, now);
         }
         Ok(plan.devices.get(id).and_then(|t| t.recommendation.clone()))
@@ -176,7 +195,17 @@ impl Coordinator {
     fn solve(&self, plan: &mut Plan, now: Instant) {
         self.forget(plan, now);
         let ids: Vec<String> = plan.devices.keys().cloned().collect();
-        let devices: Vec<fleet::FleetDevice> = ids.iter().map(|id| plan.devices[id].report.device()).collect();
+        let scale = plan.scale;
+        let devices: Vec<fleet::FleetDevice> = ids
+            .iter()
+            .map(|id| {
+                let mut d = plan.devices[id].report.device();
+                for o in &mut d.options {
+                    o.server_ms *= scale;
+                }
+                d
+            })
+            .collect();
         plan.solved_at = Some(now);
         plan.dirty = false;
         match fleet::solve(&devices, &self.capacity, self.config.objective) {
@@ -195,7 +224,8 @@ impl Coordinator {
                     a.objective,
                     a.moves
                 );
-                plan.last = Some((a.utilization, a.objective));
+                // The prediction in the devices' own units, to compare with what is measured.
+                plan.last = Some((a.utilization / scale, a.objective));
             }
             Err(e) => {
                 // A report the solver refuses (e.g. no device-only option) leaves that fleet
@@ -241,10 +271,11 @@ mod tests {
         let t0 = Instant::now();
         // 6 devices × 10 fps × 30 ms = 1.8 s/s: at most 2 fit in 0.8 of one worker.
         for i in 0..6 {
-            c.visit(&format!("d{i}"), Some(report(100.0 + 50.0 * i as f64)), t0).unwrap();
+            c.visit(&format!("d{i}"), Some(report(100.0 + 50.0 * i as f64)), t0, f64::NAN).unwrap();
         }
         let t1 = t0 + Duration::from_secs(1);
-        let recs: Vec<String> = (0..6).map(|i| c.visit(&format!("d{i}"), None, t1).unwrap().unwrap()).collect();
+        let recs: Vec<String> =
+            (0..6).map(|i| c.visit(&format!("d{i}"), None, t1, f64::NAN).unwrap().unwrap()).collect();
         let sent = recs.iter().filter(|r| r.starts_with("3:")).count();
         assert!((1..=2).contains(&sent), "{recs:?}");
         // The slowest devices are the ones sent.
@@ -256,19 +287,19 @@ mod tests {
     #[test]
     fn unknown_devices_and_bad_ids() {
         let c = Coordinator::new(CoordConfig::default(), 1);
-        assert_eq!(c.visit("nobody", None, Instant::now()).unwrap(), None);
-        assert!(c.visit("", None, Instant::now()).is_err());
-        assert!(c.visit(&"x".repeat(MAX_DEVICE_ID + 1), None, Instant::now()).is_err());
+        assert_eq!(c.visit("nobody", None, Instant::now(), f64::NAN).unwrap(), None);
+        assert!(c.visit("", None, Instant::now(), f64::NAN).is_err());
+        assert!(c.visit(&"x".repeat(MAX_DEVICE_ID + 1), None, Instant::now(), f64::NAN).is_err());
     }
 
     #[test]
     fn silent_devices_are_forgotten() {
         let c = Coordinator::new(CoordConfig::default(), 1);
         let t0 = Instant::now();
-        c.visit("a", Some(report(100.0)), t0).unwrap();
-        c.visit("b", Some(report(100.0)), t0).unwrap();
+        c.visit("a", Some(report(100.0)), t0, f64::NAN).unwrap();
+        c.visit("b", Some(report(100.0)), t0, f64::NAN).unwrap();
         let later = t0 + Duration::from_secs(10);
-        c.visit("b", Some(report(100.0)), later).unwrap();
+        c.visit("b", Some(report(100.0)), later, f64::NAN).unwrap();
         assert_eq!(c.devices(), 1);
     }
 

@@ -159,7 +159,8 @@ impl Service {
         resp: &mut HashMap<String, InferParameter>,
     ) -> Result<(), Status> {
         let now = Instant::now();
-        resp.insert(wire::PARAM_SERVER_UTIL.into(), wire::f64_param(self.state.load.utilization(now)));
+        let util = self.state.load.utilization(now);
+        resp.insert(wire::PARAM_SERVER_UTIL.into(), wire::f64_param(util));
         let Some(coordinator) = &self.state.coordinator else { return Ok(()) };
         let Some(id) = wire::get_str(req, wire::PARAM_DEVICE).map_err(Status::from)? else { return Ok(()) };
         let report = match wire::get_str(req, wire::PARAM_FLEET_REPORT).map_err(Status::from)? {
@@ -170,7 +171,7 @@ impl Service {
             None => None,
         };
         let rec = coordinator
-            .visit(id, report, now)
+            .visit(id, report, now, util)
             .map_err(|e| Status::invalid_argument(format!("{}: {e}", wire::PARAM_DEVICE)))?;
         if let Some(rec) = rec {
             resp.insert(wire::PARAM_FLEET_PLAN.into(), wire::str_param(rec));
