@@ -8,7 +8,9 @@
 pub mod cgroup;
 pub mod chaos;
 pub mod device_proc;
+pub mod edge;
 pub mod engines;
+pub mod fleet;
 pub mod load;
 pub mod predict;
 pub mod rpc;

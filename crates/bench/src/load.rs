@@ -28,12 +28,10 @@
 //! flat.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cleave_codec::{Codec, EncodeOptions};
@@ -47,6 +45,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
+use crate::edge::{EdgeProcess, EdgeSpec};
 use crate::stats::quantile;
 
 /// After an error other than `RESOURCE_EXHAUSTED` a device waits this long before its next
@@ -294,117 +293,6 @@ pub fn default_cut(graph: &ModelGraph) -> usize {
     best.map(|c| c.index).unwrap_or(0)
 }
 
-/// A `cleave serve` child process on free loopback ports; killed when dropped.
-struct EdgeProcess {
-    child: Child,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-    /// The last lines it wrote to stderr (for errors).
-    stderr_tail: Arc<Mutex<Vec<String>>>,
-}
-
-impl EdgeProcess {
-    fn spawn(opts: &LoadOptions) -> Result<EdgeProcess, LoadBenchError> {
-        let mut cmd = Command::new(&opts.server_exe);
-        cmd.args(["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"])
-            .arg("--max-queue")
-            .arg(opts.queue_bound.to_string())
-            .arg("--max-batch")
-            .arg(opts.max_batch.to_string())
-            .arg("--model")
-            .arg(format!("{MODEL_NAME}={}", opts.model_path.display()));
-        if let Some(w) = opts.workers {
-            cmd.arg("--workers").arg(w.to_string());
-        }
-        for (name, dims) in &opts.shapes.0 {
-            let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-            cmd.arg("--shape").arg(format!("{name}={}", d.join(",")));
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| LoadBenchError::Edge(format!("cannot start {} serve: {e}", opts.server_exe.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| LoadBenchError::Edge("no stdout".into()))?;
-        let stderr = child.stderr.take().ok_or_else(|| LoadBenchError::Edge("no stderr".into()))?;
-        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        let tail = stderr_tail.clone();
-        // Drained all along, so the edge never blocks on a full pipe; only the last lines kept.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut t = tail.lock().expect("stderr lock");
-                if t.len() == 20 {
-                    t.remove(0);
-                }
-                t.push(line);
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.starts_with("listening ") {
-                    let _ = tx.send(line);
-                    sent = true;
-                }
-            }
-        });
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut edge = EdgeProcess { child, grpc: any, metrics: any, stderr_tail };
-        let line = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(l) => l,
-            Err(_) => {
-                let status = edge.child.try_wait().ok().flatten();
-                return Err(LoadBenchError::Edge(match status {
-                    Some(s) => format!("`serve` exited ({s}) before listening: {}", edge.stderr()),
-                    None => "`serve` did not report listening within 120 s".into(),
-                }));
-            }
-        };
-        let addr = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| LoadBenchError::Edge(format!("cannot parse `{key}` in `{line}`")))
-        };
-        edge.grpc = addr("grpc=")?;
-        edge.metrics = addr("metrics=")?;
-        Ok(edge)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Its last stderr lines, joined.
-    fn stderr(&self) -> String {
-        // Give the reader thread a moment to collect what a dying process wrote.
-        std::thread::sleep(Duration::from_millis(100));
-        let t = self.stderr_tail.lock().expect("stderr lock");
-        if t.is_empty() { "(it wrote nothing to stderr)".into() } else { t.join(" | ") }
-    }
-
-    /// `Err` with its last words if it has exited.
-    fn check_alive(&mut self) -> Result<(), LoadBenchError> {
-        match self.child.try_wait() {
-            Ok(Some(s)) => {
-                Err(LoadBenchError::Edge(format!("`serve` exited ({s}) during the load: {}", self.stderr())))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `(VmRSS, VmHWM)` of a process, in KiB.
 pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -427,7 +315,7 @@ pub fn proc_cpu_s(pid: u32) -> Option<f64> {
 }
 
 /// GET `/metrics` over plain HTTP/1.1 (the edge's metrics port), the body as text.
-async fn fetch_metrics(addr: SocketAddr) -> Result<String, String> {
+pub(crate) async fn fetch_metrics(addr: SocketAddr) -> Result<String, String> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -529,9 +417,9 @@ impl DeviceResult {
     }
 }
 
-type Client = GrpcInferenceServiceClient<Channel>;
+pub(crate) type Client = GrpcInferenceServiceClient<Channel>;
 
-async fn connect(addr: SocketAddr) -> Result<Client, String> {
+pub(crate) async fn connect(addr: SocketAddr) -> Result<Client, String> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
@@ -695,7 +583,17 @@ pub async fn run(
     }
 
     progress(Event::Step("starting the edge (`cleave serve`)"));
-    let mut edge = EdgeProcess::spawn(opts)?;
+    let spec = EdgeSpec {
+        server_exe: opts.server_exe.clone(),
+        model_name: MODEL_NAME.into(),
+        model_path: opts.model_path.clone(),
+        shapes: opts.shapes.clone(),
+        queue_bound: opts.queue_bound,
+        max_batch: opts.max_batch,
+        workers: opts.workers,
+        extra_args: vec![],
+    };
+    let mut edge = EdgeProcess::spawn(&spec).map_err(LoadBenchError::Edge)?;
     let addr = edge.grpc.to_string();
     let edge_client = EdgeClient::connect(&addr, 64 << 20).await.map_err(|e| LoadBenchError::Client(e.to_string()))?;
     let config = DeviceConfig {
@@ -772,7 +670,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                edge.check_alive()?;
+                edge.check_alive().map_err(LoadBenchError::Edge)?;
                 let t_s = Instant::now().saturating_duration_since(start).as_secs_f64();
                 let mem = proc_memory(edge.pid());
                 let queue = match fetch_metrics(edge.metrics).await {
@@ -805,7 +703,7 @@ pub async fn run(
     let (edge_cpu_s, devices_cpu_s) = (used(cpu_before.0, cpu_after.0), used(cpu_before.1, cpu_after.1));
     let final_metrics = fetch_metrics(edge.metrics).await;
     let hwm = proc_memory(edge.pid()).map(|m| m.1);
-    edge.check_alive()?;
+    edge.check_alive().map_err(LoadBenchError::Edge)?;
     drop(edge);
     let text = final_metrics.map_err(|e| LoadBenchError::Edge(format!("its /metrics: {e}")))?;
     if samples.iter().all(|s| s.queue.is_none()) {

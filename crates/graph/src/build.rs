@@ -425,8 +425,16 @@ pub mod zoo {
     /// residual block, an Inception-style two-branch block and a batch-normalised residual
     /// block; seeded random weights (structure, not accuracy).
     pub fn tiny_resnet(seed: u64) -> pb::ModelProto {
+        tiny_resnet_at(seed, 32)
+    }
+
+    /// [`tiny_resnet`] for `side × side` images (its convolutions are padded and it ends with a
+    /// global average pool, so any side ≥ 4 works; compute grows with the area). The same
+    /// weights for the same seed. `cleave bench fleet` uses 128, a camera frame whose compute is
+    /// worth sharing.
+    pub fn tiny_resnet_at(seed: u64, side: usize) -> pb::ModelProto {
         let mut b = GraphBuilder::new("tiny_resnet", seed);
-        let x = b.input("image", DType::F32, &[0, 3, 32, 32]);
+        let x = b.input("image", DType::F32, &[0, 3, side, side]);
         let stem = b.conv(&x, 3, 16, 3, 1);
         let stem = b.relu(&stem);
         // residual block

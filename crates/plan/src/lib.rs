@@ -19,6 +19,7 @@
 //! ```
 
 pub mod build;
+pub mod fleet;
 pub mod problem;
 pub mod search;
 

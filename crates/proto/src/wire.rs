@@ -49,6 +49,17 @@ pub const PARAM_QUEUE_MS: &str = "cleave.queue_ms";
 pub const PARAM_COMPUTE_MS: &str = "cleave.compute_ms";
 /// Response parameter: how many requests ran together in the batch.
 pub const PARAM_BATCH: &str = "cleave.batch";
+/// Response parameter: the server's compute utilization (busy workers' share, 0..1, smoothed
+/// over about a second), on every answer including probes: the load signal devices plan with.
+pub const PARAM_SERVER_UTIL: &str = "cleave.server_util";
+/// Request parameter: a device's stable id, for a coordinating server (fleet mode).
+pub const PARAM_DEVICE: &str = "cleave.device";
+/// Request parameter: the device's options (its link estimate and profile folded into expected
+/// latency, server time and energy per option), sent only when they changed
+/// (`cleave_plan::fleet::DeviceReport`).
+pub const PARAM_FLEET_REPORT: &str = "cleave.fleet.report";
+/// Response parameter: the coordinating server's recommendation for this device, `CUT:CODEC`.
+pub const PARAM_FLEET_PLAN: &str = "cleave.fleet.plan";
 
 /// Bounds a request must respect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

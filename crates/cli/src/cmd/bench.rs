@@ -7,12 +7,14 @@ use clap::Subcommand;
 
 use crate::model_arg::ModelArgs;
 
+mod fleet;
 mod load;
 
 #[derive(Subcommand, Debug)]
 pub enum Bench {
     Split(SplitArgs),
     Load(load::LoadArgs),
+    Fleet(fleet::FleetArgs),
     Predict(PredictArgs),
     Rpc(RpcArgs),
     Engines(EnginesArgs),
@@ -393,6 +395,7 @@ pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Split(a) => split(a),
         Bench::Load(a) => load::run(a),
+        Bench::Fleet(a) => fleet::run(a),
         Bench::Predict(a) => predict(a),
         Bench::Rpc(a) => rpc(a),
         Bench::Engines(a) => engines(a),

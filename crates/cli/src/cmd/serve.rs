@@ -28,11 +28,15 @@ use cleave_proto::wire::Limits;
 /// `authorization: Bearer <token>`, else UNAUTHENTICATED; ServerLive and ServerReady stay open
 /// for health probes. The metrics port is always plain HTTP: keep it on a private interface.
 ///
+/// Fleet mode (--coordinate): devices that report their options are planned jointly so that
+/// together they do not saturate this server (`cleave bench fleet` measures it).
+///
 /// Examples:
 ///   cleave serve --model resnet=resnet50.onnx
 ///   cleave serve --model-repository models/ --grpc-port 9001 --max-batch 16
 ///   cleave serve --model resnet=resnet50.onnx --tls-cert server.pem --tls-key server.key \
 ///       --tls-client-ca ca.pem --auth-token-file token.txt
+///   cleave serve --model m=model.onnx --coordinate --fleet-objective max-latency
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -112,6 +116,22 @@ pub struct Args {
     /// environment variable, if set).
     #[arg(long, value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
+
+    /// Fleet mode: devices that send `cleave.device` and their options (`cleave.fleet.report`)
+    /// are planned jointly every 250 ms, subject to this server's capacity, and each answer
+    /// carries the device's recommended cut and codec (`cleave.fleet.plan`). Devices that do not
+    /// report are unaffected. Every answer carries `cleave.server_util` either way.
+    #[arg(long)]
+    pub coordinate: bool,
+
+    /// With --coordinate: what the joint plan minimises: mean-latency, max-latency or energy.
+    #[arg(long, default_value = "mean-latency")]
+    pub fleet_objective: cleave_plan::fleet::FleetObjective,
+
+    /// With --coordinate: the share of the workers' time the plan may fill (0..1); the rest
+    /// absorbs bursts.
+    #[arg(long, default_value_t = 0.8)]
+    pub fleet_max_utilization: f64,
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -162,7 +182,15 @@ pub fn run(args: Args) -> Result<()> {
         tls,
         auth_token,
         dedup: Default::default(),
+        coordination: args.coordinate.then(|| cleave_node::server::coord::CoordConfig {
+            objective: args.fleet_objective,
+            max_utilization: args.fleet_max_utilization,
+            ..Default::default()
+        }),
     };
+    if !(args.fleet_max_utilization > 0.0 && args.fleet_max_utilization < 1.0) {
+        bail!("--fleet-max-utilization {} must be between 0 and 1", args.fleet_max_utilization);
+    }
     if args.engine == cleave_engine::Backend::Ort {
         crate::cmd::load_onnxruntime()?;
     }

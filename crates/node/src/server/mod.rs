@@ -4,9 +4,13 @@
 //! A request names a model. Without `cleave.cut` it runs the whole model on the request's
 //! inputs (any OIP client works, e.g. Triton's). With `cleave.cut = N` and
 //! `cleave.input_shapes`, it runs the tail after cut N on the tensors crossing that cut, which
-//! may be codec-encoded. Every response carries `cleave.queue_ms` and `cleave.compute_ms`.
+//! may be codec-encoded. Every response carries `cleave.queue_ms` and `cleave.compute_ms`, and
+//! every answer (probes too) the workers' utilization, `cleave.server_util`. With
+//! [`ServerConfig::coordination`] the server also plans the devices that report their options
+//! jointly and answers them with a recommendation ([`coord`]).
 
 pub mod batcher;
+pub mod coord;
 pub mod dedup;
 pub mod metrics;
 pub mod registry;
@@ -53,6 +57,8 @@ pub struct ServerConfig {
     pub auth_token: Option<crate::security::AuthToken>,
     /// Bounds of the answers kept to de-duplicate retried requests ([`dedup`]).
     pub dedup: DedupConfig,
+    /// Fleet mode: plan the reporting devices jointly ([`coord`]); `None`: reports are ignored.
+    pub coordination: Option<coord::CoordConfig>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +74,7 @@ impl Default for ServerConfig {
             tls: None,
             auth_token: None,
             dedup: DedupConfig::default(),
+            coordination: None,
         }
     }
 }
@@ -92,6 +99,10 @@ pub struct State {
     pub shutting_down: AtomicBool,
     /// Answers of retried requests (same id), so that none is computed twice.
     pub dedup: Dedup,
+    /// The workers' busy share, reported on every answer.
+    pub load: coord::LoadMeter,
+    /// Fleet mode's joint plan, when enabled.
+    pub coordinator: Option<coord::Coordinator>,
 }
 
 /// HTTP/2 flow-control windows and frame size, on both ends (see [`crate::client`]).
@@ -141,6 +152,33 @@ impl Service {
         Ok(e)
     }
 
+    /// The load signal, and in fleet mode the device's report and recommendation.
+    fn fleet_params(
+        &self,
+        req: &HashMap<String, InferParameter>,
+        resp: &mut HashMap<String, InferParameter>,
+    ) -> Result<(), Status> {
+        let now = Instant::now();
+        let util = self.state.load.utilization(now);
+        resp.insert(wire::PARAM_SERVER_UTIL.into(), wire::f64_param(util));
+        let Some(coordinator) = &self.state.coordinator else { return Ok(()) };
+        let Some(id) = wire::get_str(req, wire::PARAM_DEVICE).map_err(Status::from)? else { return Ok(()) };
+        let report = match wire::get_str(req, wire::PARAM_FLEET_REPORT).map_err(Status::from)? {
+            Some(r) => Some(
+                cleave_plan::fleet::DeviceReport::parse(r)
+                    .map_err(|e| Status::invalid_argument(format!("{}: {e}", wire::PARAM_FLEET_REPORT)))?,
+            ),
+            None => None,
+        };
+        let rec = coordinator
+            .visit(id, report, now, util)
+            .map_err(|e| Status::invalid_argument(format!("{}: {e}", wire::PARAM_DEVICE)))?;
+        if let Some(rec) = rec {
+            resp.insert(wire::PARAM_FLEET_PLAN.into(), wire::str_param(rec));
+        }
+        Ok(())
+    }
+
     async fn infer(&self, request: Request<ModelInferRequest>) -> Result<ModelInferResponse, Status> {
         let arrived = Instant::now();
         let state = &self.state;
@@ -159,12 +197,14 @@ impl Service {
             e
         };
         if wire::get_int(&req.parameters, PARAM_PROBE).map_err(Status::from).map_err(reject)?.is_some_and(|v| v != 0) {
-            return Ok(ModelInferResponse {
+            let mut resp = ModelInferResponse {
                 model_name: entry.name.clone(),
                 model_version: "1".into(),
                 id: req.id,
                 ..Default::default()
-            });
+            };
+            self.fleet_params(&req.parameters, &mut resp.parameters).map_err(reject)?;
+            return Ok(resp);
         }
         if let Some(sha) =
             wire::get_str(&req.parameters, wire::PARAM_MODEL_SHA256).map_err(Status::from).map_err(reject)?
@@ -318,6 +358,8 @@ impl Service {
         resp.parameters.insert(wire::PARAM_QUEUE_MS.into(), wire::f64_param(queue_ms));
         resp.parameters.insert(wire::PARAM_COMPUTE_MS.into(), wire::f64_param(compute_ms));
         resp.parameters.insert(wire::PARAM_BATCH.into(), wire::int_param(result.batch as i64));
+        state.load.record(result.compute / result.batch.max(1) as u32, Instant::now());
+        self.fleet_params(&req.parameters, &mut resp.parameters)?;
         m.success.fetch_add(1, Ordering::Relaxed);
         m.inference_count.fetch_add(1, Ordering::Relaxed);
         m.queue_duration_us.fetch_add(result.queue.as_micros() as u64, Ordering::Relaxed);
@@ -431,6 +473,8 @@ impl RunningServer {
             limits: config.limits,
             shutting_down: AtomicBool::new(false),
             dedup: Dedup::new(config.dedup.clone()),
+            load: coord::LoadMeter::new(config.batch.workers),
+            coordinator: config.coordination.clone().map(|c| coord::Coordinator::new(c, config.batch.workers)),
         });
         let listener = TcpListener::bind(config.grpc_addr)
             .await
