@@ -318,10 +318,12 @@ async fn serve(
         let mut device = AdaptiveDevice::new(engine.clone(), graph.clone(), Some(client), p, run.strategy, config)
             .map_err(|e| dev(&e))?
             .with_epoch(origin);
-        if run.bootstrap && run.strategy == Strategy::Adaptive {
-            device.bootstrap().await;
-        }
         let first = origin + Duration::from_secs_f64(run.lead_ms / 1e3);
+        if run.bootstrap && run.strategy == Strategy::Adaptive {
+            // Never past the first release: on a slow trace the probe alone can take longer
+            // than the lead, and that wait would be charged to frame 0.
+            device.bootstrap_until(first).await;
+        }
         let backlog = Duration::from_secs_f64(run.max_backlog_ms / 1e3);
         let mut records = Vec::with_capacity(frames.len());
         let mut stopped = false;

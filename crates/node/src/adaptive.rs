@@ -675,6 +675,15 @@ impl AdaptiveDevice {
         Ok(())
     }
 
+    /// [`bootstrap`](Self::bootstrap), given up at `deadline` (e.g. the first frame's release):
+    /// on a slow link the probe alone can take seconds, and a measurement must not delay the
+    /// frame it is for. What was not measured by then keeps the conservative defaults.
+    pub async fn bootstrap_until(&mut self, deadline: Instant) {
+        if tokio::time::timeout_at(deadline.into(), self.bootstrap()).await.is_err() {
+            tracing::debug!("bootstrap cut short at the first frame's release");
+        }
+    }
+
     /// Measures the link before the first frame: 3 round trips and a 32 KiB probe. Failures
     /// leave the conservative defaults in place.
     pub async fn bootstrap(&mut self) {
