@@ -333,3 +333,177 @@ fn fixed_scale_and_zero_point_are_baked_into_the_tail() {
         assert!(e <= 1e-5, "{}: {e}", o.name);
     }
 }
+
+/// A `cleave serve` process on free ports (it speaks the Open Inference Protocol too), killed
+/// when dropped.
+struct Serve(std::process::Child, String);
+
+impl Serve {
+    fn start(models: &[(String, std::path::PathBuf)]) -> Serve {
+        use std::io::BufRead;
+        let mut cmd = cleave();
+        cmd.args(["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"]);
+        for (name, path) in models {
+            cmd.arg("--model").arg(format!("{name}={}", path.display()));
+        }
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("cleave serve starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("listening ") => break l,
+                Some(Ok(_)) => continue,
+                _ => panic!("cleave serve exited ({:?}) before listening", child.wait()),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let grpc = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc=").to_owned();
+        Serve(child, grpc)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec::<f32>().unwrap()
+}
+
+fn max_rel(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE) as f64;
+    got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max) / scale
+}
+
+/// `cleave run --edge-kind oip --export DIR` with no MODEL: the device runs the export's
+/// head_c<N>.onnx and offloads to `cleave serve` serving the exported tails as whole models;
+/// its answers equal the whole model run locally (1e-5 at fp32; at uint8 the boundary within
+/// the codec's bound and the answer equal to the tail on the dequantized boundary). With no
+/// server reachable, the export's fp32 tail answers every frame. A file changed after the
+/// export is refused by its sha256.
+#[test]
+fn the_export_alone_configures_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = 5;
+    // uint8 with a fixed scale and zero point: tract (in `cleave serve`) compiles
+    // DequantizeLinear only with constant ones. Per-request ones run in oip_mlserver.rs.
+    let o = cleave()
+        .args(["export", "--cuts", "5", "--format", "triton", "--dtypes", "fp32,uint8", "--scale", "0.1"])
+        .args(["--zero-point", "128", "-o"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest =
+        ExportManifest::from_json(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap()).unwrap();
+    for t in &manifest.tails {
+        assert!(t.sha256.as_ref().is_some_and(|h| h.len() == 64), "{t:?}");
+        assert!(t.head_sha256.as_ref().is_some_and(|h| h.len() == 64), "{t:?}");
+    }
+    let served: Vec<(String, std::path::PathBuf)> =
+        manifest.tails.iter().map(|t| (t.name.clone(), dir.path().join(&t.file))).collect();
+
+    // The reference: the whole model, locally, on the frames `cleave run` makes (frame k's
+    // input is random_input(spec, k)).
+    let frames = 3;
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny_resnet.onnx")).unwrap();
+    let graph = ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap();
+    let engine = Engine::new(EngineConfig { threads: 1, cache_capacity: 8 });
+    let last: TensorMap =
+        graph.inputs().iter().map(|s| (s.name.clone(), cleave_engine::random_input(s, frames - 1))).collect();
+    let whole = engine.run(&engine.whole(&graph).unwrap(), &last).unwrap();
+    assert_eq!(whole.len(), 1);
+    let want: Vec<f32> = whole.values().next().unwrap().to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+
+    let run = |edge: &str, codec: &str, out: &Path| {
+        let o = cleave()
+            .args(["run", "--edge", edge, "--edge-kind", "oip", "--export"])
+            .arg(dir.path())
+            .args(["--cut", &cut.to_string(), "--codec", codec, "--frames", &frames.to_string()])
+            .args(["--timeout", "30s", "--check", "--json", "--output"])
+            .arg(out)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "cleave run {codec}: {}\n{stdout}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+
+    let server = Serve::start(&served);
+    for codec in ["fp32", "int8"] {
+        let out = dir.path().join(format!("out_{codec}.npy"));
+        let v = run(&server.1, codec, &out);
+        assert_eq!(v["summary"]["remote"], frames, "every frame answered by the server: {v}");
+        let c = &v["check"];
+        let (vs_whole, vs_tail, bound) = (
+            c["max_vs_whole"].as_f64().unwrap(),
+            c["max_vs_local_tail"].as_f64().unwrap(),
+            c["max_boundary_error_vs_bound"].as_f64().unwrap(),
+        );
+        let e = max_rel(&read_npy(&out), &want);
+        eprintln!(
+            "{codec}: vs the whole model {e:.2e}; --check: vs head + fp32 tail {vs_whole:.2e}, vs local tail {vs_tail:.2e}, boundary {bound:.3}× bound"
+        );
+        if codec == "fp32" {
+            assert!(e <= 1e-5, "{codec}: {e}");
+        } else {
+            assert!(bound <= 1.0, "{codec}: boundary {bound}× the codec's bound");
+            assert!(vs_tail <= 1e-5, "{codec}: {vs_tail}");
+        }
+    }
+    drop(server);
+
+    // No server: the export's fp32 tail answers every frame, with the whole model's answer.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    for codec in ["fp32", "int8"] {
+        let out = dir.path().join(format!("local_{codec}.npy"));
+        let v = run(&nobody, codec, &out);
+        assert_eq!(v["summary"]["local_fallback"], frames, "{v}");
+        for f in v["frames"].as_array().unwrap() {
+            assert_eq!(f["record"]["status"], "local-fallback", "{f}");
+        }
+        let e = max_rel(&read_npy(&out), &want);
+        eprintln!("no server, {codec}: the fp32 tail locally vs the whole model {e:.2e}");
+        assert!(e <= 1e-5, "{e}");
+    }
+
+    // Without an fp32 tail the device still starts (a server could answer), but a frame that
+    // needs the fallback fails, saying why.
+    let uint8_only = tempfile::tempdir().unwrap();
+    let o = cleave()
+        .args(["export", "--cuts", "5", "--format", "triton", "--dtypes", "uint8", "-o"])
+        .arg(uint8_only.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cleave()
+        .args(["run", "--edge", &nobody, "--edge-kind", "oip", "--export"])
+        .arg(uint8_only.path())
+        .args(["--cut", "5", "--codec", "int8", "--frames", "1", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let error = v["frames"][0]["record"]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("no fp32 tail at cut 5"), "{stdout}");
+
+    // A file changed after the export is refused.
+    let head = dir.path().join(manifest.tails[0].head.as_ref().unwrap());
+    let mut b = std::fs::read(&head).unwrap();
+    b.push(0);
+    std::fs::write(&head, b).unwrap();
+    let o = cleave()
+        .args(["run", "--edge", &nobody, "--edge-kind", "oip", "--export"])
+        .arg(dir.path())
+        .args(["--cut", "5", "--frames", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("sha256"), "{err}");
+}

@@ -3,7 +3,7 @@
 //! tests/interop/mlserver/, and `cleave run --edge-kind oip` offloads to it. The final outputs
 //! must equal local whole-model inference: within 1e-5 (relative) at fp32; at uint8, the
 //! boundary within the int8 codec's bound and the answer within 1e-5 of the local tail on the
-//! dequantized boundary.
+//! dequantized boundary. The built-in model also runs from the export alone (no MODEL).
 //!
 //! MLServer is found as `$CLEAVE_MLSERVER` (the `mlserver` script, e.g. in a venv; .ci/run makes
 //! one), else `mlserver` on PATH. CI sets CLEAVE_REQUIRE_MLSERVER=1 so a missing MLServer fails
@@ -176,11 +176,17 @@ fn cleave_run_offloads_to_mlserver() {
     for (name, path, shape, dir, cuts) in &plan {
         for &cut in cuts {
             let codecs: &[&str] = if name == "tiny_resnet" { &["fp32", "fp16", "int8"] } else { &["fp32", "int8"] };
-            for &codec in codecs {
+            // The built-in model also runs from the export alone (no MODEL: the head file, and
+            // the fp32 tail for --check).
+            let sources: &[bool] = if name == "tiny_resnet" { &[true, false] } else { &[true] };
+            for (&codec, &with_model) in codecs.iter().flat_map(|c| sources.iter().map(move |m| (c, m))) {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_cleave"));
-                cmd.arg("run").arg(path);
-                if let Some(s) = shape {
-                    cmd.args(["--shape", s]);
+                cmd.arg("run");
+                if with_model {
+                    cmd.arg(path);
+                    if let Some(s) = shape {
+                        cmd.args(["--shape", s]);
+                    }
                 }
                 let o = cmd
                     .args(["--edge", &edge, "--edge-kind", "oip", "--export"])
@@ -206,8 +212,9 @@ fn cleave_run_offloads_to_mlserver() {
                     c["max_boundary_error_vs_bound"].as_f64().unwrap(),
                 );
                 let times = v["frames"][0]["server_times"].as_str().unwrap_or("-").to_owned();
+                let from = if with_model { "" } else { " (export only)" };
                 let line = format!(
-                    "{name:<15} cut {cut:>3} {codec:<4}: vs whole {whole:.2e}, vs local tail {tail:.2e}, boundary {bound:.3}× bound, server times {times}"
+                    "{name:<15} cut {cut:>3} {codec:<4}{from}: vs whole {whole:.2e}, vs local tail {tail:.2e}, boundary {bound:.3}× bound, server times {times}"
                 );
                 eprintln!("{line}");
                 report.push(line.clone());

@@ -525,8 +525,14 @@ pub struct TailManifest {
     /// the device sends the model's inputs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
+    /// The sha256 of the head's file (absent in older exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha256: Option<String>,
     /// The tail's ONNX file, relative to the manifest.
     pub file: String,
+    /// The sha256 of the tail's file (absent in older exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub inputs: Vec<ExportInput>,
     pub outputs: Vec<TensorSpec>,
 }

@@ -44,6 +44,7 @@ pub use export::{ExportManifest, ExportedTail, QuantParams, WireDType};
 pub use manifest::Manifest;
 pub use model::{
     EXITS_KEY, InputShapes, ModelGraph, NodeInfo, TensorId, TensorInfo, TensorKind, TensorSpec, parse_exit_list,
+    sha256_hex,
 };
 pub use opcost::OpCost;
 pub use part::{Part, Split, part_bounds};

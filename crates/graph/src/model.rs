@@ -877,6 +877,11 @@ fn collect_captures(g: &pb::GraphProto, out: &mut Vec<String>) {
     }
 }
 
+/// The sha256 of `bytes`, in lowercase hex (as [`ModelGraph::sha256`] gives for a file).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -197,6 +197,29 @@ impl Endpoints {
         config: FailoverConfig,
         connect_timeout: Duration,
     ) -> Result<Endpoints, ClientError> {
+        Self::connect_some(addrs, max_message_bytes, security, config, connect_timeout, true).await
+    }
+
+    /// As [`Endpoints::connect`], but none reachable is no error: every endpoint starts down
+    /// and is probed, for a device that can answer every frame itself until one comes up.
+    pub async fn connect_or_start_down(
+        addrs: &[String],
+        max_message_bytes: usize,
+        security: &ClientSecurity,
+        config: FailoverConfig,
+        connect_timeout: Duration,
+    ) -> Result<Endpoints, ClientError> {
+        Self::connect_some(addrs, max_message_bytes, security, config, connect_timeout, false).await
+    }
+
+    async fn connect_some(
+        addrs: &[String],
+        max_message_bytes: usize,
+        security: &ClientSecurity,
+        config: FailoverConfig,
+        connect_timeout: Duration,
+        need_one: bool,
+    ) -> Result<Endpoints, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::Connect { addr: String::new(), message: "no endpoint given".into() });
         }
@@ -221,7 +244,7 @@ impl Endpoints {
             results[i] = Some(r);
         }
         let results: Vec<Result<EdgeClient, ClientError>> = results.into_iter().map(|r| r.expect("joined")).collect();
-        if results.iter().all(|r| r.is_err()) {
+        if need_one && results.iter().all(|r| r.is_err()) {
             return Err(results.into_iter().find_map(|r| r.err()).expect("non-empty"));
         }
         let mut endpoints = vec![];

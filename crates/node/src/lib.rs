@@ -22,6 +22,6 @@ pub use adaptive::{AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Estimate, Lin
 pub use client::{ClientError, ClientSecurity, EdgeClient};
 pub use device::{Device, DeviceConfig, ExitPolicy, FrameOutput, FrameRecord, FrameStatus, RunSummary};
 pub use failover::{Endpoints, FailoverConfig, HealthEvent};
-pub use oip::{OipConfig, OipDevice, OipFrame, ServerTimes};
+pub use oip::{ExportParts, LocalModel, OipConfig, OipDevice, OipFrame, ServerTimes};
 pub use security::{AuthToken, ClientTls, SecurityError, ServerTls};
 pub use server::{RunningServer, ServerConfig};

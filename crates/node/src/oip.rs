@@ -12,6 +12,9 @@
 //!
 //! When no server answers before a frame's deadline, the device computes the tail itself and
 //! marks the frame `LocalFallback`, as [`crate::Device`] does.
+//!
+//! The device computes from the original model ([`LocalModel::Whole`]), or from an export's
+//! parts alone ([`LocalModel::Parts`]): its head file, and its fp32 tail as the fallback.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,7 @@ use bytes::Bytes;
 use cleave_codec::{Codec, EncodeOptions, Encoded, Quant};
 use cleave_engine::{Engine, TensorMap, relative_error};
 use cleave_graph::export::{ExportInput, InputRole, QuantParams, WireDType};
-use cleave_graph::{DType, ModelGraph};
+use cleave_graph::{DType, ModelGraph, TensorSpec};
 use cleave_proto::inference::model_infer_request::InferInputTensor;
 use cleave_proto::inference::{InferParameter, ModelInferRequest, infer_parameter};
 use cleave_proto::wire;
@@ -39,6 +42,46 @@ pub enum ServerTimes {
     Reported,
     /// Inferred from the call's time and the base RTT.
     Inferred,
+}
+
+/// What an [`OipDevice`] computes itself.
+#[derive(Clone)]
+pub enum LocalModel {
+    /// The original model: the head is its part up to the cut, the fallback its part after.
+    Whole(Arc<ModelGraph>),
+    /// An export's parts alone.
+    Parts(ExportParts),
+}
+
+/// The device's side of an export, checked by the caller against its manifest.
+#[derive(Clone)]
+pub struct ExportParts {
+    /// The head (the model up to the cut); none at cut 0, where the model's inputs are sent.
+    pub head: Option<Arc<ModelGraph>>,
+    /// The fp32 tail (the boundary tensors as f32 under their ONNX names), run as the local
+    /// fallback; none when the export has no fp32 tail at this cut.
+    pub fp32_tail: Option<Arc<ModelGraph>>,
+    /// The model's inputs and outputs.
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl LocalModel {
+    /// The model's inputs.
+    pub fn inputs(&self) -> Vec<TensorSpec> {
+        match self {
+            LocalModel::Whole(g) => g.inputs(),
+            LocalModel::Parts(p) => p.inputs.clone(),
+        }
+    }
+
+    /// The model's outputs.
+    pub fn outputs(&self) -> Vec<TensorSpec> {
+        match self {
+            LocalModel::Whole(g) => g.outputs(),
+            LocalModel::Parts(p) => p.outputs.clone(),
+        }
+    }
 }
 
 /// How an [`OipDevice`] runs.
@@ -84,7 +127,8 @@ pub struct OipFrame {
 /// A device offloading one cut of a model to a foreign OIP server.
 pub struct OipDevice {
     engine: Arc<Engine>,
-    graph: Arc<ModelGraph>,
+    local: LocalModel,
+    outputs: Vec<TensorSpec>,
     endpoints: Arc<Endpoints>,
     config: OipConfig,
     session: String,
@@ -99,25 +143,48 @@ impl OipDevice {
     /// ServerLive calls), used to infer server times the server does not report.
     pub fn new(
         engine: Arc<Engine>,
-        graph: Arc<ModelGraph>,
+        local: LocalModel,
         endpoints: Arc<Endpoints>,
         config: OipConfig,
         base_rtt: Duration,
     ) -> Result<OipDevice, String> {
-        graph.check_cut(config.cut).map_err(|e| e.to_string())?;
-        if config.cut >= graph.last_cut() {
-            return Err(format!("cut {} leaves nothing to offload", config.cut));
-        }
-        let boundary = graph.cut(config.cut).map_err(|e| e.to_string())?.tensors;
+        // What crosses the cut, by name: (shape, dtype).
+        let boundary: Vec<(String, Vec<usize>, DType)> = match &local {
+            LocalModel::Whole(graph) => {
+                graph.check_cut(config.cut).map_err(|e| e.to_string())?;
+                if config.cut >= graph.last_cut() {
+                    return Err(format!("cut {} leaves nothing to offload", config.cut));
+                }
+                let b = graph.cut(config.cut).map_err(|e| e.to_string())?.tensors;
+                b.into_iter().map(|t| (t.name, t.shape, t.dtype)).collect()
+            }
+            // What the head makes, or the model's inputs.
+            LocalModel::Parts(p) => p
+                .inputs
+                .iter()
+                .chain(p.head.as_ref().map(|h| h.outputs()).unwrap_or_default().iter())
+                .map(|t| (t.name.clone(), t.shape.clone(), t.dtype))
+                .collect(),
+        };
         for i in config.inputs.iter().filter(|i| i.role == InputRole::Tensor) {
-            let b = boundary.iter().find(|b| b.name == i.of).ok_or_else(|| {
+            let (_, shape, dtype) = boundary.iter().find(|b| b.0 == i.of).ok_or_else(|| {
                 format!("the tail's input `{}` does not cross cut {} of this model", i.of, config.cut)
             })?;
-            if b.shape != i.spec.shape {
+            if *shape != i.spec.shape || *dtype != i.source_dtype {
                 return Err(format!(
-                    "the tail takes `{}` as {:?}, but this model makes it {:?} (another --shape?)",
-                    i.of, i.spec.shape, b.shape
+                    "the tail takes `{}` as {} {:?}, but this model makes it {dtype} {shape:?} (another --shape?)",
+                    i.of, i.source_dtype, i.spec.shape
                 ));
+            }
+        }
+        if let LocalModel::Parts(ExportParts { fp32_tail: Some(t), .. }) = &local {
+            for i in t.inputs() {
+                if !boundary.iter().any(|(n, s, d)| *n == i.name && *s == i.shape && *d == i.dtype) {
+                    return Err(format!(
+                        "the fp32 tail takes `{}` as {} {:?}, which the head does not make",
+                        i.name, i.dtype, i.shape
+                    ));
+                }
             }
         }
         if config.dtype == WireDType::Uint8 && config.quant.is_none() {
@@ -125,7 +192,8 @@ impl OipDevice {
         }
         Ok(OipDevice {
             engine,
-            graph,
+            outputs: local.outputs(),
+            local,
             endpoints,
             config,
             session: session_id(),
@@ -142,7 +210,7 @@ impl OipDevice {
         let me = self.clone();
         let inputs2 = inputs.clone();
         let head = tokio::task::spawn_blocking(move || {
-            let (env, _) = run_head(&me.engine, &me.graph, &inputs2, me.config.cut, None)?;
+            let env = me.head(&inputs2)?;
             let req = me.request(k, &env)?;
             Ok::<_, String>((env, req))
         })
@@ -192,7 +260,7 @@ impl OipDevice {
         });
         let give_up = t0 + self.config.timeout - reserve;
         let mut outputs: TensorMap =
-            self.graph.outputs().iter().filter_map(|o| env.get(&o.name).map(|t| (o.name.clone(), t.clone()))).collect();
+            self.outputs.iter().filter_map(|o| env.get(&o.name).map(|t| (o.name.clone(), t.clone()))).collect();
         let mut server_times = None;
         let remote = match self.endpoints.infer(&req, give_up).await {
             Ok(answer) => {
@@ -235,10 +303,9 @@ impl OipDevice {
         match remote {
             Ok(tail) => {
                 let missing: Vec<String> = self
-                    .graph
-                    .outputs()
-                    .into_iter()
-                    .map(|o| o.name)
+                    .outputs
+                    .iter()
+                    .map(|o| o.name.clone())
                     .filter(|n| !tail.contains_key(n) && !outputs.contains_key(n))
                     .collect();
                 if missing.is_empty() {
@@ -285,7 +352,7 @@ impl OipDevice {
 
     /// Times the local tail once (after compiling it), so deadlines keep enough in reserve.
     pub fn measure_local_tail(&self, inputs: &TensorMap) -> Result<f64, String> {
-        let (env, _) = run_head(&self.engine, &self.graph, inputs, self.config.cut, None)?;
+        let env = self.head(inputs)?;
         self.tail_locally(&env)?;
         let t = Instant::now();
         self.tail_locally(&env)?;
@@ -299,8 +366,35 @@ impl OipDevice {
         *m = Some(m.map_or(ms, |old: f64| old.max(ms)));
     }
 
+    /// The model's inputs and what the head computes from them.
+    fn head(&self, inputs: &TensorMap) -> Result<TensorMap, String> {
+        match &self.local {
+            LocalModel::Whole(graph) => Ok(run_head(&self.engine, graph, inputs, self.config.cut, None)?.0),
+            LocalModel::Parts(p) => {
+                let mut env = inputs.clone();
+                if let Some(head) = &p.head {
+                    let part = self.engine.whole(head).map_err(|e| e.to_string())?;
+                    env.extend(self.engine.run(&part, inputs).map_err(|e| e.to_string())?);
+                }
+                Ok(env)
+            }
+        }
+    }
+
     fn tail_locally(&self, env: &TensorMap) -> Result<TensorMap, String> {
-        let part = self.engine.part(&self.graph, self.config.cut, self.graph.last_cut()).map_err(|e| e.to_string())?;
+        let part = match &self.local {
+            LocalModel::Whole(graph) => self.engine.part(graph, self.config.cut, graph.last_cut()),
+            LocalModel::Parts(p) => {
+                let tail = p.fp32_tail.as_ref().ok_or_else(|| {
+                    format!(
+                        "the export has no fp32 tail at cut {} to run locally (export with --dtypes including fp32)",
+                        self.config.cut
+                    )
+                })?;
+                self.engine.whole(tail)
+            }
+        }
+        .map_err(|e| e.to_string())?;
         self.engine.run(&part, env).map_err(|e| e.to_string())
     }
 
@@ -386,8 +480,18 @@ impl OipDevice {
     }
 
     fn check(&self, inputs: &TensorMap, outputs: &TensorMap, env: &TensorMap, sent: &Sent) -> Result<OipCheck, String> {
-        let whole =
-            self.engine.whole(&self.graph).and_then(|p| self.engine.run(&p, inputs)).map_err(|e| e.to_string())?;
+        // The whole model locally; from an export, its head and fp32 tail (a split computes
+        // what the whole model does).
+        let whole = match &self.local {
+            LocalModel::Whole(graph) => {
+                self.engine.whole(graph).and_then(|p| self.engine.run(&p, inputs)).map_err(|e| e.to_string())?
+            }
+            LocalModel::Parts(_) => {
+                let mut env = self.head(inputs)?;
+                env.extend(self.tail_locally(&env)?);
+                self.outputs.iter().filter_map(|o| env.get(&o.name).map(|t| (o.name.clone(), t.clone()))).collect()
+            }
+        };
         let worst = |got: &TensorMap, reference: &TensorMap| {
             reference
                 .iter()

@@ -8,6 +8,7 @@ use cleave_graph::export::{
     triton_config,
 };
 use cleave_graph::manifest::ModelSummary;
+use cleave_graph::sha256_hex;
 
 use crate::model_arg::ModelArgs;
 use crate::output::{human_bytes, table};
@@ -54,8 +55,10 @@ impl Format {
 /// Tails are named `<model>_tail_c<N>` (fp32), `<model>_tail_c<N>_fp16` and
 /// `<model>_tail_c<N>_uint8`. Beside them the export holds the device's side: `head_c<N>.onnx`
 /// (the model up to cut N) and `manifest.json` (cleave-export/1: every tail's name, cut,
-/// datatype and inputs), which `cleave run --edge-kind oip --export DIR` reads. Parts are
-/// exported at the pinned input shapes, batch included: `max_batch_size` is 0.
+/// datatype, inputs and outputs, and each file's sha256). With them `cleave run --edge-kind
+/// oip --export DIR` needs no MODEL: it runs the head file, and the fp32 tail as its local
+/// fallback (keep fp32 in --dtypes for that). Parts are exported at the pinned input shapes,
+/// batch included: `max_batch_size` is 0.
 ///
 /// Examples:
 ///   cleave export model.onnx --cuts 3,7,12 --format triton -o repo
@@ -145,8 +148,9 @@ pub fn run(args: Args) -> Result<()> {
             g.check_cut(cut).with_context(|| format!("--cuts {cut}"))?;
             let head = g.part(0, cut).with_context(|| format!("the head before cut {cut}"))?;
             let file = format!("head_c{cut}.onnx");
-            write(&dir.join(&file), &head.to_bytes())?;
-            Some(file)
+            let bytes = head.to_bytes();
+            write(&dir.join(&file), &bytes)?;
+            Some((file, sha256_hex(&bytes)))
         };
         for &dtype in &args.dtypes {
             let name = tail_model_name(&base, cut, dtype);
@@ -182,7 +186,9 @@ pub fn run(args: Args) -> Result<()> {
                 dtype,
                 quant: tail.quant,
                 prologue: tail.prologue,
-                head: head.clone(),
+                head: head.as_ref().map(|h| h.0.clone()),
+                head_sha256: head.as_ref().map(|h| h.1.clone()),
+                sha256: Some(sha256_hex(&bytes)),
                 file,
                 inputs: tail.inputs,
                 outputs: tail.outputs,

@@ -68,6 +68,7 @@ use crate::output::{human_bytes, table};
 ///       --tls-key device.key --auth-token-file token.txt
 ///   cleave export model.onnx --cuts 7 --dtypes fp32,uint8 --format mlserver -o repo
 ///   cleave run model.onnx --edge mlserver:8081 --edge-kind oip --export repo --cut 7 --codec int8
+///   cleave run --edge mlserver:8081 --edge-kind oip --export repo --cut 7 --codec int8
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -89,7 +90,10 @@ pub struct Args {
     pub edge_kind: EdgeKind,
 
     /// With --edge-kind oip: the directory `cleave export` wrote; its manifest.json names the
-    /// tail model of --cut and --codec and lists its inputs.
+    /// tail model of --cut and --codec and lists its inputs. Without MODEL the export alone
+    /// configures the device: it runs head_c<N>.onnx, and, when no server answers in time, the
+    /// export's fp32 tail at --cut (an export without fp32 still offloads, but such a frame
+    /// then fails). Each file is checked against the manifest: sha256, names, shapes.
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
 
@@ -391,6 +395,17 @@ pub fn run(args: Args) -> Result<()> {
 /// Connects to every `--edge` (the unreachable ones start down and are probed) and checks that
 /// each reachable one serves the model.
 pub(crate) async fn connect(args: &Args, security: &ClientSecurity, model_name: &str) -> Result<Endpoints> {
+    connect_some(args, security, model_name, true).await
+}
+
+/// As [`connect`], but with `need_one` false none reachable is no error: every server starts
+/// down and is probed (for a device that answers locally meanwhile).
+pub(crate) async fn connect_some(
+    args: &Args,
+    security: &ClientSecurity,
+    model_name: &str,
+    need_one: bool,
+) -> Result<Endpoints> {
     let config = FailoverConfig {
         // With one server there is nowhere to fail over to: its health comes from the requests
         // alone, and a slow probe on a loaded machine cannot send frames home for nothing.
@@ -399,9 +414,12 @@ pub(crate) async fn connect(args: &Args, security: &ClientSecurity, model_name: 
         probe_timeout: args.probe_timeout,
         ..FailoverConfig::default()
     };
-    let endpoints = Endpoints::connect(&args.edge, 64 << 20, security, config, Duration::from_secs(5))
-        .await
-        .with_context(|| format!("--edge {}", args.edge.join(", ")))?;
+    let connected = if need_one {
+        Endpoints::connect(&args.edge, 64 << 20, security, config, Duration::from_secs(5)).await
+    } else {
+        Endpoints::connect_or_start_down(&args.edge, 64 << 20, security, config, Duration::from_secs(5)).await
+    };
+    let endpoints = connected.with_context(|| format!("--edge {}", args.edge.join(", ")))?;
     for i in 0..endpoints.len() {
         if !endpoints.is_up(i) {
             continue;
@@ -418,7 +436,11 @@ pub(crate) async fn connect(args: &Args, security: &ClientSecurity, model_name: 
 
 /// The frames' inputs.
 pub(crate) fn frames(args: &Args, graph: &cleave_graph::ModelGraph) -> Result<Vec<TensorMap>> {
-    let specs = graph.inputs();
+    frames_for(args, &graph.inputs())
+}
+
+/// The frames to run: --input files, or --frames random inputs for `specs`.
+pub(crate) fn frames_for(args: &Args, specs: &[cleave_graph::TensorSpec]) -> Result<Vec<TensorMap>> {
     if args.inputs.is_empty() {
         return Ok((0..args.frames.max(1))
             .map(|k| specs.iter().map(|s| (s.name.clone(), random_input(s, k as u64))).collect())

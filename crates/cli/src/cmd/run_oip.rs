@@ -1,14 +1,16 @@
 //! `cleave run --edge-kind oip`: offload to a foreign Open Inference Protocol server serving
 //! the tails `cleave export` wrote.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cleave_codec::Codec;
 use cleave_engine::{Engine, EngineConfig};
-use cleave_graph::export::{ExportManifest, QuantParams, WireDType, tail_model_name};
-use cleave_node::{FrameStatus, OipConfig, OipDevice, RunSummary, ServerTimes};
+use cleave_graph::export::{ExportManifest, QuantParams, TailManifest, WireDType, tail_model_name};
+use cleave_graph::{InputShapes, ModelGraph, TensorSpec, sha256_hex};
+use cleave_node::{ExportParts, FrameStatus, LocalModel, OipConfig, OipDevice, RunSummary, ServerTimes};
 use serde_json::json;
 
 use crate::cmd::run::Args;
@@ -51,59 +53,87 @@ pub fn run(args: Args) -> Result<()> {
     {
         bail!("--fps {fps} must be a positive number");
     }
-    let loaded = args.model.load()?;
-    let graph = Arc::new(loaded.graph);
-    graph.check_cut(cut).context("--cut")?;
-    if cut >= graph.last_cut() {
-        bail!("--cut {cut} is the last cut: nothing is offloaded (cuts 0..{} have a tail)", graph.last_cut());
-    }
-    let stem = match &args.model.model {
-        Some(p) => p.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_owned(),
-        None => "tiny_resnet".to_owned(),
-    };
-    // The tail: as the export's manifest describes it, or as `cleave export` would write it.
-    let (model_name, inputs, quant) = match &args.export {
-        Some(dir) => {
-            let path = dir.join("manifest.json");
-            let text =
-                std::fs::read_to_string(&path).with_context(|| format!("--export: cannot read {}", path.display()))?;
-            let m = ExportManifest::from_json(&text)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| path.display().to_string())?;
-            if m.model.sha256 != graph.sha256() {
-                bail!(
-                    "--export {}: it was exported from another model file (sha256 {}…, this one {}…)",
-                    dir.display(),
-                    &m.model.sha256.get(..12).unwrap_or(&m.model.sha256),
-                    &graph.sha256().get(..12).unwrap_or(graph.sha256())
+    let (local, model_name, inputs, quant) = match (&args.model.model, &args.export) {
+        // The export alone: its head file, and its fp32 tail as the fallback.
+        (None, Some(dir)) => {
+            if !args.model.shapes.is_empty() || args.model.exits.is_some() {
+                bail!("--shape and --exits need MODEL: an export's parts have the shapes they were exported at");
+            }
+            let (m, path) = read_manifest(dir)?;
+            let t = export_tail(&m, dir, cut, dtype)?;
+            let parts = load_parts(&m, dir, cut)?;
+            if parts.fp32_tail.is_none() && !args.json {
+                eprintln!(
+                    "warning: {} has no fp32 tail at cut {cut}: a frame no server answers in time fails (export with --dtypes including fp32)",
+                    path.display()
                 );
             }
-            let t = m.tail(cut, dtype).with_context(|| {
-                let have: Vec<String> = m.tails.iter().map(|t| format!("cut {} {}", t.cut, t.dtype)).collect();
-                format!("--export {} has no {dtype} tail at cut {cut} (it has: {})", dir.display(), have.join(", "))
-            })?;
-            (args.model_name.clone().unwrap_or_else(|| t.name.clone()), t.inputs.clone(), t.quant)
+            (
+                LocalModel::Parts(parts),
+                args.model_name.clone().unwrap_or_else(|| t.name.clone()),
+                t.inputs.clone(),
+                t.quant,
+            )
         }
-        None => {
-            let name = args.model_name.clone().unwrap_or_else(|| tail_model_name(&stem, cut, dtype));
-            let q = (dtype == WireDType::Uint8).then_some(QuantParams::Inputs);
-            let tail = graph.export_tail(cut, dtype, q, &name)?;
-            (name, tail.inputs, tail.quant)
+        (_, export) => {
+            let loaded = args.model.load()?;
+            let graph = Arc::new(loaded.graph);
+            graph.check_cut(cut).context("--cut")?;
+            if cut >= graph.last_cut() {
+                bail!("--cut {cut} is the last cut: nothing is offloaded (cuts 0..{} have a tail)", graph.last_cut());
+            }
+            let stem = match &args.model.model {
+                Some(p) => p.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_owned(),
+                None => "tiny_resnet".to_owned(),
+            };
+            // The tail: as the export's manifest describes it, or as `cleave export` would write it.
+            let (model_name, inputs, quant) = match export {
+                Some(dir) => {
+                    let (m, _) = read_manifest(dir)?;
+                    if m.model.sha256 != graph.sha256() {
+                        bail!(
+                            "--export {}: it was exported from another model file (sha256 {}…, this one {}…)",
+                            dir.display(),
+                            &m.model.sha256.get(..12).unwrap_or(&m.model.sha256),
+                            &graph.sha256().get(..12).unwrap_or(graph.sha256())
+                        );
+                    }
+                    let t = export_tail(&m, dir, cut, dtype)?;
+                    (args.model_name.clone().unwrap_or_else(|| t.name.clone()), t.inputs.clone(), t.quant)
+                }
+                None => {
+                    let name = args.model_name.clone().unwrap_or_else(|| tail_model_name(&stem, cut, dtype));
+                    let q = (dtype == WireDType::Uint8).then_some(QuantParams::Inputs);
+                    let tail = graph.export_tail(cut, dtype, q, &name)?;
+                    (name, tail.inputs, tail.quant)
+                }
+            };
+            (LocalModel::Whole(graph), model_name, inputs, quant)
         }
     };
-    let frames = crate::cmd::run::frames(&args, &graph)?;
+    let frames = crate::cmd::run::frames_for(&args, &local.inputs())?;
     let timeout = args.timeout.unwrap_or(Duration::from_secs(5));
     let security = crate::cmd::run::security(&args)?;
     let engine = Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 8 }));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let endpoints = Arc::new(crate::cmd::run::connect(&args, &security, &model_name).await?);
-        let (_, mut client) = endpoints.current().context("no server is healthy")?;
-        let base_rtt = client.rtt(5).await.context("measuring the RTT (ServerLive)")?;
+        // No server reachable is no error: the device answers locally until one comes up.
+        let endpoints = Arc::new(crate::cmd::run::connect_some(&args, &security, &model_name, false).await?);
+        let base_rtt = match endpoints.current() {
+            Some((_, mut client)) => client.rtt(5).await.context("measuring the RTT (ServerLive)")?,
+            None => {
+                if !args.json {
+                    eprintln!(
+                        "warning: no server is reachable at {}: every frame runs locally until one comes up",
+                        args.edge.join(", ")
+                    );
+                }
+                Duration::ZERO
+            }
+        };
         let config =
             OipConfig { model_name: model_name.clone(), cut, dtype, inputs, quant, timeout, check: args.check };
-        let device =
-            Arc::new(OipDevice::new(engine, graph.clone(), endpoints, config, base_rtt).map_err(anyhow::Error::msg)?);
+        let device = Arc::new(OipDevice::new(engine, local, endpoints, config, base_rtt).map_err(anyhow::Error::msg)?);
         if let Some(first) = frames.first() {
             let (d, f) = (device.clone(), first.clone());
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || d.measure_local_tail(&f)).await {
@@ -209,4 +239,85 @@ pub fn run(args: Args) -> Result<()> {
         );
         Ok(())
     })
+}
+
+fn read_manifest(dir: &Path) -> Result<(ExportManifest, PathBuf)> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("--export: cannot read {}", path.display()))?;
+    let m = ExportManifest::from_json(&text).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
+    Ok((m, path))
+}
+
+/// The tail the server serves for `cut` and `dtype`.
+fn export_tail<'m>(m: &'m ExportManifest, dir: &Path, cut: usize, dtype: WireDType) -> Result<&'m TailManifest> {
+    m.tail(cut, dtype).with_context(|| {
+        let have: Vec<String> = m.tails.iter().map(|t| format!("cut {} {}", t.cut, t.dtype)).collect();
+        format!("--export {} has no {dtype} tail at cut {cut} (it has: {})", dir.display(), have.join(", "))
+    })
+}
+
+/// Reads one of the export's ONNX files, checked against the manifest: its sha256 when the
+/// manifest records one, then its inputs (names, datatypes and shapes: all of `inputs`, or
+/// with `some_inputs` some of them, as a head may not read every model input) and outputs.
+fn load_part(
+    dir: &Path,
+    file: &str,
+    sha256: Option<&str>,
+    (inputs, some_inputs): (&[TensorSpec], bool),
+    outputs: Option<&[TensorSpec]>,
+) -> Result<ModelGraph> {
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).with_context(|| format!("--export: cannot read {}", path.display()))?;
+    if let Some(want) = sha256 {
+        let got = sha256_hex(&bytes);
+        if got != want {
+            bail!(
+                "{}: its sha256 is {}…, the manifest says {}…: the file changed after the export",
+                path.display(),
+                got.get(..12).unwrap_or(&got),
+                want.get(..12).unwrap_or(want)
+            );
+        }
+    }
+    // Parts are exported at pinned shapes: nothing to pin here.
+    let g = ModelGraph::from_bytes(&bytes, &InputShapes::none()).with_context(|| path.display().to_string())?;
+    let show = |v: &[TensorSpec]| {
+        v.iter().map(|t| format!("{} {} {:?}", t.name, t.dtype, t.shape)).collect::<Vec<_>>().join(", ")
+    };
+    let fits = if some_inputs { g.inputs().iter().all(|i| inputs.contains(i)) } else { g.inputs() == inputs };
+    if !fits {
+        bail!("{}: its inputs are [{}], the manifest says [{}]", path.display(), show(&g.inputs()), show(inputs));
+    }
+    if let Some(outputs) = outputs
+        && g.outputs() != outputs
+    {
+        bail!("{}: its outputs are [{}], the manifest says [{}]", path.display(), show(&g.outputs()), show(outputs));
+    }
+    Ok(g)
+}
+
+/// The device's side of the export at `cut`: the head file and, when the export has one, the
+/// fp32 tail, each checked against the manifest.
+fn load_parts(m: &ExportManifest, dir: &Path, cut: usize) -> Result<ExportParts> {
+    let any = m
+        .tails
+        .iter()
+        .find(|t| t.cut == cut)
+        .with_context(|| format!("--export {} has no tail at cut {cut}", dir.display()))?;
+    let head = match (&any.head, cut) {
+        (_, 0) => None,
+        (None, _) => bail!("--export {}: the manifest names no head file for cut {cut}", dir.display()),
+        (Some(file), _) => {
+            Some(Arc::new(load_part(dir, file, any.head_sha256.as_deref(), (&m.model.inputs, true), None)?))
+        }
+    };
+    let fp32_tail = match m.tail(cut, WireDType::Fp32) {
+        None => None,
+        Some(t) => {
+            let specs: Vec<TensorSpec> = t.inputs.iter().map(|i| i.spec.clone()).collect();
+            let g = load_part(dir, &t.file, t.sha256.as_deref(), (&specs, false), Some(&t.outputs))?;
+            Some(Arc::new(g))
+        }
+    };
+    Ok(ExportParts { head, fp32_tail, inputs: m.model.inputs.clone(), outputs: m.model.outputs.clone() })
 }
