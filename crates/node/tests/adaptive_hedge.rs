@@ -17,8 +17,19 @@ use cleave_node::{EdgeClient, FrameStatus, RunningServer, ServerConfig};
 use cleave_plan::ProblemBuilder;
 use prost::Message;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_link_is_hedged_not_waited_out() {
+/// A server on loopback behind a `LinkProxy`, and a planning problem at cut 0 in which the
+/// device is 1,000× slower than the edge (so the planner offloads).
+struct Bed {
+    _dir: tempfile::TempDir,
+    _server: RunningServer,
+    proxy: LinkProxy,
+    graph: Arc<ModelGraph>,
+    engine: Arc<Engine>,
+    edge: cleave_cost::Profile,
+    problem: cleave_plan::Problem,
+}
+
+async fn bed() -> Bed {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.onnx");
     let bytes = zoo::tiny_resnet(3).encode_to_vec();
@@ -29,18 +40,23 @@ async fn a_silent_link_is_hedged_not_waited_out() {
     let server = RunningServer::start(registry, config).await.unwrap();
     let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
     let proxy = LinkProxy::start(server.grpc_addr, LinkConfig::default()).await.unwrap();
-
-    // The planner believes the device is 1,000× slower than the edge, so it offloads; the
-    // device really is this machine, so its own tail is quick.
     let engine = Arc::new(Engine::new(EngineConfig::default()));
     let opts =
         cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: "t".into() };
     let edge = cleave_engine::profile::profile(&engine, &graph, &opts, &mut |_: usize, _: usize, _: &str| {}).unwrap();
     let mut problem = ProblemBuilder::new(&graph, &edge.scaled(1000.0, "device"))
-        .server(edge)
+        .server(edge.clone())
         .codecs(vec![Codec::Fp32, Codec::Int8])
         .build();
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
+    Bed { _dir: dir, _server: server, proxy, graph, engine, edge, problem }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_is_hedged_not_waited_out() {
+    // The planner believes the device is 1,000× slower than the edge, so it offloads; the
+    // device really is this machine, so its own tail is quick.
+    let Bed { _dir, _server, proxy, graph, engine, problem, .. } = bed().await;
     let timeout = Duration::from_secs(60);
     let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
     let config = AdaptiveConfig {
@@ -80,26 +96,7 @@ async fn a_silent_link_is_hedged_not_waited_out() {
 /// plus that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.onnx");
-    let bytes = zoo::tiny_resnet(3).encode_to_vec();
-    std::fs::write(&path, &bytes).unwrap();
-    let mut registry = Registry::default();
-    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
-    let config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
-    let server = RunningServer::start(registry, config).await.unwrap();
-    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
-    let proxy = LinkProxy::start(server.grpc_addr, LinkConfig::default()).await.unwrap();
-
-    let engine = Arc::new(Engine::new(EngineConfig::default()));
-    let opts =
-        cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: "t".into() };
-    let edge = cleave_engine::profile::profile(&engine, &graph, &opts, &mut |_: usize, _: usize, _: &str| {}).unwrap();
-    let mut problem = ProblemBuilder::new(&graph, &edge.scaled(1000.0, "device"))
-        .server(edge.clone())
-        .codecs(vec![Codec::Fp32, Codec::Int8])
-        .build();
-    adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
+    let Bed { _dir, _server, proxy, graph, engine, edge, problem } = bed().await;
     // The device really is slow: it sleeps so that its whole-model time is about 300 ms (by
     // the profile; the sleep scales the compute measured at run time), far more than a
     // loopback round trip.
