@@ -37,7 +37,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::stats::quantile;
-use crate::trace::EdgeProcess;
+use crate::trace::{EdgeProcess, spawn_edge};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -233,7 +233,7 @@ pub async fn run(
     let mut proxies = vec![];
     for _ in 0..2 {
         let (exe, model, shapes) = (opts.exe.clone(), opts.model_path.clone(), opts.shapes.clone());
-        let p = tokio::task::spawn_blocking(move || EdgeProcess::spawn_on(&exe, &model, &shapes, 8, 0))
+        let p = tokio::task::spawn_blocking(move || spawn_edge(&exe, &model, &shapes, 8, 0))
             .await
             .map_err(|e| ChaosError::Replica(e.to_string()))?
             .map_err(|e| ChaosError::Replica(e.to_string()))?;
@@ -453,7 +453,7 @@ async fn nemesis(
                 ));
                 nap(down_for).await;
                 let (exe, model, shapes) = (opts.exe.clone(), opts.model_path.clone(), opts.shapes.clone());
-                let p = tokio::task::spawn_blocking(move || EdgeProcess::spawn_on(&exe, &model, &shapes, 8, port))
+                let p = tokio::task::spawn_blocking(move || spawn_edge(&exe, &model, &shapes, 8, port))
                     .await
                     .map_err(|e| ChaosError::Replica(e.to_string()))?
                     .map_err(|e| ChaosError::Replica(format!("restarting replica {replica}: {e}")))?;

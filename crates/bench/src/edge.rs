@@ -1,5 +1,6 @@
 //! A real `cleave serve` child process for the benches that need the edge in its own process
-//! (`bench load`, `bench fleet`): started on free loopback ports, its ports read from the line it
+//! (`bench load`, `bench fleet`, `bench trace`, `bench chaos`): started on loopback (a free gRPC
+//! port unless one is asked for), its ports read from the line it
 //! prints, its stderr drained (the last lines kept for errors), killed when dropped.
 
 use std::io::{BufRead, BufReader};
@@ -29,6 +30,9 @@ pub struct EdgeSpec {
     pub workers: Option<usize>,
     /// More arguments for `serve`.
     pub extra_args: Vec<String>,
+    /// The gRPC port (0: a free one), e.g. to restart a killed server where its clients
+    /// expect it.
+    pub grpc_port: u16,
 }
 
 /// A `cleave serve` child process on free loopback ports; killed when dropped.
@@ -44,7 +48,9 @@ impl EdgeProcess {
     /// Starts it and waits (at most 120 s) until it listens. Errors say why, with its last words.
     pub fn spawn(spec: &EdgeSpec) -> Result<EdgeProcess, String> {
         let mut cmd = Command::new(&spec.server_exe);
-        cmd.args(["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"])
+        cmd.args(["serve", "--host", "127.0.0.1", "--metrics-port", "0"])
+            .arg("--grpc-port")
+            .arg(spec.grpc_port.to_string())
             .arg("--max-queue")
             .arg(spec.queue_bound.to_string())
             .arg("--max-batch")
@@ -116,6 +122,12 @@ impl EdgeProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL, and reaps the process: a crash, as abrupt as it gets.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Its last stderr lines, joined.

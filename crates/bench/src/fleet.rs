@@ -680,6 +680,7 @@ pub async fn run(
             max_batch: opts.max_batch,
             workers: Some(opts.workers),
             extra_args: extra,
+            grpc_port: 0,
         };
         let mut edge = EdgeProcess::spawn(&spec).map_err(FleetBenchError::Edge)?;
         let mut clients = Vec::with_capacity(n);

@@ -592,6 +592,7 @@ pub async fn run(
         max_batch: opts.max_batch,
         workers: opts.workers,
         extra_args: vec![],
+        grpc_port: 0,
     };
     let mut edge = EdgeProcess::spawn(&spec).map_err(LoadBenchError::Edge)?;
     let addr = edge.grpc.to_string();

@@ -54,10 +54,8 @@
 //! the model is pessimistic.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,100 +250,29 @@ pub enum TraceBenchError {
     Device(String),
 }
 
-/// A `cleave serve` child process on a free loopback port; killed when dropped.
-pub struct EdgeProcess {
-    child: Child,
-    pub grpc: SocketAddr,
-}
+pub use crate::edge::EdgeProcess;
 
-impl EdgeProcess {
-    /// Starts `exe serve …` for one model named `m` and waits (up to 120 s) for its
-    /// `listening grpc=…` line.
-    pub fn spawn(
-        exe: &std::path::Path,
-        model: &std::path::Path,
-        shapes: &InputShapes,
-        cache: usize,
-    ) -> Result<Self, TraceBenchError> {
-        Self::spawn_on(exe, model, shapes, cache, 0)
-    }
-
-    /// [`EdgeProcess::spawn`] on gRPC port `port` (0: a free one), e.g. to restart a killed
-    /// server where its clients expect it.
-    pub fn spawn_on(
-        exe: &std::path::Path,
-        model: &std::path::Path,
-        shapes: &InputShapes,
-        cache: usize,
-        port: u16,
-    ) -> Result<Self, TraceBenchError> {
-        let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--host", "127.0.0.1", "--metrics-port", "0", "--max-batch", "1"])
-            .arg("--grpc-port")
-            .arg(port.to_string())
-            .arg("--cache")
-            .arg(cache.to_string())
-            .arg("--model")
-            .arg(format!("m={}", model.display()));
-        for (name, dims) in &shapes.0 {
-            let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-            cmd.arg("--shape").arg(format!("{name}={}", d.join(",")));
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| TraceBenchError::Edge(format!("cannot start {} serve: {e}", exe.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| TraceBenchError::Edge("no stdout".into()))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.starts_with("listening ") {
-                    let _ = tx.send(line);
-                    sent = true;
-                }
-            }
-        });
-        let mut edge = EdgeProcess { child, grpc: SocketAddr::from(([127, 0, 0, 1], 0)) };
-        let line = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(l) => l,
-            Err(_) => {
-                let status = edge.child.try_wait().ok().flatten();
-                return Err(TraceBenchError::Edge(match status {
-                    Some(s) => format!("`serve` exited ({s}) before listening (its error is above)"),
-                    None => "`serve` did not report listening within 120 s".into(),
-                }));
-            }
-        };
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| TraceBenchError::Edge(format!("cannot parse the address in `{line}`")))?;
-        edge.grpc = addr;
-        Ok(edge)
-    }
-}
-
-impl EdgeProcess {
-    /// SIGKILL, and reaps the process: a crash, as abrupt as it gets.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The edge of `bench trace` and `bench chaos`: `exe serve` for one model named `m`, unbatched,
+/// with `cache` compiled tails, on gRPC port `port` (0: a free one).
+pub fn spawn_edge(
+    exe: &std::path::Path,
+    model: &std::path::Path,
+    shapes: &InputShapes,
+    cache: usize,
+    port: u16,
+) -> Result<EdgeProcess, TraceBenchError> {
+    EdgeProcess::spawn(&crate::edge::EdgeSpec {
+        server_exe: exe.to_path_buf(),
+        model_name: "m".into(),
+        model_path: model.to_path_buf(),
+        shapes: shapes.clone(),
+        queue_bound: 256,
+        max_batch: 1,
+        workers: None,
+        extra_args: vec!["--cache".into(), cache.to_string()],
+        grpc_port: port,
+    })
+    .map_err(TraceBenchError::Edge)
 }
 
 /// Static cuts by default: cut 0 and each bottleneck cut whose boundary is smaller than every
@@ -444,7 +371,7 @@ pub async fn run(
         },
     };
     progress(Progress::Step("starting the edge (`cleave serve`)"));
-    let edge = EdgeProcess::spawn(&opts.server_exe, &opts.model_path, &opts.shapes, cand.len() + 16)?;
+    let edge = spawn_edge(&opts.server_exe, &opts.model_path, &opts.shapes, cand.len() + 16, 0)?;
     progress(Progress::Step(&format!(
         "starting the device (`cleave bench trace-device`, {method}): profiling it, compiling {} heads, warming the edge's tails",
         cand.len()
