@@ -283,6 +283,7 @@ async fn serve(
         down_bps: Some(1e9),
         probe: true,
         hedge: setup.hedge,
+        fleet: false,
     };
     {
         let direct = EdgeClient::connect(&setup.edge.to_string(), 64 << 20).await.map_err(|e| dev(&e))?;

@@ -472,3 +472,41 @@ fn digits_auto_plan_honours_the_accuracy_budget_and_exits_early() {
     assert!(stderr.contains("exit `exit_2` is computed after cut"), "{stderr}");
     assert!(server.stop().success());
 }
+
+/// `cleave run --cut adaptive --fleet` against `cleave serve --coordinate`: the device reports
+/// itself, and from its second frame on every record names the edge's recommendation and
+/// whether the device followed it (the same run without `--fleet` has none).
+#[test]
+fn a_fleet_device_receives_and_records_the_edges_plan() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny_resnet.onnx");
+    let server = Server::start(&["--model", &format!("tiny={}", model.display()), "--coordinate"]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |fleet: bool, name: &str| -> Vec<Value> {
+        let records = dir.path().join(name);
+        let mut cmd = cleave();
+        cmd.arg("run").arg(&model).args(["--model-name", "tiny", "--edge", &server.grpc, "--cut", "adaptive"]);
+        cmd.args(["--device-slowdown", "4", "--server-speedup", "4", "--frames", "8", "--fps", "50", "--records"]);
+        cmd.arg(&records);
+        if fleet {
+            cmd.arg("--fleet");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&records).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let lines = run(true, "fleet.jsonl");
+    assert_eq!(lines.len(), 8);
+    for r in &lines[1..] {
+        let plan = r["fleet_plan"].as_str().unwrap_or_else(|| panic!("no recommendation: {r}"));
+        let (cut, codec) = plan.split_once(':').unwrap();
+        assert!(cut.parse::<u64>().is_ok() && !codec.is_empty(), "{r}");
+        assert!(r["followed"].is_boolean(), "{r}");
+        if r["followed"] == true {
+            assert_eq!(r["cut"].as_u64(), cut.parse::<u64>().ok(), "{r}");
+        }
+    }
+    let alone = run(false, "alone.jsonl");
+    assert!(alone.iter().all(|r| r.get("fleet_plan").is_none() && r.get("followed").is_none()), "{alone:?}");
+    assert!(server.stop().success());
+}

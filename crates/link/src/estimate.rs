@@ -214,6 +214,16 @@ impl LoadEstimator {
         });
     }
 
+    /// Records a queue delay predicted rather than reported (e.g. from the server's load while
+    /// no request of ours was answered); the compute time stays as it was. Ignored before any
+    /// report (there is no compute time to keep).
+    pub fn observe_queue(&mut self, queue: Duration) {
+        let q = ms(queue);
+        if let Some((sq, _)) = &mut self.state {
+            *sq += self.alpha * (q - *sq);
+        }
+    }
+
     /// Smoothed queue delay, ms.
     pub fn queue_ms(&self) -> Option<f64> {
         self.state.map(|(q, _)| q)

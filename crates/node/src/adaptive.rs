@@ -8,8 +8,8 @@
 //!   adds separately; at most half the call, because on a bursty trace an empty call's round
 //!   trip includes a wait for a delivery opportunity). Samples go to [`cleave_link::BandwidthEstimator`], the harmonic mean of
 //!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate).
-//! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty health calls (ServerLive),
-//!   at most once a second. The planner gets the smallest round trip seen, the part the
+//! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty calls (a ModelInfer
+//!   probe with no payload, which also brings the load signal below), at most once a second. The planner gets the smallest round trip seen, the part the
 //!   bandwidth samples had removed: on a bursty link an empty call also waits for a delivery
 //!   opportunity, and that wait is already in the measured rate (the smoothed RTT counted it
 //!   twice and made offloading look 2–3× slower on the EVDO trace).
@@ -88,6 +88,25 @@
 //! every tail compiled. There is no hysteresis: with every part ready, switching has no cost
 //! to amortise, and the harmonic mean already damps single outliers.
 //!
+//! ## Many devices, one server
+//! - **Load signal** (always): every answer, and the ping the device sends at most once a second
+//!   in place of a bare health call, carries the server's utilization (`cleave.server_util`, its
+//!   workers' busy share) and worker count. The device subtracts its own share (its smoothed
+//!   server compute per frame × its frame rate) and plans with the queue wait the *others'* load
+//!   predicts, [`LinkEstimates::fleet_wait_ms`] (M/M/1-style, the server's reported compute as the
+//!   service time), whenever that exceeds the queue delay it measured: its own frames do not
+//!   queue behind each other, other devices' do. A ping also pulls the measured queue toward the
+//!   prediction, so a queue seen before the device went home does not keep it home forever.
+//! - **Fleet mode** ([`AdaptiveConfig::fleet`], `cleave run --fleet`): requests and pings carry
+//!   the device's id (`cleave.device`) and, when its options changed by more than 15% or every
+//!   2 s, its report (`cleave.fleet.report`: one option per cut, the best codec and exit at each,
+//!   with latency excluding the queue, server time and energy). A coordinating server
+//!   (`cleave serve --coordinate`, [`crate::server::coord`]) answers with its joint plan
+//!   (`cleave.fleet.plan`, `CUT:CODEC`), which the device follows unless its own estimates
+//!   predict the recommended offload slower than computing locally even with an empty queue
+//!   (the link got worse since the report). Each record says which recommendation was in force
+//!   and whether it was followed.
+//!
 //! ## A slower device
 //! With `device_slowdown` X > 1 the device sleeps (X − 1) × its measured compute after each
 //! compute step (head or local tail): the documented stand-in for a CPU-quota'd device.
@@ -101,8 +120,9 @@ use cleave_cost::Link;
 use cleave_engine::{Engine, TensorMap, random_input};
 use cleave_graph::{ModelGraph, TensorSpec};
 use cleave_link::{BandwidthEstimator, LoadEstimator, RttEstimator};
+use cleave_plan::fleet::{self, DeviceReport, FleetOption};
 use cleave_plan::{Conditions, Objective, Plan, PlanError, Planner, Problem};
-use cleave_proto::inference::ModelInferRequest;
+use cleave_proto::inference::{InferParameter, ModelInferRequest};
 use cleave_proto::wire;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -157,6 +177,18 @@ pub struct LinkEstimates {
     rtt: RttEstimator,
     min_rtt_ms: Option<f64>,
     load: LoadEstimator,
+    /// The rest of the fleet's load on the server (see [`LinkEstimates::observe_util`]).
+    others: Option<OthersLoad>,
+}
+
+/// What the server's load signal says about everyone else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OthersLoad {
+    /// The workers' busy share that is not this device's, 0..1.
+    util: f64,
+    workers: usize,
+    /// Mean service time to assume for their requests, ms.
+    service_ms: f64,
 }
 
 impl LinkEstimates {
@@ -195,6 +227,41 @@ impl LinkEstimates {
         self.load.observe(d(queue_ms), d(compute_ms));
     }
 
+    /// One load signal: the server's reported utilization `util` (its `workers`' busy share,
+    /// which includes this device's own requests, `own_util` of it). The rest is other devices'
+    /// work that a sent frame may queue behind; the planner's queue delay becomes at least
+    /// [`LinkEstimates::fleet_wait_ms`]. `service_hint_ms` is the service time to assume for
+    /// their requests until the server reported a compute time. With `predicted_only` (a
+    /// probe, which measured no queue of its own) the smoothed queue delay also moves toward
+    /// that prediction, so a queue seen long ago does not keep a device home after the load
+    /// went away.
+    pub fn observe_util(
+        &mut self,
+        util: f64,
+        workers: usize,
+        own_util: f64,
+        service_hint_ms: f64,
+        predicted_only: bool,
+    ) {
+        if !(util.is_finite() && own_util.is_finite()) {
+            return;
+        }
+        let service_ms = self.load.compute_ms().unwrap_or(service_hint_ms).max(0.0);
+        self.others = Some(OthersLoad { util: (util - own_util).clamp(0.0, 1.0), workers: workers.max(1), service_ms });
+        if predicted_only {
+            let wait = self.fleet_wait_ms();
+            self.load.observe_queue(Duration::from_secs_f64(wait.min(60_000.0) / 1e3));
+        }
+    }
+
+    /// The queue wait other devices' load causes a frame sent now, ms: the M/M/1-style
+    /// [`cleave_plan::fleet::expected_wait_ms`] at the others' utilization (capped at 0.95).
+    /// This device's own requests are left out of the utilization: it sends one frame at a
+    /// time, so its frames do not queue behind each other. 0 before any load signal.
+    pub fn fleet_wait_ms(&self) -> f64 {
+        self.others.map_or(0.0, |o| cleave_plan::fleet::expected_wait_ms(o.util.min(0.95), o.service_ms, o.workers))
+    }
+
     /// The estimate for the next frame, with the documented defaults where nothing was measured.
     pub fn estimate(&self) -> Estimate {
         let up = self.bandwidth.estimate_bps();
@@ -207,7 +274,7 @@ impl LinkEstimates {
                 .min_rtt_ms
                 .or_else(|| self.rtt.srtt().map(|d| d.as_secs_f64() * 1e3))
                 .unwrap_or(DEFAULT_RTT_MS),
-            server_queue_ms: self.load.queue_ms().unwrap_or(0.0),
+            server_queue_ms: self.load.queue_ms().unwrap_or(0.0).max(self.fleet_wait_ms()),
             measured: up.is_some(),
         }
     }
@@ -367,6 +434,9 @@ pub struct AdaptiveConfig {
     pub probe: bool,
     /// When the device computes the tail itself while a request is out (see the module docs).
     pub hedge: Hedge,
+    /// Fleet mode: identify this device to a coordinating server, report its options and follow
+    /// the server's recommendation (see "Many devices, one server" in the module docs).
+    pub fleet: bool,
 }
 
 /// When the adaptive device starts its own tail while a request is out; the frame takes
@@ -441,12 +511,19 @@ pub struct AdaptiveRecord {
     pub sample_bps: Option<f64>,
     /// Bytes of a bandwidth probe sent after this frame's answer.
     pub probe_bytes: u64,
+    /// Fleet mode: the coordinating server's recommendation this frame was decided under
+    /// (`CUT:CODEC`), and whether the device followed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<bool>,
     pub error: Option<String>,
 }
 
-/// What a concurrent side task measured: a round trip and a probe (bytes, wall time).
+/// What a concurrent side task measured: a ping (an empty call: its round trip and the
+/// server's load signal) and a probe (bytes, wall time).
 struct SideResult {
-    rtt: Option<Duration>,
+    ping: Option<TailResponse>,
     probe: Option<(usize, Duration)>,
 }
 
@@ -480,6 +557,13 @@ pub struct AdaptiveDevice {
     /// Recent measured / profiled compute ratios (see "Compute as measured").
     device_ratios: RecentRatios,
     server_ratios: RecentRatios,
+    /// Smoothed server compute this device's frames cost, ms per frame (0 for frames it keeps):
+    /// its own share of the server's reported utilization.
+    own_server_ms: f64,
+    /// Fleet mode: the last recommendation, and the last report sent (and when).
+    recommendation: Option<(usize, Option<Codec>)>,
+    recommendation_text: Option<String>,
+    sent_report: Option<(DeviceReport, Instant)>,
 }
 
 /// How a sent frame ended.
@@ -608,6 +692,10 @@ impl AdaptiveDevice {
             base_server_ms,
             device_ratios: RecentRatios::default(),
             server_ratios: RecentRatios::default(),
+            own_server_ms: 0.0,
+            recommendation: None,
+            recommendation_text: None,
+            sent_report: None,
         })
     }
 
@@ -716,6 +804,7 @@ impl AdaptiveDevice {
         {
             let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
             self.estimates.observe_server(q, c);
+            self.observe_signal(&resp, false);
             let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
             if self.estimates.observe_transfer(wire_bytes(bytes), resp.rpc, server).is_some() {
                 self.last_sample = Some(Instant::now());
@@ -728,8 +817,9 @@ impl AdaptiveDevice {
         if let Some(h) = self.side.take()
             && let Ok(r) = h.await
         {
-            if let Some(d) = r.rtt {
-                self.estimates.observe_rtt(d);
+            if let Some(p) = r.ping {
+                self.estimates.observe_rtt(p.rpc);
+                self.observe_signal(&p, true);
             }
             if let Some((bytes, d)) = r.probe
                 && self.estimates.observe_transfer(probe_wire_bytes(bytes), d, Duration::ZERO).is_some()
@@ -810,15 +900,18 @@ impl AdaptiveDevice {
         if !want_rtt && probe == 0 {
             return 0;
         }
-        if want_rtt {
+        let params = if want_rtt {
             self.last_rtt = Some(now);
-        }
+            self.fleet_params(estimate)
+        } else {
+            HashMap::new()
+        };
         let model = self.config.model_name.clone();
         self.side = Some(tokio::spawn(async move {
             let mut c = client;
-            let rtt = if want_rtt { c.rtt(1).await.ok() } else { None };
+            let ping = if want_rtt { c.ping(&model, params, Some(Duration::from_secs(5))).await.ok() } else { None };
             let probe = if probe > 0 { c.probe(&model, probe).await.ok().map(|d| (probe, d)) } else { None };
-            SideResult { rtt, probe }
+            SideResult { ping, probe }
         }));
         probe as u64
     }
@@ -833,6 +926,13 @@ impl AdaptiveDevice {
         self.last_release = Some(release);
         let (mut rec, outputs) = self.frame_inner(k, inputs, release).await;
         self.calibrate_compute(&rec);
+        let last = self.problem.last();
+        let served = if rec.bytes_up > 0 {
+            rec.compute_ms.unwrap_or(self.problem.server_ms[last] - self.problem.server_ms[rec.cut])
+        } else {
+            0.0
+        };
+        self.own_server_ms += 0.3 * (served.max(0.0) - self.own_server_ms);
         // Measurements go out after the answer, into the gap before the next frame.
         rec.probe_bytes = self.start_side(rec.bytes_up, &rec.estimate);
         (rec, outputs)
@@ -843,10 +943,12 @@ impl AdaptiveDevice {
         let start = Instant::now();
         let estimate = self.estimates.estimate();
         let last = self.graph.last_cut();
+        let mut fleet_note = None;
         let (cut, codec, exit, predicted_ms, race_at) = match self.strategy {
             Strategy::Fixed { cut, codec } => (cut, codec, None, None, Duration::ZERO),
-            Strategy::Adaptive => match self.decide(&estimate) {
-                Ok(p) => {
+            Strategy::Adaptive => match self.decide(&estimate).map(|p| self.follow_fleet(&estimate, p)) {
+                Ok((p, followed)) => {
+                    fleet_note = followed.map(|f| (self.recommendation_text.clone(), f));
                     let exit = match (&p.exit, p.exit_threshold) {
                         (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
                         _ => None,
@@ -882,6 +984,8 @@ impl AdaptiveDevice {
             predicted_ms,
             sample_bps: None,
             probe_bytes: 0,
+            fleet_plan: fleet_note.as_ref().and_then(|(t, _)| t.clone()),
+            followed: fleet_note.map(|(_, f)| f),
             error: None,
         };
         // The head, on a blocking thread, then the emulated slowdown.
@@ -928,7 +1032,8 @@ impl AdaptiveDevice {
         }
         let outcome = match self.request(k, cut, EncodeOptions::new(codec), &env) {
             Err(e) => Outcome::Failed(e),
-            Ok((req, bytes)) => {
+            Ok((mut req, bytes)) => {
+                req.parameters.extend(self.fleet_params(&estimate));
                 rec.bytes_up = bytes;
                 self.observe_size(cut, codec, bytes);
                 let endpoints = self.remote.clone().expect("checked in new");
@@ -979,6 +1084,7 @@ impl AdaptiveDevice {
                 rec.compute_ms = resp.compute_ms;
                 let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
                 self.estimates.observe_server(q, c);
+                self.observe_signal(&resp, false);
                 let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
                 rec.sample_bps = self.estimates.observe_transfer(wire_bytes(rec.bytes_up), resp.rpc, server);
                 if rec.sample_bps.is_some() {
@@ -1014,6 +1120,101 @@ impl AdaptiveDevice {
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
             }
+        }
+    }
+
+    /// Frames per second this device releases (1 before the second frame).
+    fn fps(&self) -> f64 {
+        self.frame_gap_s.filter(|g| *g > 1e-3).map_or(1.0, |g| 1.0 / g)
+    }
+
+    /// Takes an answer's load signal and, in fleet mode, its recommendation.
+    fn observe_signal(&mut self, resp: &TailResponse, predicted_only: bool) {
+        if let Some(util) = resp.server_util {
+            let workers = resp.server_workers.unwrap_or(1);
+            let own = self.fps() * self.own_server_ms / 1000.0 / workers as f64;
+            // Until the server reported a compute time: the whole model's, the most a request costs.
+            let hint = self.problem.server_ms[self.problem.last()];
+            self.estimates.observe_util(util, workers, own, hint, predicted_only);
+        }
+        if self.config.fleet
+            && let Some(text) = &resp.fleet_plan
+        {
+            match fleet::parse_recommendation(text) {
+                Ok(r) => {
+                    self.recommendation = Some(r);
+                    self.recommendation_text = Some(text.clone());
+                }
+                Err(e) => tracing::debug!("ignoring the server's recommendation `{text}`: {e}"),
+            }
+        }
+    }
+
+    /// The device's plans under `est` with the queue left out (the coordinator adds the queue
+    /// the whole fleet causes): one per cut, with the best codec and exit at each, best first.
+    fn unqueued_alternatives(&self, est: &Estimate) -> Vec<Plan> {
+        let cond = conditions(&Estimate { server_queue_ms: 0.0, ..*est }, est.up_bps, self.config.down_bps);
+        Planner::new(&self.problem).and_then(|p| p.alternatives(&cond, usize::MAX)).unwrap_or_default()
+    }
+
+    /// The device's options for its fleet report: [`Self::unqueued_alternatives`], at most
+    /// [`fleet::MAX_REPORT_OPTIONS`], device-only always among them.
+    fn fleet_options(&self, est: &Estimate) -> Vec<FleetOption> {
+        let last = self.problem.last();
+        let mut options: Vec<FleetOption> =
+            self.unqueued_alternatives(est).iter().map(FleetOption::from_plan).collect();
+        if options.len() > fleet::MAX_REPORT_OPTIONS {
+            let local = options.iter().position(|o| o.cut == last).map(|i| options[i]);
+            options.truncate(fleet::MAX_REPORT_OPTIONS - 1);
+            if let Some(o) = local.filter(|o| !options.contains(o)) {
+                options.push(o);
+            } else {
+                options.truncate(fleet::MAX_REPORT_OPTIONS);
+            }
+        }
+        options
+    }
+
+    /// Fleet mode: the parameters that identify this device, with its report when it changed by
+    /// more than 15% or is 2 s old. Empty outside fleet mode.
+    fn fleet_params(&mut self, est: &Estimate) -> HashMap<String, InferParameter> {
+        let mut params = HashMap::new();
+        if !self.config.fleet || self.strategy != Strategy::Adaptive {
+            return params;
+        }
+        params.insert(wire::PARAM_DEVICE.to_owned(), wire::str_param(self.session.clone()));
+        let report = DeviceReport { fps: self.fps(), options: self.fleet_options(est) };
+        let due = match &self.sent_report {
+            None => true,
+            Some((r, at)) => r.differs(&report, 0.15) || at.elapsed() > Duration::from_secs(2),
+        };
+        if due && report.options.iter().any(|o| !o.offloads()) {
+            params.insert(wire::PARAM_FLEET_REPORT.to_owned(), wire::str_param(report.encode()));
+            self.sent_report = Some((report, Instant::now()));
+        }
+        params
+    }
+
+    /// Fleet mode: the server's recommendation instead of the device's own plan `own`, unless
+    /// the device's own constraint forbids it: a recommendation to send that the device's
+    /// current estimates predict slower than computing locally even with an empty queue is
+    /// stale (the link got worse since the report) and is not followed, nor is one naming a
+    /// part this device cannot run. `Some(followed)` when there was a recommendation.
+    fn follow_fleet(&self, est: &Estimate, own: Plan) -> (Plan, Option<bool>) {
+        let Some((cut, codec)) = self.recommendation.filter(|_| self.config.fleet) else { return (own, None) };
+        if own.cuts.first() == Some(&cut) && own.codecs.first().copied() == codec {
+            return (own, Some(true));
+        }
+        let last = self.problem.last();
+        let plans = self.unqueued_alternatives(est);
+        let local = plans
+            .iter()
+            .filter(|p| p.cuts.first() == Some(&last))
+            .map(|p| p.predicted.total_ms)
+            .fold(f64::INFINITY, f64::min);
+        match plans.into_iter().find(|p| p.cuts.first() == Some(&cut) && p.codecs.first().copied() == codec) {
+            Some(p) if cut == last || p.predicted.total_ms <= local => (p, Some(true)),
+            _ => (own, Some(false)),
         }
     }
 
@@ -1144,6 +1345,41 @@ mod tests {
         assert_eq!(e.up_bps, DEFAULT_UP_BPS);
         assert_eq!(e.rtt_ms, DEFAULT_RTT_MS);
         assert!(!e.measured);
+    }
+
+    #[test]
+    fn other_devices_load_is_queue_the_planner_sees_and_our_own_is_not() {
+        let mut e = LinkEstimates::new();
+        // 60% busy, 10 points of which are ours: others fill half the worker, 10 ms each.
+        e.observe_util(0.6, 1, 0.1, 10.0, false);
+        assert!((e.estimate().server_queue_ms - 10.0).abs() < 1e-9, "{:?}", e.estimate());
+        // Two workers halve the wait.
+        e.observe_util(0.6, 2, 0.1, 10.0, false);
+        assert!((e.estimate().server_queue_ms - 5.0).abs() < 1e-9);
+        // All of the load is ours: our frames do not wait for each other.
+        e.observe_util(0.3, 1, 0.3, 10.0, false);
+        assert_eq!(e.estimate().server_queue_ms, 0.0);
+        // Once the server reported a compute time, that is the service time assumed.
+        e.observe_server(0.0, 4.0);
+        e.observe_util(0.6, 1, 0.1, 10.0, false);
+        assert!((e.estimate().server_queue_ms - 4.0).abs() < 1e-9, "{:?}", e.estimate());
+        // A saturated server is capped, not infinite.
+        e.observe_util(1.0, 1, 0.0, 10.0, false);
+        assert!(e.estimate().server_queue_ms.is_finite());
+    }
+
+    #[test]
+    fn a_queue_seen_long_ago_fades_when_probes_report_an_idle_server() {
+        let mut e = LinkEstimates::new();
+        e.observe_server(40.0, 2.0);
+        assert_eq!(e.estimate().server_queue_ms, 40.0);
+        // A frame's own answer (not predicted-only) keeps the reported queue.
+        e.observe_util(0.0, 1, 0.0, 2.0, false);
+        assert_eq!(e.estimate().server_queue_ms, 40.0);
+        for _ in 0..20 {
+            e.observe_util(0.0, 1, 0.0, 2.0, true);
+        }
+        assert!(e.estimate().server_queue_ms < 1.0, "{:?}", e.estimate());
     }
 
     #[test]

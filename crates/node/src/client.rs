@@ -53,6 +53,11 @@ pub struct TailResponse {
     pub batch: Option<i64>,
     /// Wall time of the call.
     pub rpc: Duration,
+    /// The server's load signal: its workers' busy share (0..1) and how many workers it has.
+    pub server_util: Option<f64>,
+    pub server_workers: Option<usize>,
+    /// A coordinating server's recommendation for this device (`CUT:CODEC`), in fleet mode.
+    pub fleet_plan: Option<String>,
 }
 
 /// How a client secures its connection: TLS (plaintext when `None`) and a bearer token.
@@ -174,6 +179,19 @@ impl EdgeClient {
         Ok(t0.elapsed())
     }
 
+    /// An empty probe of `model` (nothing to compute) carrying `parameters` (e.g. a device's
+    /// fleet report): its round trip and the server's load signal and recommendation.
+    pub async fn ping(
+        &mut self,
+        model: &str,
+        mut parameters: std::collections::HashMap<String, InferParameter>,
+        timeout: Option<Duration>,
+    ) -> Result<TailResponse, ClientError> {
+        parameters.insert(PARAM_PROBE.to_owned(), wire::int_param(1));
+        let req = ModelInferRequest { model_name: model.into(), parameters, ..Default::default() };
+        self.infer(req, timeout).await
+    }
+
     /// Sends one inference request.
     pub async fn infer(
         &mut self,
@@ -201,6 +219,15 @@ impl EdgeClient {
             compute_ms: crate::oip::reported_ms(&resp.parameters, &[wire::PARAM_COMPUTE_MS, "compute_ms"]),
             batch: wire::get_int(&resp.parameters, wire::PARAM_BATCH).ok().flatten(),
             rpc,
+            server_util: wire::get_f64(&resp.parameters, wire::PARAM_SERVER_UTIL)
+                .filter(|u| u.is_finite())
+                .map(|u| u.clamp(0.0, 1.0)),
+            server_workers: wire::get_int(&resp.parameters, wire::PARAM_SERVER_WORKERS)
+                .ok()
+                .flatten()
+                .filter(|&w| w > 0)
+                .map(|w| w as usize),
+            fleet_plan: wire::get_str(&resp.parameters, wire::PARAM_FLEET_PLAN).ok().flatten().map(str::to_owned),
         })
     }
 }

@@ -66,6 +66,7 @@ async fn a_silent_link_is_hedged_not_waited_out() {
         down_bps: None,
         probe: false,
         hedge: Hedge::Late,
+        fleet: false,
     };
     let mut device =
         AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
@@ -111,6 +112,7 @@ async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
         down_bps: None,
         probe: false,
         hedge: Hedge::Race,
+        fleet: false,
     };
     let mut device =
         AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();

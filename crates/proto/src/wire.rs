@@ -52,6 +52,9 @@ pub const PARAM_BATCH: &str = "cleave.batch";
 /// Response parameter: the server's compute utilization (busy workers' share, 0..1, smoothed
 /// over about a second), on every answer including probes: the load signal devices plan with.
 pub const PARAM_SERVER_UTIL: &str = "cleave.server_util";
+/// Response parameter: the server's compute workers, next to `cleave.server_util`, so a device
+/// can predict the queue wait the load it would add causes.
+pub const PARAM_SERVER_WORKERS: &str = "cleave.server_workers";
 /// Request parameter: a device's stable id, for a coordinating server (fleet mode).
 pub const PARAM_DEVICE: &str = "cleave.device";
 /// Request parameter: the device's options (its link estimate and profile folded into expected

@@ -174,6 +174,14 @@ pub struct Args {
     #[arg(long, value_name = "POLICY", default_value = "race")]
     pub hedge: Hedge,
 
+    /// With --cut adaptive: join the fleet of an edge started with `cleave serve --coordinate`.
+    /// The device identifies itself, reports its options (cut, codec, expected latency and
+    /// server time) when they change, and follows the edge's joint plan unless its own
+    /// estimates say the recommended offload is slower than computing locally. Without it the
+    /// device still plans with the edge's reported load (`cleave.server_util`).
+    #[arg(long)]
+    pub fleet: bool,
+
     /// With --cut adaptive: write one JSON object per frame to PATH (JSON lines, flushed per
     /// frame): the decision's estimate, cut, codec, timings, bytes, and `start_unix_ms`, the
     /// wall-clock time of the decision.
@@ -632,6 +640,7 @@ async fn run_adaptive(
         down_bps: None,
         probe: true,
         hedge: args.hedge,
+        fleet: args.fleet,
     };
     let engine =
         Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 4 * candidates.len() + 16 }));
@@ -736,8 +745,13 @@ fn frame_line(r: &AdaptiveRecord) -> String {
         FrameStatus::EarlyExit => format!("exit {}", r.exit.as_deref().unwrap_or("?")),
         FrameStatus::LocalFallback => format!("LOCAL ({})", r.error.as_deref().unwrap_or("?")),
     };
+    let fleet = match (&r.fleet_plan, r.followed) {
+        (Some(p), Some(true)) => format!("  fleet plan {p}"),
+        (Some(p), _) => format!("  fleet plan {p} (not followed: slower than local now)"),
+        _ => String::new(),
+    };
     format!(
-        "frame {:>4}  cut {:>3} {:<5} {:<8} {:>9.2} ms  sent {:>9}  estimate {:>7.2} Mbit/s{}",
+        "frame {:>4}  cut {:>3} {:<5} {:<8} {:>9.2} ms  sent {:>9}  estimate {:>7.2} Mbit/s{}{fleet}",
         r.frame,
         r.cut,
         r.codec.map(|c| c.name()).unwrap_or("-"),

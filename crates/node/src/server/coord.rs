@@ -86,6 +86,11 @@ impl LoadMeter {
         m.busy = Duration::ZERO;
     }
 
+    /// The workers the utilization is a share of.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
     /// One request's share of compute.
     pub fn record(&self, compute: Duration, now: Instant) {
         let mut m = self.inner.lock().expect("load meter lock");

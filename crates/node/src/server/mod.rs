@@ -161,6 +161,7 @@ impl Service {
         let now = Instant::now();
         let util = self.state.load.utilization(now);
         resp.insert(wire::PARAM_SERVER_UTIL.into(), wire::f64_param(util));
+        resp.insert(wire::PARAM_SERVER_WORKERS.into(), wire::int_param(self.state.load.workers() as i64));
         let Some(coordinator) = &self.state.coordinator else { return Ok(()) };
         let Some(id) = wire::get_str(req, wire::PARAM_DEVICE).map_err(Status::from)? else { return Ok(()) };
         let report = match wire::get_str(req, wire::PARAM_FLEET_REPORT).map_err(Status::from)? {
