@@ -80,7 +80,13 @@
 //! (cut, codec) go into [`PayloadSizes`] (an EWMA per pair, α = [`PayloadSizes::ALPHA`]; the
 //! first observation replaces the prior outright) and the smoothed size into the problem
 //! ([`Problem::set_bytes`]), so the next frame's decision weighs what this content really
-//! costs.
+//! costs. A size learned only by sending would never be learned for a codec the prior makes
+//! look too big to send (the JPEG prior is for photos; a page of text at 640 × 480 is less than
+//! half of it). So when a content-dependent codec applies at cut 0, where the boundary is the
+//! input itself, the device also measures it off the link: after a frame's answer, on a thread
+//! at the lowest CPU priority, it encodes that frame's input in every such codec never observed,
+//! or not observed in the last [`SIZE_REFRESH_FRAMES`] frames when the decision would change at
+//! a quarter of its current estimate; the sizes go into the same EWMA at the next frame.
 //!
 //! ## Switching costs nothing
 //! [`AdaptiveDevice::prepare`] compiles the head of every candidate cut (and the exit parts)
@@ -407,6 +413,9 @@ pub fn decide_racing(
     Ok(plan)
 }
 
+/// A content-dependent payload size is measured again after this many frames (when it matters).
+pub const SIZE_REFRESH_FRAMES: usize = 8;
+
 /// Transfers smaller than this give no bandwidth sample (see [`cleave_link::BandwidthEstimator`]).
 const MIN_SAMPLE_BYTES: u64 = 16 * 1024;
 
@@ -564,6 +573,12 @@ pub struct AdaptiveDevice {
     recommendation: Option<(usize, Option<Codec>)>,
     recommendation_text: Option<String>,
     sent_report: Option<(DeviceReport, Instant)>,
+    /// Frames started so far.
+    frames: usize,
+    /// Content-dependent payload sizes being measured off the link: (cut, codec, bytes).
+    size_probe: Option<tokio::sync::oneshot::Receiver<Vec<(usize, Codec, u64)>>>,
+    /// The frame at which each content-dependent (cut, codec) size was last observed.
+    size_seen: HashMap<(usize, Codec), usize>,
 }
 
 /// How a sent frame ended.
@@ -696,6 +711,9 @@ impl AdaptiveDevice {
             recommendation: None,
             recommendation_text: None,
             sent_report: None,
+            frames: 0,
+            size_probe: None,
+            size_seen: HashMap::new(),
         })
     }
 
@@ -798,6 +816,18 @@ impl AdaptiveDevice {
 
     /// Takes a finished side task's measurements; with `wait`, waits for a running one.
     async fn harvest(&mut self, wait: bool) {
+        if let Some(rx) = &mut self.size_probe {
+            match rx.try_recv() {
+                Ok(sizes) => {
+                    self.size_probe = None;
+                    for (cut, codec, bytes) in sizes {
+                        self.observe_size(cut, codec, bytes);
+                    }
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.size_probe = None,
+            }
+        }
         if self.straggler.as_ref().is_some_and(|h| h.is_finished())
             && let Some(h) = self.straggler.take()
             && let Ok(Some((bytes, resp))) = h.await
@@ -924,6 +954,9 @@ impl AdaptiveDevice {
             self.frame_gap_s = Some(self.frame_gap_s.map_or(gap, |g| 0.8 * g + 0.2 * gap));
         }
         self.last_release = Some(release);
+        self.frames += 1;
+        // The input, kept to measure what it would cost in a content-dependent codec.
+        let kept = (!self.sized_at_input().is_empty()).then(|| inputs.clone());
         let (mut rec, outputs) = self.frame_inner(k, inputs, release).await;
         self.calibrate_compute(&rec);
         let last = self.problem.last();
@@ -935,6 +968,9 @@ impl AdaptiveDevice {
         self.own_server_ms += 0.3 * (served.max(0.0) - self.own_server_ms);
         // Measurements go out after the answer, into the gap before the next frame.
         rec.probe_bytes = self.start_side(rec.bytes_up, &rec.estimate);
+        if let Some(inputs) = kept {
+            self.start_size_probe(inputs, &rec.estimate);
+        }
         (rec, outputs)
     }
 
@@ -1218,8 +1254,91 @@ impl AdaptiveDevice {
         }
     }
 
+    /// The content-dependent codecs (JPEG) the planner may choose at cut 0, whose boundary is
+    /// the input itself: their sizes can be measured without running a head or sending.
+    fn sized_at_input(&self) -> Vec<Codec> {
+        if self.strategy != Strategy::Adaptive {
+            return vec![];
+        }
+        self.problem
+            .codecs
+            .iter()
+            .enumerate()
+            .filter(|(q, c)| !c.has_exact_len() && self.problem.drop[0][*q].is_finite())
+            .map(|(_, &c)| c)
+            .collect()
+    }
+
+    /// Whether the decision under `est` would change if (`cut`, `codec`) were a quarter of its
+    /// current size: only then is measuring it worth the device's time.
+    fn size_matters(&self, cut: usize, codec: Codec, est: &Estimate) -> bool {
+        let Some(q) = self.problem.codec_index(codec) else { return false };
+        let mut smaller = self.problem.clone();
+        if smaller.set_bytes(cut, codec, (self.problem.bytes[cut][q] / 4).max(1)).is_err() {
+            return false;
+        }
+        let choice = |p: &Problem| {
+            decide(p, est, self.config.down_bps).ok().map(|p| (p.cuts.first().copied(), p.codecs.first().copied()))
+        };
+        choice(&self.problem) != choice(&smaller)
+    }
+
+    /// Measures, after the frame and off the link, what this frame's input costs in each
+    /// content-dependent codec at cut 0 never observed, or not observed in the last
+    /// [`SIZE_REFRESH_FRAMES`] frames and whose size matters to the decision (see "Payload
+    /// sizes"). Encodes on a thread at the lowest CPU priority; the sizes are taken at the
+    /// next frame.
+    fn start_size_probe(&mut self, inputs: TensorMap, est: &Estimate) {
+        if self.size_probe.is_some() {
+            return;
+        }
+        let frame = self.frames;
+        let codecs: Vec<Codec> = self
+            .sized_at_input()
+            .into_iter()
+            .filter(|&c| match self.size_seen.get(&(0, c)) {
+                // Never observed: the prior may be off by any factor; one encode settles it.
+                None => true,
+                Some(&f) => frame >= f + SIZE_REFRESH_FRAMES && self.size_matters(0, c, est),
+            })
+            .collect();
+        if codecs.is_empty() {
+            return;
+        }
+        let specs = self.boundaries[0].clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("cleave-size".into()).spawn(move || {
+            crate::priority::lowest_for_this_thread();
+            let mut out = vec![];
+            for codec in codecs {
+                let mut bytes = 0u64;
+                for spec in &specs {
+                    let Some(t) = inputs.get(&spec.name) else { return };
+                    match wire::encode_input_shared(
+                        &spec.name,
+                        spec.dtype,
+                        &spec.shape,
+                        shared_bytes(t),
+                        EncodeOptions::new(codec),
+                    ) {
+                        Ok((_, raw)) => bytes += raw.len() as u64,
+                        Err(_) => return,
+                    }
+                }
+                out.push((0, codec, bytes));
+            }
+            let _ = tx.send(out);
+        });
+        if spawned.is_ok() {
+            self.size_probe = Some(rx);
+        }
+    }
+
     /// Feeds an encoded payload's size back into the problem (see the module docs).
     fn observe_size(&mut self, cut: usize, codec: Codec, bytes: u64) {
+        if !codec.has_exact_len() {
+            self.size_seen.insert((cut, codec), self.frames);
+        }
         if self.problem.codec_index(codec).is_some() {
             let smoothed = self.sizes.observe(cut, codec, bytes);
             if let Err(e) = self.problem.set_bytes(cut, codec, smoothed) {
