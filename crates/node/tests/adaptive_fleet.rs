@@ -2,27 +2,25 @@
 //! `cleave serve --coordinate`): it reports its options, receives the edge's joint plan in every
 //! answer, and follows it, even when its own plan would have chosen otherwise.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cleave_codec::Codec;
-use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
-use cleave_graph::build::zoo;
-use cleave_graph::{InputShapes, ModelGraph};
-use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Hedge, Strategy};
+use cleave_engine::{Engine, EngineConfig};
+use cleave_graph::ModelGraph;
+use cleave_node::EdgeClient;
+use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveRecord, Hedge};
 use cleave_node::server::coord::CoordConfig;
-use cleave_node::server::registry::{ModelEntry, Registry};
-use cleave_node::{EdgeClient, RunningServer, ServerConfig};
 use cleave_plan::ProblemBuilder;
-use prost::Message;
 
 /// How much slower than this machine the device is, really (it sleeps) and in its profile.
 const SLOWDOWN: f64 = 20.0;
 
 struct Bed {
-    _dir: tempfile::TempDir,
-    server: RunningServer,
+    tiny: common::Tiny,
     graph: Arc<ModelGraph>,
     engine: Arc<Engine>,
     problem: cleave_plan::Problem,
@@ -32,35 +30,27 @@ struct Bed {
 /// worker, and a problem (cut 0 or device-only) in which the device is 20× slower than the
 /// edge, so that a device alone offloads.
 async fn bed(max_utilization: f64) -> Bed {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.onnx");
-    let bytes = zoo::tiny_resnet(3).encode_to_vec();
-    std::fs::write(&path, &bytes).unwrap();
-    let mut registry = Registry::default();
-    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
-    let mut config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
+    let mut config = common::loopback_config();
     config.batch.workers = 1;
     // Re-planned every 20 ms (250 by default), so that a short test sees several plans.
     config.coordination =
         Some(CoordConfig { max_utilization, period: Duration::from_millis(20), ..Default::default() });
-    let server = RunningServer::start(registry, config).await.unwrap();
-    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
+    let tiny = common::serve_tiny(config).await;
+    let graph = tiny.graph.clone();
     let engine = Arc::new(Engine::new(EngineConfig::default()));
-    let opts =
-        cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: "t".into() };
-    let edge = cleave_engine::profile::profile(&engine, &graph, &opts, &mut |_: usize, _: usize, _: &str| {}).unwrap();
+    let edge = common::edge_profile(&engine, &graph);
     let mut problem = ProblemBuilder::new(&graph, &edge.scaled(SLOWDOWN, "device"))
         .server(edge.clone())
         .codecs(vec![Codec::Fp32, Codec::Int8])
         .build();
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
-    Bed { _dir: dir, server, graph, engine, problem }
+    Bed { tiny, graph, engine, problem }
 }
 
 /// Runs `frames` frames released every `gap` (on a schedule, not waiting: the fps the device
 /// reports is the release rate) and returns their records.
 async fn run(bed: &Bed, fleet: bool, frames: usize, gap: Duration) -> Vec<AdaptiveRecord> {
-    let client = EdgeClient::connect(&bed.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
+    let client = EdgeClient::connect(&bed.tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
     let config = AdaptiveConfig {
         model_name: "tiny".into(),
         timeout: Duration::from_secs(30),
@@ -70,26 +60,14 @@ async fn run(bed: &Bed, fleet: bool, frames: usize, gap: Duration) -> Vec<Adapti
         hedge: Hedge::Off,
         fleet,
     };
-    let mut device = AdaptiveDevice::new(
-        bed.engine.clone(),
-        bed.graph.clone(),
-        Some(client.clone()),
-        bed.problem.clone(),
-        Strategy::Adaptive,
-        config,
-    )
-    .unwrap();
-    device.prepare().unwrap();
-    device.warm_server(&client).await.unwrap();
-    device.bootstrap().await;
-    let input =
-        |k: u64| -> TensorMap { bed.graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k))).collect() };
+    let mut device =
+        common::ready_device(bed.engine.clone(), bed.graph.clone(), &client, bed.problem.clone(), config).await;
     let t0 = Instant::now();
     let mut recs = vec![];
     for k in 0..frames {
         let release = t0 + gap * k as u32;
         tokio::time::sleep_until(release.into()).await;
-        let (rec, out) = device.frame(k, input(k as u64), release).await;
+        let (rec, out) = device.frame(k, common::input(&bed.graph, k as u64), release).await;
         assert!(out.contains_key("logits"), "frame {k} has no answer: {rec:?}");
         recs.push(rec);
     }

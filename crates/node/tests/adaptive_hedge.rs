@@ -2,26 +2,24 @@
 //! adaptive device hedges: past twice the predicted remote time it computes the tail itself and
 //! answers with whichever finishes first.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cleave_codec::Codec;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
-use cleave_graph::build::zoo;
-use cleave_graph::{InputShapes, ModelGraph};
+use cleave_graph::ModelGraph;
 use cleave_link::{LinkConfig, LinkProxy};
-use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, Hedge, Strategy};
-use cleave_node::server::registry::{ModelEntry, Registry};
-use cleave_node::{EdgeClient, FrameStatus, RunningServer, ServerConfig};
+use cleave_node::adaptive::{self, AdaptiveConfig, Hedge};
+use cleave_node::{EdgeClient, FrameStatus};
 use cleave_plan::ProblemBuilder;
-use prost::Message;
 
 /// A server on loopback behind a `LinkProxy`, and a planning problem at cut 0 in which the
 /// device is 1,000× slower than the edge (so the planner offloads).
 struct Bed {
-    _dir: tempfile::TempDir,
-    _server: RunningServer,
+    _tiny: common::Tiny,
     proxy: LinkProxy,
     graph: Arc<ModelGraph>,
     engine: Arc<Engine>,
@@ -30,33 +28,24 @@ struct Bed {
 }
 
 async fn bed() -> Bed {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.onnx");
-    let bytes = zoo::tiny_resnet(3).encode_to_vec();
-    std::fs::write(&path, &bytes).unwrap();
-    let mut registry = Registry::default();
-    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
-    let config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
-    let server = RunningServer::start(registry, config).await.unwrap();
-    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
-    let proxy = LinkProxy::start(server.grpc_addr, LinkConfig::default()).await.unwrap();
+    let tiny = common::serve_tiny(common::loopback_config()).await;
+    let graph = tiny.graph.clone();
+    let proxy = LinkProxy::start(tiny.server.grpc_addr, LinkConfig::default()).await.unwrap();
     let engine = Arc::new(Engine::new(EngineConfig::default()));
-    let opts =
-        cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: "t".into() };
-    let edge = cleave_engine::profile::profile(&engine, &graph, &opts, &mut |_: usize, _: usize, _: &str| {}).unwrap();
+    let edge = common::edge_profile(&engine, &graph);
     let mut problem = ProblemBuilder::new(&graph, &edge.scaled(1000.0, "device"))
         .server(edge.clone())
         .codecs(vec![Codec::Fp32, Codec::Int8])
         .build();
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
-    Bed { _dir: dir, _server: server, proxy, graph, engine, edge, problem }
+    Bed { _tiny: tiny, proxy, graph, engine, edge, problem }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_link_is_hedged_not_waited_out() {
     // The planner believes the device is 1,000× slower than the edge, so it offloads; the
     // device really is this machine, so its own tail is quick.
-    let Bed { _dir, _server, proxy, graph, engine, problem, .. } = bed().await;
+    let Bed { _tiny, proxy, graph, engine, problem, .. } = bed().await;
     let timeout = Duration::from_secs(60);
     let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
     let config = AdaptiveConfig {
@@ -68,11 +57,7 @@ async fn a_silent_link_is_hedged_not_waited_out() {
         hedge: Hedge::Late,
         fleet: false,
     };
-    let mut device =
-        AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
-    device.prepare().unwrap();
-    device.warm_server(&client).await.unwrap();
-    device.bootstrap().await;
+    let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
     let input = |k: u64| -> TensorMap { graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k))).collect() };
     for k in 0..3 {
         let (rec, _) = device.frame(k, input(k as u64), Instant::now()).await;
@@ -97,7 +82,7 @@ async fn a_silent_link_is_hedged_not_waited_out() {
 /// plus that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
-    let Bed { _dir, _server, proxy, graph, engine, edge, problem } = bed().await;
+    let Bed { _tiny, proxy, graph, engine, edge, problem } = bed().await;
     // The device really is slow: it sleeps so that its whole-model time is about 300 ms (by
     // the profile; the sleep scales the compute measured at run time), far more than a
     // loopback round trip.
@@ -114,11 +99,7 @@ async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
         hedge: Hedge::Race,
         fleet: false,
     };
-    let mut device =
-        AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
-    device.prepare().unwrap();
-    device.warm_server(&client).await.unwrap();
-    device.bootstrap().await;
+    let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
     let input = |k: u64| -> TensorMap { graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k))).collect() };
     let mut remote = 0;
     for k in 0..5 {

@@ -3,34 +3,23 @@
 //! the photo prior for a 640 × 480 page is 2.2× what a page of text costs). The device now
 //! measures such sizes off the link, from the input of frames it did not send that way.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cleave_codec::Codec;
-use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
-use cleave_graph::build::zoo;
-use cleave_graph::{InputShapes, ModelGraph};
-use cleave_node::adaptive::{AdaptiveConfig, AdaptiveDevice, Hedge, Strategy};
-use cleave_node::server::registry::{ModelEntry, Registry};
-use cleave_node::{EdgeClient, RunningServer, ServerConfig};
+use cleave_engine::{Engine, EngineConfig};
+use cleave_node::EdgeClient;
+use cleave_node::adaptive::{AdaptiveConfig, Hedge};
 use cleave_plan::ProblemBuilder;
-use prost::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.onnx");
-    let bytes = zoo::tiny_resnet(3).encode_to_vec();
-    std::fs::write(&path, &bytes).unwrap();
-    let mut registry = Registry::default();
-    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
-    let config = ServerConfig { grpc_addr: ([127, 0, 0, 1], 0).into(), metrics_addr: None, ..Default::default() };
-    let server = RunningServer::start(registry, config).await.unwrap();
-    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
+    let tiny = common::serve_tiny(common::loopback_config()).await;
+    let graph = tiny.graph.clone();
     let engine = Arc::new(Engine::new(EngineConfig::default()));
-    let opts =
-        cleave_engine::profile::ProfileOptions { warmup: 1, repeats: 3, device: "edge".into(), host: "t".into() };
-    let edge = cleave_engine::profile::profile(&engine, &graph, &opts, &mut |_: usize, _: usize, _: &str| {}).unwrap();
+    let edge = common::edge_profile(&engine, &graph);
     let jpeg: Codec = "jpeg75".parse().unwrap();
     // The device is 20× slower than the edge (and really sleeps so), and may send only the
     // input, only as a JPEG, whose prior says 1 GB: no link carries that faster than the
@@ -43,7 +32,7 @@ async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
     assert!(problem.drop[0][0].is_finite(), "JPEG must apply to the image input");
     problem.set_bytes(0, jpeg, 1 << 30).unwrap();
 
-    let client = EdgeClient::connect(&server.grpc_addr.to_string(), 64 << 20).await.unwrap();
+    let client = EdgeClient::connect(&tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
     let config = AdaptiveConfig {
         model_name: "tiny".into(),
         timeout: Duration::from_secs(30),
@@ -53,15 +42,10 @@ async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
         hedge: Hedge::Off,
         fleet: false,
     };
-    let mut device =
-        AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
-    device.prepare().unwrap();
-    device.warm_server(&client).await.unwrap();
-    device.bootstrap().await;
-    let input = |k: u64| -> TensorMap { graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k))).collect() };
+    let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
     let mut recs = vec![];
     for k in 0..6 {
-        let (rec, out) = device.frame(k, input(k as u64), Instant::now()).await;
+        let (rec, out) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
         assert!(out.contains_key("logits"), "frame {k}");
         recs.push(rec);
         // The gap between frames, in which the size is measured.

@@ -1,21 +1,20 @@
 //! The server in-process on port 0: correctness of tails, batching, hostile requests, deadlines,
 //! overload and graceful shutdown.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cleave_codec::{Codec, EncodeOptions};
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input, relative_error};
-use cleave_graph::build::zoo;
-use cleave_graph::{InputShapes, ModelGraph};
+use cleave_graph::ModelGraph;
 use cleave_node::server::batcher::BatchConfig;
-use cleave_node::server::registry::{ModelEntry, Registry};
 use cleave_node::{Device, DeviceConfig, EdgeClient, FrameStatus, RunningServer, ServerConfig};
 use cleave_proto::inference::model_infer_request::InferInputTensor;
 use cleave_proto::inference::*;
 use cleave_proto::wire;
-use prost::Message;
 use tonic::Code;
 
 struct Fixture {
@@ -25,21 +24,13 @@ struct Fixture {
 }
 
 async fn start(batch: BatchConfig, max_message_bytes: usize) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.onnx");
-    let bytes = zoo::tiny_resnet(3).encode_to_vec();
-    std::fs::write(&path, &bytes).unwrap();
-    let mut registry = Registry::default();
-    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
     let config = ServerConfig {
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
         metrics_addr: Some(([127, 0, 0, 1], 0).into()),
         max_message_bytes,
         batch,
-        ..Default::default()
+        ..common::loopback_config()
     };
-    let server = RunningServer::start(registry, config).await.unwrap();
-    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
+    let common::Tiny { server, graph, dir } = common::serve_tiny(config).await;
     Fixture { server, graph, _dir: dir }
 }
 

@@ -3,21 +3,20 @@
 //! (UNAUTHENTICATED without it, open health RPCs), and a server that keeps serving after each
 //! refusal.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use cleave_codec::{Codec, EncodeOptions};
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
-use cleave_graph::build::zoo;
-use cleave_graph::{InputShapes, ModelGraph};
+use cleave_graph::ModelGraph;
 use cleave_node::security::Pem;
-use cleave_node::server::registry::{ModelEntry, Registry};
 use cleave_node::{
     AuthToken, ClientError, ClientSecurity, ClientTls, Device, DeviceConfig, EdgeClient, FrameStatus, RunningServer,
     ServerConfig, ServerTls,
 };
 use cleave_testkit::pki::{CertPem, TestPki};
-use prost::Message;
 use tonic::Code;
 
 const TOKEN: &str = "0123456789abcdef-edge-token";
@@ -39,21 +38,9 @@ fn server_tls(pki: &TestPki, mutual: bool) -> ServerTls {
 }
 
 async fn start(tls: Option<ServerTls>, token: Option<&str>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.onnx");
-    let bytes = zoo::tiny_resnet(3).encode_to_vec();
-    std::fs::write(&path, &bytes).unwrap();
-    let mut registry = Registry::default();
-    registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();
-    let config = ServerConfig {
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        metrics_addr: None,
-        tls,
-        auth_token: token.map(|t| AuthToken::new(t).unwrap()),
-        ..Default::default()
-    };
-    let server = RunningServer::start(registry, config).await.unwrap();
-    let graph = Arc::new(ModelGraph::from_bytes(&bytes, &InputShapes::none()).unwrap());
+    let config =
+        ServerConfig { tls, auth_token: token.map(|t| AuthToken::new(t).unwrap()), ..common::loopback_config() };
+    let common::Tiny { server, graph, dir } = common::serve_tiny(config).await;
     let addr = server.grpc_addr.to_string();
     Fixture { server, graph, addr, _dir: dir }
 }
