@@ -268,6 +268,7 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
         (&["--cut", "adaptive", "--check"][..], "--check is not supported with --cut adaptive"),
         (&["--cut", "3", "--records", "r.jsonl"][..], "--records applies to --cut adaptive only"),
         (&["--cut", "adaptive", "--device-slowdown", "0.5"][..], "--device-slowdown 0.5 must be a finite number ≥ 1"),
+        (&["--cut", "3", "--fleet"][..], "--fleet applies to --cut adaptive only"),
     ] {
         let out = cleave()
             .arg("run")

@@ -562,6 +562,7 @@ fn check_mode_flags(args: &Args, adaptive: bool) -> Result<()> {
         (args.device_slowdown != 1.0, "--device-slowdown"),
         (args.records.is_some(), "--records"),
         (args.cuts.is_some(), "--cuts"),
+        (args.fleet, "--fleet"),
     ];
     if let Some((_, flag)) = adaptive_only.iter().find(|(set, _)| *set) {
         bail!("{flag} applies to --cut adaptive only");
