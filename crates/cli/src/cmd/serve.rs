@@ -79,8 +79,12 @@ pub struct Args {
     #[arg(long)]
     pub workers: Option<usize>,
 
-    /// Largest dynamic batch (1 disables batching).
-    #[arg(long, default_value_t = 8)]
+    /// Largest dynamic batch (1, the default, disables batching). Requests for the same tail
+    /// are then stacked on the batch axis and run together. With tract on a CPU that was slower
+    /// than running them one by one (measured 0.68–0.92× the throughput at 8, release build,
+    /// docs/FLEET.md), so turn it on only where batches pay (e.g. --engine ort on an
+    /// accelerator) and check with `cleave bench load --max-batch`.
+    #[arg(long, default_value_t = 1)]
     pub max_batch: usize,
 
     /// Longest a request waits to be batched with others (0: batch only what is already waiting).

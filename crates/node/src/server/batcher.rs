@@ -48,8 +48,12 @@ pub struct BatchConfig {
 }
 
 impl Default for BatchConfig {
+    /// No batching: with tract on a CPU a batch of 8 computed each sample more slowly than 8
+    /// single requests (release build, `cleave bench load --devices 64`: 0.68–0.92× the
+    /// throughput with `max_batch` 8, see docs/FLEET.md), so it is opt-in, for engines and
+    /// hardware where batches pay.
     fn default() -> Self {
-        BatchConfig { max_batch: 8, max_queue_delay: Duration::ZERO, max_queue: 256, workers: 1 }
+        BatchConfig { max_batch: 1, max_queue_delay: Duration::ZERO, max_queue: 256, workers: 1 }
     }
 }
 

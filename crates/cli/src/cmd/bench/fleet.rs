@@ -89,7 +89,8 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
 
-    /// The edge's largest dynamic batch (its --max-batch; 1 disables batching).
+    /// The edge's largest dynamic batch (its --max-batch; 1 disables batching). 8 here, unlike
+    /// `cleave serve`'s default of 1, so that the published fleet figures stay reproducible.
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
 

@@ -82,8 +82,9 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 32)]
     pub queue_bound: usize,
 
-    /// The edge's largest dynamic batch (its --max-batch).
-    #[arg(long, default_value_t = 8)]
+    /// The edge's largest dynamic batch (its --max-batch, 1 by default: no batching). Run it
+    /// with and without, e.g. 8 and 1, to see whether batching pays on this machine.
+    #[arg(long, default_value_t = 1)]
     pub max_batch: usize,
 
     /// The edge's compute workers (its --workers; default: its own, cores ÷ threads).
