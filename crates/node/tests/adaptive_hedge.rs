@@ -12,7 +12,7 @@ use cleave_codec::Codec;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::ModelGraph;
 use cleave_link::{LinkConfig, LinkProxy};
-use cleave_node::adaptive::{self, AdaptiveConfig, Hedge};
+use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, Hedge};
 use cleave_node::{EdgeClient, FrameStatus};
 use cleave_plan::ProblemBuilder;
 
@@ -76,30 +76,36 @@ async fn a_silent_link_is_hedged_not_waited_out() {
     assert!(took < timeout / 4, "took {took:?}");
 }
 
-/// The default policy, `race`: the device's own tail starts with the request, at the lowest
-/// priority. With the link up the server still answers first (the race must not slow it down);
-/// with the link silent the frame costs its local latency, not twice the predicted remote time
-/// plus that.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
-    let Bed { _tiny, proxy, graph, engine, edge, problem } = bed().await;
-    // The device really is slow: it sleeps so that its whole-model time is about 300 ms (by
-    // the profile; the sleep scales the compute measured at run time), far more than a
-    // loopback round trip.
-    let whole_ms = edge.prefix()[graph.last_cut()].max(0.01);
+/// A racing device behind the bed's proxy that really is slow: it sleeps so that its
+/// whole-model time is about 300 ms (by the profile; the sleep scales the compute measured at
+/// run time), far more than a loopback round trip. Deadline 60 s.
+async fn slow_racing_device() -> (Bed, AdaptiveDevice) {
+    let bed = bed().await;
+    let whole_ms = bed.edge.prefix()[bed.graph.last_cut()].max(0.01);
     let slowdown = (300.0 / whole_ms).max(2.0);
-    let timeout = Duration::from_secs(60);
-    let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
+    let client = EdgeClient::connect(&bed.proxy.local_addr().to_string(), 64 << 20).await.unwrap();
     let config = AdaptiveConfig {
         model_name: "tiny".into(),
-        timeout,
+        timeout: Duration::from_secs(60),
         device_slowdown: slowdown,
         down_bps: None,
         probe: false,
         hedge: Hedge::Race,
         fleet: false,
     };
-    let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
+    let device =
+        common::ready_device(bed.engine.clone(), bed.graph.clone(), &client, bed.problem.clone(), config).await;
+    (bed, device)
+}
+
+/// The default policy, `race`: the device's own tail starts with the request, at the lowest
+/// priority. With the link up the server still answers first (the race must not slow it down);
+/// with the link silent the frame costs its local latency, not twice the predicted remote time
+/// plus that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
+    let (bed, mut device) = slow_racing_device().await;
+    let Bed { proxy, graph, .. } = &bed;
     let input = |k: u64| -> TensorMap { graph.inputs().iter().map(|s| (s.name.clone(), random_input(s, k))).collect() };
     let mut remote = 0;
     for k in 0..5 {
@@ -129,20 +135,8 @@ async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
 /// unanswered for 2 s (docs/TRACES.md); this does not reproduce it, and guards the property.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_won_race_the_next_frames_are_answered_by_the_server() {
-    let Bed { _tiny, proxy, graph, engine, edge, problem } = bed().await;
-    let whole_ms = edge.prefix()[graph.last_cut()].max(0.01);
-    let slowdown = (300.0 / whole_ms).max(2.0);
-    let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let config = AdaptiveConfig {
-        model_name: "tiny".into(),
-        timeout: Duration::from_secs(60),
-        device_slowdown: slowdown,
-        down_bps: None,
-        probe: false,
-        hedge: Hedge::Race,
-        fleet: false,
-    };
-    let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
+    let (bed, mut device) = slow_racing_device().await;
+    let Bed { proxy, graph, .. } = &bed;
     for k in 0..3 {
         device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
     }
