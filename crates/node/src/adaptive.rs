@@ -9,8 +9,8 @@
 //!   trip includes a wait for a delivery opportunity). Samples go to [`cleave_link::BandwidthEstimator`], the harmonic mean of
 //!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate).
 //! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty calls (a ModelInfer
-//!   probe with no payload, which also brings the load signal below), at most once a second. The planner gets the smallest round trip seen, the part the
-//!   bandwidth samples had removed: on a bursty link an empty call also waits for a delivery
+//!   probe with no payload, which also brings the load signal below), at most once a second.
+//!   The planner gets the smallest round trip seen, the part the bandwidth samples had removed: on a bursty link an empty call also waits for a delivery
 //!   opportunity, and that wait is already in the measured rate (the smoothed RTT counted it
 //!   twice and made offloading look 2–3× slower on the EVDO trace).
 //! - **Server time**: [`cleave_link::LoadEstimator`] over the reported queue and compute time;
@@ -575,8 +575,9 @@ pub struct AdaptiveDevice {
     sent_report: Option<(DeviceReport, Instant)>,
     /// Frames started so far.
     frames: usize,
-    /// Content-dependent payload sizes being measured off the link: (cut, codec, bytes).
-    size_probe: Option<tokio::sync::oneshot::Receiver<Vec<(usize, Codec, u64)>>>,
+    /// Content-dependent payload sizes being measured off the link: per codec at cut 0, the
+    /// bytes or why it could not be encoded.
+    size_probe: Option<tokio::sync::oneshot::Receiver<Vec<(Codec, Result<u64, String>)>>>,
     /// The frame at which each content-dependent (cut, codec) size was last observed.
     size_seen: HashMap<(usize, Codec), usize>,
 }
@@ -820,8 +821,15 @@ impl AdaptiveDevice {
             match rx.try_recv() {
                 Ok(sizes) => {
                     self.size_probe = None;
-                    for (cut, codec, bytes) in sizes {
-                        self.observe_size(cut, codec, bytes);
+                    for (codec, bytes) in sizes {
+                        match bytes {
+                            Ok(bytes) => self.observe_size(0, codec, bytes),
+                            // Not tried again until the refresh; sending it would fail the same way.
+                            Err(e) => {
+                                tracing::debug!("measuring {codec} at cut 0: {e}");
+                                self.size_seen.insert((0, codec), self.frames);
+                            }
+                        }
                     }
                 }
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
@@ -1309,25 +1317,19 @@ impl AdaptiveDevice {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new().name("cleave-size".into()).spawn(move || {
             crate::priority::lowest_for_this_thread();
-            let mut out = vec![];
-            for codec in codecs {
+            let size = |codec: Codec| -> Result<u64, String> {
                 let mut bytes = 0u64;
                 for spec in &specs {
-                    let Some(t) = inputs.get(&spec.name) else { return };
-                    match wire::encode_input_shared(
-                        &spec.name,
-                        spec.dtype,
-                        &spec.shape,
-                        shared_bytes(t),
-                        EncodeOptions::new(codec),
-                    ) {
-                        Ok((_, raw)) => bytes += raw.len() as u64,
-                        Err(_) => return,
-                    }
+                    let t = inputs.get(&spec.name).ok_or_else(|| format!("no input `{}`", spec.name))?;
+                    let opts = EncodeOptions::new(codec);
+                    let (_, raw) =
+                        wire::encode_input_shared(&spec.name, spec.dtype, &spec.shape, shared_bytes(t), opts)
+                            .map_err(|e| e.message)?;
+                    bytes += raw.len() as u64;
                 }
-                out.push((0, codec, bytes));
-            }
-            let _ = tx.send(out);
+                Ok(bytes)
+            };
+            let _ = tx.send(codecs.into_iter().map(|c| (c, size(c))).collect());
         });
         if spawned.is_ok() {
             self.size_probe = Some(rx);
