@@ -10,9 +10,10 @@
 //!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate).
 //! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty calls (a ModelInfer
 //!   probe with no payload, which also brings the load signal below), at most once a second.
-//!   The planner gets the smallest round trip seen, the part the bandwidth samples had removed: on a bursty link an empty call also waits for a delivery
-//!   opportunity, and that wait is already in the measured rate (the smoothed RTT counted it
-//!   twice and made offloading look 2–3× slower on the EVDO trace).
+//!   The planner gets the smallest round trip seen, the part the bandwidth samples had removed:
+//!   on a bursty link an empty call also waits for a delivery opportunity, and that wait is
+//!   already in the measured rate (the smoothed RTT counted it twice and made offloading look
+//!   2–3× slower on the EVDO trace).
 //! - **Server time**: [`cleave_link::LoadEstimator`] over the reported queue and compute time;
 //!   the smoothed queue delay goes into the planner's [`Conditions::server_queue_ms`]. The tail's
 //!   compute comes from the server profile in the [`Problem`].
