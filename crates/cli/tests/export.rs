@@ -97,30 +97,28 @@ fn onnx_entries(values: &[pb::ValueInfoProto]) -> Vec<Entry> {
         .collect()
 }
 
+/// Runs `cleave export ARGS -o DIR`, which must succeed, and reads the manifest it wrote.
+fn export_into(dir: &Path, args: &[&str]) -> ExportManifest {
+    let o = cleave().arg("export").args(args).arg("-o").arg(dir).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ExportManifest::from_json(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
 /// Exports `model` (None: the built-in one) for Triton at `cuts` in every wire datatype, and
 /// checks each config.pbtxt against its model.onnx, and each tail against the model's own.
 fn check_export(model: Option<&Path>, shape: Option<&str>, cuts: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = cleave();
-    cmd.arg("export");
-    if let Some(m) = model {
-        cmd.arg(m);
-    }
+    let model_arg = model.map(|m| m.to_str().expect("UTF-8 test path").to_owned());
+    let mut args: Vec<&str> = model_arg.as_deref().into_iter().collect();
     let mut shapes = InputShapes::none();
     if let Some(s) = shape {
-        cmd.args(["--shape", s]);
+        args.extend(["--shape", s]);
         let (n, d) = InputShapes::parse_one(s).unwrap();
         shapes = shapes.with(n, d);
     }
     let cut_list = cuts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
-    let o = cmd
-        .args(["--cuts", &cut_list, "--format", "triton", "--dtypes", "fp32,fp16,uint8", "-o"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let manifest =
-        ExportManifest::from_json(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap()).unwrap();
+    args.extend(["--cuts", &cut_list, "--format", "triton", "--dtypes", "fp32,fp16,uint8"]);
+    let manifest = export_into(dir.path(), &args);
     assert_eq!(manifest.tails.len(), cuts.len() * 3);
 
     let bytes = match model {
@@ -298,15 +296,10 @@ fn int4_and_unknown_datatypes_are_refused_with_a_reason() {
 fn fixed_scale_and_zero_point_are_baked_into_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     let (scale, zp) = (0.05f32, 100u8);
-    let o = cleave()
-        .args(["export", "--cuts", "5", "--format", "triton", "--dtypes", "uint8", "--scale", "0.05"])
-        .args(["--zero-point", "100", "-o"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let manifest =
-        ExportManifest::from_json(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let manifest = export_into(
+        dir.path(),
+        &["--cuts", "5", "--format", "triton", "--dtypes", "uint8", "--scale", "0.05", "--zero-point", "100"],
+    );
     let tail = &manifest.tails[0];
     assert!(tail.inputs.iter().all(|i| i.role == InputRole::Tensor), "{:?}", tail.inputs);
     let onnx = std::fs::read(dir.path().join(&tail.file)).unwrap();
@@ -391,15 +384,10 @@ fn the_export_alone_configures_a_device() {
     let cut = 5;
     // uint8 with a fixed scale and zero point: tract (in `cleave serve`) compiles
     // DequantizeLinear only with constant ones. Per-request ones run in oip_mlserver.rs.
-    let o = cleave()
-        .args(["export", "--cuts", "5", "--format", "triton", "--dtypes", "fp32,uint8", "--scale", "0.1"])
-        .args(["--zero-point", "128", "-o"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let manifest =
-        ExportManifest::from_json(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let manifest = export_into(
+        dir.path(),
+        &["--cuts", "5", "--format", "triton", "--dtypes", "fp32,uint8", "--scale", "0.1", "--zero-point", "128"],
+    );
     for t in &manifest.tails {
         assert!(t.sha256.as_ref().is_some_and(|h| h.len() == 64), "{t:?}");
         assert!(t.head_sha256.as_ref().is_some_and(|h| h.len() == 64), "{t:?}");
@@ -475,12 +463,7 @@ fn the_export_alone_configures_a_device() {
     // Without an fp32 tail the device still starts (a server could answer), but a frame that
     // needs the fallback fails, saying why.
     let uint8_only = tempfile::tempdir().unwrap();
-    let o = cleave()
-        .args(["export", "--cuts", "5", "--format", "triton", "--dtypes", "uint8", "-o"])
-        .arg(uint8_only.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    export_into(uint8_only.path(), &["--cuts", "5", "--format", "triton", "--dtypes", "uint8"]);
     let o = cleave()
         .args(["run", "--edge", &nobody, "--edge-kind", "oip", "--export"])
         .arg(uint8_only.path())
