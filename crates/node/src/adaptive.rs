@@ -62,17 +62,10 @@
 //! with the reason.
 //!
 //! The server's answer to such a frame is not thrown away: the call stays open until the next
-//! frame is planned, and if the answer comes by then its transfer is a bandwidth sample like
-//! any other (so a device whose race keeps winning still learns that the link got slow). A call
-//! still open when the next frame is planned is dropped as a sample: it measures an outage that
-//! is still going on, and one such sample would dominate the harmonic mean long after the link
-//! recovered. But it is evidence about the link *now*, and the next frame is planned with it
-//! ([`silent_link_bps`]): its bytes have not crossed in the time it has been open, less the
-//! round trip and the server's work, so the link is at most that fast at the moment. That
-//! frame is planned at this bound (when it is below the estimate) as its only sample, which
-//! usually keeps it home: sent, it would queue behind the unanswered bytes on a link that has
-//! carried none of them for a frame period. The estimator itself is not touched, so the frame
-//! after is planned from the samples again (and from a probe, if the link stayed silent).
+//! frame sends, and if the answer comes by then its transfer is a bandwidth sample like any
+//! other (so a device whose race keeps winning still learns that the link got slow). A call
+//! still open when the next frame sends is dropped: it measures an outage that is still going
+//! on, and one such sample would dominate the harmonic mean long after the link recovered.
 //!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
@@ -560,9 +553,9 @@ pub struct AdaptiveDevice {
     model_outputs: Vec<String>,
     epoch: Instant,
     side: Option<JoinHandle<SideResult>>,
-    /// The call of a frame the device's own tail already answered, kept for its bandwidth
-    /// sample (see "Racing the server").
-    straggler: Option<Straggler>,
+    /// The server's answer to a frame the device's own tail already answered: (payload
+    /// bytes, response), for its bandwidth sample.
+    straggler: Option<JoinHandle<Option<(u64, TailResponse)>>>,
     last_sample: Option<Instant>,
     last_rtt: Option<Instant>,
     last_release: Option<Instant>,
@@ -844,9 +837,9 @@ impl AdaptiveDevice {
                 Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.size_probe = None,
             }
         }
-        if self.straggler.as_ref().is_some_and(|s| s.call.is_finished())
-            && let Some(s) = self.straggler.take()
-            && let Ok(Some((bytes, resp))) = s.call.await
+        if self.straggler.as_ref().is_some_and(|h| h.is_finished())
+            && let Some(h) = self.straggler.take()
+            && let Ok(Some((bytes, resp))) = h.await
         {
             let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
             self.estimates.observe_server(q, c);
@@ -904,21 +897,10 @@ impl AdaptiveDevice {
         Duration::from_secs_f64(remote_ms(plan) / 1e3)
     }
 
-    /// This frame's decision under the device's hedging policy; `samples` replaces the
-    /// estimator's bandwidth samples (a link known to be silent now).
-    fn decide(&self, est: &Estimate, samples: Option<&[f64]>) -> Result<Plan, PlanError> {
+    /// This frame's decision under the device's hedging policy.
+    fn decide(&self, est: &Estimate) -> Result<Plan, PlanError> {
         match self.config.hedge {
-            Hedge::Race => {
-                let own;
-                let samples = match samples {
-                    Some(s) => s,
-                    None => {
-                        own = self.estimates.up_samples();
-                        &own
-                    }
-                };
-                decide_racing(&self.problem, est, samples, self.config.down_bps)
-            }
+            Hedge::Race => decide_racing(&self.problem, est, &self.estimates.up_samples(), self.config.down_bps),
             Hedge::Late | Hedge::Off => decide(&self.problem, est, self.config.down_bps),
         }
     }
@@ -1004,32 +986,12 @@ impl AdaptiveDevice {
     async fn frame_inner(&mut self, k: usize, inputs: TensorMap, release: Instant) -> (AdaptiveRecord, TensorMap) {
         self.harvest(false).await;
         let start = Instant::now();
-        let mut estimate = self.estimates.estimate();
+        let estimate = self.estimates.estimate();
         let last = self.graph.last_cut();
-        // An earlier frame's call still unanswered (`harvest` took it if it had finished) is
-        // evidence about the link now: see "Racing the server". Its bytes are on the link
-        // already; the call itself is dropped, so that it gives no sample later.
-        let mut silent = None;
-        if let Some(s) = self.straggler.take() {
-            s.call.abort();
-            let bound = silent_link_bps(wire_bytes(s.bytes), s.sent.elapsed(), estimate.rtt_ms, s.server_ms);
-            if bound < estimate.up_bps {
-                tracing::debug!(
-                    "frame {k}: frame sent {:.0} ms ago is still unanswered: planning at most {:.3} Mbit/s",
-                    s.sent.elapsed().as_secs_f64() * 1e3,
-                    bound / 1e6
-                );
-                estimate.up_bps = bound;
-                silent = Some([bound]);
-            }
-        }
         let mut fleet_note = None;
         let (cut, codec, exit, predicted_ms, race_at) = match self.strategy {
             Strategy::Fixed { cut, codec } => (cut, codec, None, None, Duration::ZERO),
-            Strategy::Adaptive => match self
-                .decide(&estimate, silent.as_ref().map(|b| b.as_slice()))
-                .map(|p| self.follow_fleet(&estimate, p))
-            {
+            Strategy::Adaptive => match self.decide(&estimate).map(|p| self.follow_fleet(&estimate, p)) {
                 Ok((p, followed)) => {
                     fleet_note = followed.map(|f| (self.recommendation_text.clone(), f));
                     let exit = match (&p.exit, p.exit_threshold) {
@@ -1109,6 +1071,10 @@ impl AdaptiveDevice {
             }
             _ => None,
         };
+        // A straggler of an earlier frame still on the link would delay this one: let it go.
+        if let Some(s) = self.straggler.take() {
+            s.abort();
+        }
         let outcome = match self.request(k, cut, EncodeOptions::new(codec), &env) {
             Err(e) => Outcome::Failed(e),
             Ok((mut req, bytes)) => {
@@ -1146,12 +1112,8 @@ impl AdaptiveDevice {
                             Ok(Ok(tail)) => {
                                 // The server's answer may still come: keep the call until the
                                 // next frame sends, for its bandwidth sample.
-                                self.straggler = Some(Straggler {
-                                    call: tokio::spawn(async move { call.await.ok().map(|a| (bytes, a.response)) }),
-                                    bytes,
-                                    sent: t,
-                                    server_ms: self.problem.server_ms[last] - self.problem.server_ms[cut],
-                                });
+                                self.straggler =
+                                    Some(tokio::spawn(async move { call.await.ok().map(|a| (bytes, a.response)) }));
                                 Outcome::Hedged(tail, t.elapsed(), raced)
                             }
                         }
@@ -1466,24 +1428,6 @@ impl AdaptiveDevice {
 
 /// Bytes on the wire for a request carrying `payload` bytes (the planner's per-message
 /// overhead added).
-/// The call of a frame that its own tail answered first (see "Racing the server").
-struct Straggler {
-    call: JoinHandle<Option<(u64, TailResponse)>>,
-    /// Its payload, when it was sent, and the server time its answer needs.
-    bytes: u64,
-    sent: Instant,
-    server_ms: f64,
-}
-
-/// The fastest uplink consistent with a call of `wire` bytes still unanswered after `open_for`
-/// (pure): had the link carried more than this, the bytes would have crossed in the time left
-/// after the round trip and the server's work, and the answer would be back. A bound, not an
-/// estimate: the link may be slower still, or silent.
-pub fn silent_link_bps(wire: u64, open_for: Duration, rtt_ms: f64, server_ms: f64) -> f64 {
-    let crossing_s = (open_for.as_secs_f64() - (rtt_ms.max(0.0) + server_ms.max(0.0)) / 1e3).max(1e-3);
-    wire as f64 * 8.0 / crossing_s
-}
-
 fn wire_bytes(payload: u64) -> u64 {
     payload + cleave_cost::link::DEFAULT_MESSAGE_OVERHEAD
 }
@@ -1544,19 +1488,6 @@ mod tests {
         // A saturated server is capped, not infinite.
         e.observe_util(1.0, 1, 0.0, 10.0, false);
         assert!(e.estimate().server_queue_ms.is_finite());
-    }
-
-    #[test]
-    fn an_unanswered_call_bounds_the_link_by_its_bytes_over_the_time_left() {
-        // 100 kB open for 1.1 s, 50 ms round trip, 50 ms of server work: at most 0.8 Mbit/s.
-        let b = silent_link_bps(100_000, Duration::from_millis(1100), 50.0, 50.0);
-        assert!((b - 800_000.0).abs() < 1.0, "{b}");
-        // The longer it stays open, the lower the bound.
-        assert!(silent_link_bps(100_000, Duration::from_secs(5), 50.0, 50.0) < b / 4.0);
-        // Open for less than the round trip and the server's work: no bound worth the name,
-        // and never a division by zero or a negative rate.
-        let early = silent_link_bps(100_000, Duration::from_millis(20), 50.0, 50.0);
-        assert!(early.is_finite() && early >= 8e8, "{early}");
     }
 
     #[test]
