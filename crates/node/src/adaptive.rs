@@ -89,6 +89,14 @@
 //! or not observed in the last [`SIZE_REFRESH_FRAMES`] frames when the decision would change at
 //! a quarter of its current estimate; the sizes go into the same EWMA at the next frame.
 //!
+//! One frame's size can be far from the smoothed one (JPEG q75 of text pages: 0.6–1.45× the
+//! mean), and near the break-even bandwidth that decides. So when the decision would change
+//! with a content-dependent size at cut 0 [`FRAME_SIZE_SPREAD`] times larger or smaller, the
+//! device encodes this frame's input in that codec *before* deciding, and decides with the
+//! exact size. If it then sends that encoding, the request is sent as encoded: nothing is done
+//! twice. The encode is wasted only when the frame then stays home, and that happens only on a
+//! close call.
+//!
 //! ## Switching costs nothing
 //! [`AdaptiveDevice::prepare`] compiles the head of every candidate cut (and the exit parts)
 //! before the first frame; `warm_server` sends one request per candidate cut so the server has
@@ -416,6 +424,12 @@ pub fn decide_racing(
 
 /// A content-dependent payload size is measured again after this many frames (when it matters).
 pub const SIZE_REFRESH_FRAMES: usize = 8;
+
+/// How far one frame's content-dependent payload may plausibly be from the smoothed size, as a
+/// factor either way: JPEG q75 of 640 × 480 text pages ranged 19–47 KB (0.6–1.45× their mean),
+/// of 224² photos 3.7–17.5 KB. Within it, a decision that changes is settled by encoding the
+/// frame first ([`AdaptiveDevice`]'s "Payload sizes").
+pub const FRAME_SIZE_SPREAD: f64 = 1.5;
 
 /// Transfers smaller than this give no bandwidth sample (see [`cleave_link::BandwidthEstimator`]).
 const MIN_SAMPLE_BYTES: u64 = 16 * 1024;
@@ -899,10 +913,77 @@ impl AdaptiveDevice {
 
     /// This frame's decision under the device's hedging policy.
     fn decide(&self, est: &Estimate) -> Result<Plan, PlanError> {
+        self.decide_in(&self.problem, est)
+    }
+
+    /// [`Self::decide`] in `problem` (the device's, or a copy with this frame's sizes).
+    fn decide_in(&self, problem: &Problem, est: &Estimate) -> Result<Plan, PlanError> {
         match self.config.hedge {
-            Hedge::Race => decide_racing(&self.problem, est, &self.estimates.up_samples(), self.config.down_bps),
-            Hedge::Late | Hedge::Off => decide(&self.problem, est, self.config.down_bps),
+            Hedge::Race => decide_racing(problem, est, &self.estimates.up_samples(), self.config.down_bps),
+            Hedge::Late | Hedge::Off => decide(problem, est, self.config.down_bps),
         }
+    }
+
+    /// The content-dependent codecs at cut 0 whose size for *this* frame could change `plan`:
+    /// the decision differs with the smoothed size × [`FRAME_SIZE_SPREAD`] or ÷ it.
+    fn sizes_in_doubt(&self, est: &Estimate, plan: &Plan) -> Vec<Codec> {
+        let choice = |p: &Plan| (p.cuts.first().copied(), p.codecs.first().copied());
+        let chosen = choice(plan);
+        self.sized_at_input()
+            .into_iter()
+            .filter(|&c| {
+                let Some(q) = self.problem.codec_index(c) else { return false };
+                let b = self.problem.bytes[0][q] as f64;
+                [b * FRAME_SIZE_SPREAD, b / FRAME_SIZE_SPREAD].into_iter().any(|size| {
+                    let mut p = self.problem.clone();
+                    p.set_bytes(0, c, size.round().max(1.0) as u64).is_ok()
+                        && self.decide_in(&p, est).is_ok_and(|alt| choice(&alt) != chosen)
+                })
+            })
+            .collect()
+    }
+
+    /// Settles a close call on this frame's own payload sizes (see "Payload sizes"): when the
+    /// size of a content-dependent codec at cut 0 could change `plan`, encodes the frame's
+    /// input in it now and decides again with the exact size. Returns the decision and, when it
+    /// sends one of those encodings, that request, which is then sent as it is.
+    fn settle_sizes(
+        &mut self,
+        k: usize,
+        est: &Estimate,
+        inputs: &TensorMap,
+        plan: Plan,
+    ) -> (Plan, Option<(Codec, ModelInferRequest, u64)>) {
+        let doubt = self.sizes_in_doubt(est, &plan);
+        if doubt.is_empty() {
+            return (plan, None);
+        }
+        let mut exact = self.problem.clone();
+        let mut encoded = vec![];
+        for codec in doubt {
+            match self.request(k, 0, EncodeOptions::new(codec), inputs) {
+                Ok((req, bytes)) => {
+                    if exact.set_bytes(0, codec, bytes.max(1)).is_ok() {
+                        encoded.push((codec, req, bytes));
+                    }
+                }
+                Err(e) => tracing::debug!("frame {k}: encoding the input in {codec}: {e}"),
+            }
+        }
+        let plan = match self.decide_in(&exact, est) {
+            Ok(p) => p,
+            Err(_) => plan,
+        };
+        let sent = (plan.cuts.first() == Some(&0)).then(|| plan.codecs.first().copied()).flatten();
+        let mut keep = None;
+        for (codec, req, bytes) in encoded {
+            // Measured: the smoothed size learns from it whether or not it is sent.
+            self.observe_size(0, codec, bytes);
+            if Some(codec) == sent {
+                keep = Some((codec, req, bytes));
+            }
+        }
+        (plan, keep)
     }
 
     /// Whether a bandwidth an order of magnitude off the estimate (÷8 or ×8) would change the
@@ -989,9 +1070,14 @@ impl AdaptiveDevice {
         let estimate = self.estimates.estimate();
         let last = self.graph.last_cut();
         let mut fleet_note = None;
+        let mut encoded = None;
         let (cut, codec, exit, predicted_ms, race_at) = match self.strategy {
             Strategy::Fixed { cut, codec } => (cut, codec, None, None, Duration::ZERO),
-            Strategy::Adaptive => match self.decide(&estimate).map(|p| self.follow_fleet(&estimate, p)) {
+            Strategy::Adaptive => match self.decide(&estimate).map(|p| {
+                let (p, e) = self.settle_sizes(k, &estimate, &inputs, p);
+                encoded = e;
+                self.follow_fleet(&estimate, p)
+            }) {
                 Ok((p, followed)) => {
                     fleet_note = followed.map(|f| (self.recommendation_text.clone(), f));
                     let exit = match (&p.exit, p.exit_threshold) {
@@ -1075,12 +1161,18 @@ impl AdaptiveDevice {
         if let Some(s) = self.straggler.take() {
             s.abort();
         }
-        let outcome = match self.request(k, cut, EncodeOptions::new(codec), &env) {
+        // Encoded already when its size settled the decision (and observed then).
+        let built = match encoded.take() {
+            Some((c, req, bytes)) if cut == 0 && c == codec => Ok((req, bytes)),
+            _ => self.request(k, cut, EncodeOptions::new(codec), &env).inspect(|(_, bytes)| {
+                self.observe_size(cut, codec, *bytes);
+            }),
+        };
+        let outcome = match built {
             Err(e) => Outcome::Failed(e),
             Ok((mut req, bytes)) => {
                 req.parameters.extend(self.fleet_params(&estimate));
                 rec.bytes_up = bytes;
-                self.observe_size(cut, codec, bytes);
                 let endpoints = self.remote.clone().expect("checked in new");
                 let t = Instant::now();
                 rec.send_ms = Some(self.ms_since_epoch(t));

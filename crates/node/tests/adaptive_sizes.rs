@@ -2,6 +2,9 @@
 //! so its real size was never learned and the device stayed home (PP-OCR det on the EVDO trace:
 //! the photo prior for a 640 × 480 page is 2.2× what a page of text costs). The device now
 //! measures such sizes off the link, from the input of frames it did not send that way.
+//!
+//! And one frame's size can be far from the smoothed one: on a close call the device encodes
+//! the frame first and decides with its exact size.
 
 mod common;
 
@@ -9,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cleave_codec::Codec;
+use cleave_codec::EncodeOptions;
 use cleave_engine::{Engine, EngineConfig};
 use cleave_node::EdgeClient;
-use cleave_node::adaptive::{AdaptiveConfig, Hedge};
+use cleave_node::adaptive::{AdaptiveConfig, AdaptiveDevice, Hedge, LinkEstimates, Strategy};
 use cleave_plan::ProblemBuilder;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,4 +60,60 @@ async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
     let sent: Vec<_> = recs.iter().filter(|r| r.cut == 0).collect();
     assert!(!sent.is_empty() && recs.last().unwrap().cut == 0, "the measured size should make it offload: {seen:?}");
     assert!(sent.iter().all(|r| r.codec == Some(jpeg) && r.bytes_up > 0 && r.bytes_up < 64 << 10), "{seen:?}");
+}
+
+/// The smoothed JPEG size is 1.3× the size at which offloading stops paying (at the estimate
+/// before any sample: 1 Mbit/s, 100 ms), but this frame's JPEG is a fraction of it: the frame
+/// is offloaded, as its JPEG. Deciding on the smoothed size alone kept it home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_call_is_settled_by_the_frames_own_jpeg_size() {
+    let tiny = common::serve_tiny(common::loopback_config()).await;
+    let graph = tiny.graph.clone();
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let edge = common::edge_profile(&engine, &graph);
+    let jpeg: Codec = "jpeg75".parse().unwrap();
+    // A device whose whole model takes about 400 ms by its profile.
+    let slowdown = (400.0 / edge.prefix()[graph.last_cut()].max(0.01)).max(2.0);
+    let mut problem =
+        ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device")).server(edge.clone()).codecs(vec![jpeg]).build();
+    let last = graph.last_cut();
+    cleave_node::adaptive::restrict_cuts(&mut problem, &[0].into_iter().collect());
+    // No bootstrap: the first frame is planned at the estimate before any sample.
+    let est = LinkEstimates::new().estimate();
+    let offloads = |p: &cleave_plan::Problem, bytes: u64| {
+        let mut p = p.clone();
+        p.set_bytes(0, jpeg, bytes).unwrap();
+        cleave_node::adaptive::decide(&p, &est, None).unwrap().cuts[0] == 0
+    };
+    // The largest JPEG that is still worth sending, by bisection.
+    let (mut lo, mut hi) = (1u64, 1u64 << 30);
+    assert!(offloads(&problem, lo) && !offloads(&problem, hi));
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if offloads(&problem, mid) { lo = mid } else { hi = mid }
+    }
+    problem.set_bytes(0, jpeg, hi * 13 / 10).unwrap();
+
+    let client = EdgeClient::connect(&tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
+    let config = AdaptiveConfig {
+        model_name: "tiny".into(),
+        timeout: Duration::from_secs(30),
+        device_slowdown: slowdown,
+        down_bps: None,
+        probe: false,
+        hedge: Hedge::Off,
+        fleet: false,
+    };
+    let mut device =
+        AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
+    device.prepare().unwrap();
+    device.warm_server(&client).await.unwrap();
+    let input = common::input(&graph, 0);
+    let (_, actual) = device.request(0, 0, EncodeOptions::new(jpeg), &input).unwrap();
+    assert!(actual * 2 < lo, "this frame's JPEG ({actual} B) must be well under the break-even ({lo} B)");
+
+    let (rec, out) = device.frame(0, input, Instant::now()).await;
+    assert!(out.contains_key("logits"));
+    assert_eq!((rec.cut, rec.codec, rec.bytes_up), (0, Some(jpeg), actual), "{rec:?}");
+    assert_ne!(rec.cut, last);
 }
