@@ -18,22 +18,38 @@ use cleave_node::EdgeClient;
 use cleave_node::adaptive::{AdaptiveConfig, AdaptiveDevice, Hedge, LinkEstimates, Strategy};
 use cleave_plan::ProblemBuilder;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
+/// The tiny model served on loopback, and a problem in which the device (`slowdown` of the
+/// edge's whole-model ms times slower than the edge) may send only the input, as JPEG q75.
+struct JpegBed {
+    tiny: common::Tiny,
+    engine: Arc<Engine>,
+    jpeg: Codec,
+    slowdown: f64,
+    problem: cleave_plan::Problem,
+}
+
+async fn jpeg_bed(slowdown: impl FnOnce(f64) -> f64) -> JpegBed {
     let tiny = common::serve_tiny(common::loopback_config()).await;
     let graph = tiny.graph.clone();
     let engine = Arc::new(Engine::new(EngineConfig::default()));
     let edge = common::edge_profile(&engine, &graph);
     let jpeg: Codec = "jpeg75".parse().unwrap();
+    let slowdown = slowdown(edge.prefix()[graph.last_cut()]);
+    let mut problem =
+        ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device")).server(edge.clone()).codecs(vec![jpeg]).build();
+    cleave_node::adaptive::restrict_cuts(&mut problem, &[0].into_iter().collect());
+    assert!(problem.drop[0][0].is_finite(), "JPEG must apply to the image input");
+    JpegBed { tiny, engine, jpeg, slowdown, problem }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
     // The device is 20× slower than the edge (and really sleeps so), and may send only the
     // input, only as a JPEG, whose prior says 1 GB: no link carries that faster than the
     // device computes.
-    let slowdown = 20.0;
-    let mut problem =
-        ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device")).server(edge.clone()).codecs(vec![jpeg]).build();
+    let JpegBed { tiny, engine, jpeg, slowdown, mut problem } = jpeg_bed(|_| 20.0).await;
+    let graph = tiny.graph.clone();
     let last = graph.last_cut();
-    cleave_node::adaptive::restrict_cuts(&mut problem, &[0].into_iter().collect());
-    assert!(problem.drop[0][0].is_finite(), "JPEG must apply to the image input");
     problem.set_bytes(0, jpeg, 1 << 30).unwrap();
 
     let client = EdgeClient::connect(&tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
@@ -67,17 +83,11 @@ async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
 /// is offloaded, as its JPEG. Deciding on the smoothed size alone kept it home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_call_is_settled_by_the_frames_own_jpeg_size() {
-    let tiny = common::serve_tiny(common::loopback_config()).await;
-    let graph = tiny.graph.clone();
-    let engine = Arc::new(Engine::new(EngineConfig::default()));
-    let edge = common::edge_profile(&engine, &graph);
-    let jpeg: Codec = "jpeg75".parse().unwrap();
     // A device whose whole model takes about 400 ms by its profile.
-    let slowdown = (400.0 / edge.prefix()[graph.last_cut()].max(0.01)).max(2.0);
-    let mut problem =
-        ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device")).server(edge.clone()).codecs(vec![jpeg]).build();
+    let JpegBed { tiny, engine, jpeg, slowdown, mut problem } =
+        jpeg_bed(|whole_ms| (400.0 / whole_ms.max(0.01)).max(2.0)).await;
+    let graph = tiny.graph.clone();
     let last = graph.last_cut();
-    cleave_node::adaptive::restrict_cuts(&mut problem, &[0].into_iter().collect());
     // No bootstrap: the first frame is planned at the estimate before any sample.
     let est = LinkEstimates::new().estimate();
     let offloads = |p: &cleave_plan::Problem, bytes: u64| {
