@@ -28,6 +28,19 @@ struct JpegBed {
     problem: cleave_plan::Problem,
 }
 
+/// A device without hedging (the tests are about what it decides), probing or not.
+fn config(slowdown: f64, probe: bool) -> AdaptiveConfig {
+    AdaptiveConfig {
+        model_name: "tiny".into(),
+        timeout: Duration::from_secs(30),
+        device_slowdown: slowdown,
+        down_bps: None,
+        probe,
+        hedge: Hedge::Off,
+        fleet: false,
+    }
+}
+
 async fn jpeg_bed(slowdown: impl FnOnce(f64) -> f64) -> JpegBed {
     let tiny = common::serve_tiny(common::loopback_config()).await;
     let graph = tiny.graph.clone();
@@ -53,15 +66,7 @@ async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
     problem.set_bytes(0, jpeg, 1 << 30).unwrap();
 
     let client = EdgeClient::connect(&tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
-    let config = AdaptiveConfig {
-        model_name: "tiny".into(),
-        timeout: Duration::from_secs(30),
-        device_slowdown: slowdown,
-        down_bps: None,
-        probe: true,
-        hedge: Hedge::Off,
-        fleet: false,
-    };
+    let config = config(slowdown, true);
     let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
     let mut recs = vec![];
     for k in 0..6 {
@@ -105,15 +110,7 @@ async fn a_close_call_is_settled_by_the_frames_own_jpeg_size() {
     problem.set_bytes(0, jpeg, hi * 13 / 10).unwrap();
 
     let client = EdgeClient::connect(&tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
-    let config = AdaptiveConfig {
-        model_name: "tiny".into(),
-        timeout: Duration::from_secs(30),
-        device_slowdown: slowdown,
-        down_bps: None,
-        probe: false,
-        hedge: Hedge::Off,
-        fleet: false,
-    };
+    let config = config(slowdown, false);
     let mut device =
         AdaptiveDevice::new(engine, graph.clone(), Some(client.clone()), problem, Strategy::Adaptive, config).unwrap();
     device.prepare().unwrap();
