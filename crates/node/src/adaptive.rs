@@ -927,20 +927,24 @@ impl AdaptiveDevice {
     /// The content-dependent codecs at cut 0 whose size for *this* frame could change `plan`:
     /// the decision differs with the smoothed size × [`FRAME_SIZE_SPREAD`] or ÷ it.
     fn sizes_in_doubt(&self, est: &Estimate, plan: &Plan) -> Vec<Codec> {
-        let choice = |p: &Plan| (p.cuts.first().copied(), p.codecs.first().copied());
-        let chosen = choice(plan);
         self.sized_at_input()
             .into_iter()
             .filter(|&c| {
-                let Some(q) = self.problem.codec_index(c) else { return false };
-                let b = self.problem.bytes[0][q] as f64;
-                [b * FRAME_SIZE_SPREAD, b / FRAME_SIZE_SPREAD].into_iter().any(|size| {
-                    let mut p = self.problem.clone();
-                    p.set_bytes(0, c, size.round().max(1.0) as u64).is_ok()
-                        && self.decide_in(&p, est).is_ok_and(|alt| choice(&alt) != chosen)
+                [FRAME_SIZE_SPREAD, 1.0 / FRAME_SIZE_SPREAD].into_iter().any(|scale| {
+                    self.resized(0, c, scale)
+                        .is_some_and(|p| self.decide_in(&p, est).is_ok_and(|alt| placement(&alt) != placement(plan)))
                 })
             })
             .collect()
+    }
+
+    /// The device's problem with the payload of (`cut`, `codec`) scaled by `scale` (at least a
+    /// byte); `None` when the problem has no such codec or refuses the size.
+    fn resized(&self, cut: usize, codec: Codec, scale: f64) -> Option<Problem> {
+        let q = self.problem.codec_index(codec)?;
+        let mut p = self.problem.clone();
+        let bytes = (self.problem.bytes[cut][q] as f64 * scale).round().max(1.0) as u64;
+        p.set_bytes(cut, codec, bytes).ok().map(|_| p)
     }
 
     /// Settles a close call on this frame's own payload sizes (see "Payload sizes"): when the
@@ -1373,14 +1377,8 @@ impl AdaptiveDevice {
     /// Whether the decision under `est` would change if (`cut`, `codec`) were a quarter of its
     /// current size: only then is measuring it worth the device's time.
     fn size_matters(&self, cut: usize, codec: Codec, est: &Estimate) -> bool {
-        let Some(q) = self.problem.codec_index(codec) else { return false };
-        let mut smaller = self.problem.clone();
-        if smaller.set_bytes(cut, codec, (self.problem.bytes[cut][q] / 4).max(1)).is_err() {
-            return false;
-        }
-        let choice = |p: &Problem| {
-            decide(p, est, self.config.down_bps).ok().map(|p| (p.cuts.first().copied(), p.codecs.first().copied()))
-        };
+        let Some(smaller) = self.resized(cut, codec, 0.25) else { return false };
+        let choice = |p: &Problem| decide(p, est, self.config.down_bps).ok().map(|p| placement(&p));
         choice(&self.problem) != choice(&smaller)
     }
 
@@ -1516,6 +1514,11 @@ impl AdaptiveDevice {
         }
         Ok((req, bytes))
     }
+}
+
+/// Where a plan puts the frame: its first cut and codec.
+fn placement(plan: &Plan) -> (Option<usize>, Option<Codec>) {
+    (plan.cuts.first().copied(), plan.codecs.first().copied())
 }
 
 /// Bytes on the wire for a request carrying `payload` bytes (the planner's per-message
