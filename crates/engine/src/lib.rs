@@ -18,6 +18,12 @@
 //! onnxruntime library is loaded at run time; see [`onnxruntime`] for how it is found. Without
 //! the feature, asking for [`Backend::Ort`] is an [`EngineError::OrtNotBuilt`] error.
 //!
+//! ## Stopping a run
+//! [`Engine::run_cancellable`] checks a [`Cancel`] flag before each operator of a tract plan, so a
+//! run whose result is no longer wanted (a device racing the server with its own tail, once the
+//! server has answered) stops at the next operator boundary instead of computing to the end.
+//! onnxruntime runs are only checked before they start.
+//!
 //! ```no_run
 //! use cleave_engine::{Backend, Engine, EngineConfig};
 //! # fn main() -> Result<(), cleave_engine::EngineError> {
@@ -29,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,6 +123,9 @@ pub enum EngineError {
     Run(String),
     #[error("the engine panicked: {0}")]
     Panic(String),
+    /// The run was stopped through its [`Cancel`] flag.
+    #[error("the run was cancelled")]
+    Cancelled,
     #[error(
         "cleave was built without the `ort` feature; rebuild with `cargo build --release -p cleave-cli --features ort`"
     )]
@@ -127,6 +137,47 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// A flag that stops a run started with [`Engine::run_cancellable`] before its next operator.
+/// Clones share the flag; setting it from any thread is enough.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    operators: AtomicUsize,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Asks every run holding this flag to stop.
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Operators that runs holding this flag have started (tract plans only): how far a
+    /// cancelled run got.
+    pub fn operators(&self) -> usize {
+        self.0.operators.load(Ordering::Relaxed)
+    }
+
+    /// Whether the next operator may start; counts it when it may.
+    fn admit(&self) -> bool {
+        if self.is_cancelled() {
+            return false;
+        }
+        self.0.operators.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -322,6 +373,19 @@ impl Engine {
     /// Runs a compiled part with the backend it was compiled for. Reads its inputs from `inputs`
     /// by name (extra entries are ignored) and returns its outputs by name.
     pub fn run(&self, part: &CompiledPart, inputs: &TensorMap) -> Result<TensorMap> {
+        self.run_with(part, inputs, None)
+    }
+
+    /// [`Engine::run`] that stops with [`EngineError::Cancelled`] once `cancel` is set: a tract
+    /// plan checks it before every operator, an onnxruntime session only before it starts.
+    pub fn run_cancellable(&self, part: &CompiledPart, inputs: &TensorMap, cancel: &Cancel) -> Result<TensorMap> {
+        self.run_with(part, inputs, Some(cancel))
+    }
+
+    fn run_with(&self, part: &CompiledPart, inputs: &TensorMap, cancel: Option<&Cancel>) -> Result<TensorMap> {
+        if cancel.is_some_and(Cancel::is_cancelled) {
+            return Err(EngineError::Cancelled);
+        }
         let mut args: Vec<&Arc<Tensor>> = Vec::with_capacity(part.inputs.len());
         for spec in &part.inputs {
             let t = inputs.get(&spec.name).ok_or_else(|| EngineError::MissingInput {
@@ -336,8 +400,19 @@ impl Engine {
                 let args: TVec<TValue> = args.into_iter().map(|t| t.clone().into_tvalue()).collect();
                 let plan = plan.clone();
                 let outs = catch(|| {
-                    multithread_tract_scope(self.executor.clone(), || plan.run(args))
-                        .map_err(|e| EngineError::Run(format!("{e:#}")))
+                    multithread_tract_scope(self.executor.clone(), || match cancel {
+                        None => plan.run(args),
+                        Some(cancel) => plan.spawn()?.run_plan_with_eval(args, |ctx, state, node, input| {
+                            if !cancel.admit() {
+                                return Err(TractError::msg("cancelled"));
+                            }
+                            tract_onnx::tract_core::plan::eval(ctx, state, node, input)
+                        }),
+                    })
+                    .map_err(|e| match cancel {
+                        Some(c) if c.is_cancelled() => EngineError::Cancelled,
+                        _ => EngineError::Run(format!("{e:#}")),
+                    })
                 })?;
                 Ok(part.outputs.iter().zip(outs).map(|(s, v)| (s.name.clone(), v.into_arc_tensor())).collect())
             }
@@ -493,6 +568,54 @@ mod tests {
         e.keep(&g.id(), &a);
         assert!(Arc::ptr_eq(&e.part(&g, 0, 1).unwrap(), &a));
         assert!(!Arc::ptr_eq(&e.part(&g, 1, g.last_cut()).unwrap(), &b), "`b` had been evicted");
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_at_the_next_operator() {
+        use prost::Message;
+        let bytes = cleave_graph::build::zoo::tiny_resnet_at(3, 96).encode_to_vec();
+        let g = ModelGraph::from_bytes(&bytes, &cleave_graph::InputShapes::none()).unwrap();
+        let e = Engine::new(EngineConfig::default());
+        let whole = e.whole(&g).unwrap();
+        let inputs: TensorMap = g.inputs().iter().map(|s| (s.name.clone(), random_input(s, 1))).collect();
+
+        // Not cancelled: the same answer as a plain run, every operator started.
+        let full = Cancel::new();
+        let expected = e.run(&whole, &inputs).unwrap();
+        assert_eq!(e.run_cancellable(&whole, &inputs, &full).unwrap(), expected);
+        let all = full.operators();
+        assert!(all > 10, "{all} operators");
+
+        // Cancelled before it starts: no operator runs.
+        let early = Cancel::new();
+        early.cancel();
+        assert!(matches!(e.run_cancellable(&whole, &inputs, &early), Err(EngineError::Cancelled)));
+        assert_eq!(early.operators(), 0);
+
+        // Cancelled from another thread once 3 operators have started: at most the one in
+        // progress finishes after that. (Tried again if the watcher thread only got to run after
+        // the whole plan had, which a loaded machine can do.)
+        for attempt in 0..5 {
+            let mid = Cancel::new();
+            let watcher = {
+                let mid = mid.clone();
+                std::thread::spawn(move || {
+                    while mid.operators() < 3 {
+                        std::hint::spin_loop();
+                    }
+                    mid.cancel();
+                    mid.operators()
+                })
+            };
+            let r = e.run_cancellable(&whole, &inputs, &mid);
+            let at_cancel = watcher.join().unwrap();
+            if at_cancel >= all && attempt < 4 {
+                continue;
+            }
+            assert!(matches!(r, Err(EngineError::Cancelled)), "{r:?} (cancelled after {at_cancel} of {all})");
+            assert!(mid.operators() <= at_cancel + 1, "{} started after cancelling at {at_cancel}", mid.operators());
+            break;
+        }
     }
 
     #[test]

@@ -54,8 +54,10 @@
 //! ended slower than the static choice it was making anyway. Starting when the answer is due
 //! keeps the device off the CPU while a server that keeps the plan's promise computes; a
 //! phone's energy is spared too. What racing costs is device energy: the tail runs on every
-//! frame whose answer is late (the result is dropped if the server wins after all; tract cannot
-//! stop a running plan), and the decision knows the cap ([`decide_racing`]). With
+//! frame whose answer is late, until the server answers: then the tail stops at its next
+//! operator ([`cleave_engine::Engine::run_cancellable`]), so a late answer costs the device only
+//! the operators run meanwhile. If the call fails instead, the tail already running is the
+//! fallback. The decision knows the cap ([`decide_racing`]). With
 //! [`Hedge::Late`] the tail starts only once the answer is late by twice the predicted remote
 //! time (+20 ms), for a device that must save energy; [`Hedge::Off`] waits until the deadline.
 //! Fixed strategies never hedge. A frame answered by its own tail is marked `local-fallback`
@@ -132,7 +134,7 @@ use std::time::{Duration, Instant};
 
 use cleave_codec::{Codec, EncodeOptions};
 use cleave_cost::Link;
-use cleave_engine::{Engine, TensorMap, random_input};
+use cleave_engine::{Cancel, Engine, TensorMap, random_input};
 use cleave_graph::{ModelGraph, TensorSpec};
 use cleave_link::{BandwidthEstimator, LoadEstimator, RttEstimator};
 use cleave_plan::fleet::{self, DeviceReport, FleetOption};
@@ -602,7 +604,8 @@ enum Outcome {
     Remote(TensorMap, TailResponse),
     /// The device's own tail finished first, this long after sending (raced from the start?).
     Hedged(TensorMap, Duration, bool),
-    Failed(String),
+    /// The call failed; the tail's result when a race had it running already.
+    Failed(String, Option<Result<TensorMap, String>>),
 }
 
 impl Outcome {
@@ -616,9 +619,9 @@ impl Outcome {
                 .collect::<Result<TensorMap, _>>()
             {
                 Ok(m) => Outcome::Remote(m, resp),
-                Err(e) => Outcome::Failed(e.message),
+                Err(e) => Outcome::Failed(e.message, None),
             },
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(e, None),
         }
     }
 }
@@ -1173,7 +1176,7 @@ impl AdaptiveDevice {
             }),
         };
         let outcome = match built {
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(e, None),
             Ok((mut req, bytes)) => {
                 req.parameters.extend(self.fleet_params(&estimate));
                 rec.bytes_up = bytes;
@@ -1194,11 +1197,20 @@ impl AdaptiveDevice {
                     Some(r) => Outcome::remote(r),
                     None => {
                         let raced = self.config.hedge == Hedge::Race;
+                        let cancel = Cancel::new();
                         let won = {
-                            let local = self.tail_locally(cut, env.clone(), raced);
+                            let local = self.tail_locally(cut, env.clone(), raced, Some(cancel.clone()));
                             tokio::pin!(local);
                             tokio::select! {
-                                r = call.as_mut() => Err(Outcome::remote(r)),
+                                r = call.as_mut() => match Outcome::remote(r) {
+                                    // The call failed: the tail already running is the fallback.
+                                    Outcome::Failed(e, _) => Err(Outcome::Failed(e, Some((&mut local).await))),
+                                    // The server won: the device's tail stops at its next operator.
+                                    remote => {
+                                        cancel.cancel();
+                                        Err(remote)
+                                    }
+                                },
                                 l = &mut local => Ok(l),
                             }
                         };
@@ -1248,10 +1260,14 @@ impl AdaptiveDevice {
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
             }
-            Outcome::Failed(e) => {
+            Outcome::Failed(e, tail) => {
                 rec.status = FrameStatus::LocalFallback;
                 rec.error = Some(e);
-                match self.tail_locally(cut, env, false).await {
+                let tail = match tail {
+                    Some(t) => t,
+                    None => self.tail_locally(cut, env, false, None).await,
+                };
+                match tail {
                     Ok(tail) => outputs.extend(tail),
                     Err(e) => {
                         rec.error =
@@ -1453,13 +1469,23 @@ impl AdaptiveDevice {
 
     /// Computes the tail after `cut` on the device; `background`: on a thread of its own at
     /// the lowest CPU priority (a race the device may lose, which must not slow anything else).
-    async fn tail_locally(&self, cut: usize, env: TensorMap, background: bool) -> Result<TensorMap, String> {
+    async fn tail_locally(
+        &self,
+        cut: usize,
+        env: TensorMap,
+        background: bool,
+        cancel: Option<Cancel>,
+    ) -> Result<TensorMap, String> {
         let (engine, graph) = (self.engine.clone(), self.graph.clone());
         let last = graph.last_cut();
         let work = move || {
             let t0 = Instant::now();
             let part = engine.part(&graph, cut, last).map_err(|e| e.to_string())?;
-            let out = engine.run(&part, &env).map_err(|e| e.to_string())?;
+            let out = match &cancel {
+                Some(c) => engine.run_cancellable(&part, &env, c),
+                None => engine.run(&part, &env),
+            }
+            .map_err(|e| e.to_string())?;
             Ok::<_, String>((out, t0.elapsed()))
         };
         let r = if background {
