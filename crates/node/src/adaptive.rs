@@ -22,7 +22,9 @@
 //! [`AdaptiveDevice::bootstrap`] measures 3 health round trips and sends one 32 KiB probe (half a second at 0.5 Mbit/s)
 //! (answered by the server without computing). If that fails, or no sample exists yet, the
 //! estimate is a conservative 1 Mbit/s uplink and a 100 ms RTT ([`DEFAULT_UP_BPS`],
-//! [`DEFAULT_RTT_MS`]): a cellular uplink at its worst, so a device starts close to home.
+//! [`DEFAULT_RTT_MS`]): a cellular uplink at its worst, so a device starts close to home. While
+//! there is only one sample, a racing device's decision counts this prior as a second sample
+//! ([`decide_racing`]), so one transfer that met a slow start does not keep it home.
 //!
 //! ## Staying informed while computing locally
 //! A device that stops sending stops learning: the estimate would freeze at the rate that made it
@@ -380,8 +382,9 @@ pub fn remote_ms(plan: &Plan) -> f64 {
 /// would pull the harmonic mean (and a point decision) down to device-only for several frames,
 /// costs an offload at most `local + r` in this mean, and the frames around it, where the link
 /// works, still count. Device-only is scored as
-/// [`decide`] scores it. Falls back to [`decide`] for objectives other than latency (racing
-/// does not save energy) and before any sample. `predicted.total_ms` and `objective` of the
+/// [`decide`] scores it. With a single sample the prior ([`DEFAULT_UP_BPS`]) counts as a second
+/// one. Falls back to [`decide`] for objectives other than latency (racing does not save
+/// energy) and before any sample. `predicted.total_ms` and `objective` of the
 /// returned plan are the raced expectation.
 pub fn decide_racing(
     problem: &Problem,
@@ -389,9 +392,16 @@ pub fn decide_racing(
     samples_bps: &[f64],
     down_bps: Option<f64>,
 ) -> Result<Plan, PlanError> {
-    let usable: Vec<f64> = samples_bps.iter().copied().filter(|s| s.is_finite() && *s > 0.0).collect();
+    let mut usable: Vec<f64> = samples_bps.iter().copied().filter(|s| s.is_finite() && *s > 0.0).collect();
     if problem.objective != Objective::Latency || usable.is_empty() {
         return decide(problem, est, down_bps);
+    }
+    if usable.len() == 1 {
+        // One transfer is a poor picture of a link: a first frame that met a slow start (or a
+        // lucky burst) would decide every frame until the next sample, and a device it sends
+        // home takes no more samples. Until there are two, the prior the device starts from
+        // (DEFAULT_UP_BPS) counts as a second sample.
+        usable.push(DEFAULT_UP_BPS);
     }
     let last = problem.last();
     let local_ms = problem.device_ms[last];
@@ -1666,6 +1676,26 @@ mod tests {
         assert_eq!(*after.last().unwrap(), slow.cuts[0], "{after:?}");
         // The harmonic mean reacts at the first slow sample.
         assert!(after[0] > before, "{after:?}");
+    }
+
+    /// Regression (resnet50-light on the EVDO trace, 2026-11-26): the first frame met the
+    /// trace's slow start (0.22 Mbit/s) and that one sample kept the device home for two frames
+    /// that JPEG offload answered in 160–200 ms. One slow sample now weighs against the prior;
+    /// two keep the device home.
+    #[test]
+    fn one_slow_first_sample_does_not_send_a_racing_device_home() {
+        let mut p = toy_problem();
+        for d in &mut p.device_ms {
+            *d *= 10.0; // whole model 800 ms on the device
+        }
+        p.bytes[0] = vec![40_000, 20_000, 10_000]; // a small input: 10 KB at int8
+        let last = p.last();
+        let slow = 0.1e6; // 10 KB in 800 ms: offloading is slower than computing locally
+        let e = est(0.1);
+        assert_eq!(decide(&p, &e, None).unwrap().cuts[0], last, "the point decision goes home");
+        let one = decide_racing(&p, &e, &[slow], None).unwrap();
+        assert!(one.cuts[0] < last, "one slow sample: {one:?}");
+        assert_eq!(decide_racing(&p, &e, &[slow, slow], None).unwrap().cuts[0], last, "two slow samples");
     }
 
     /// Racing caps what an offload can cost at the local latency, so one outage sample among
