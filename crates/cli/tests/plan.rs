@@ -127,7 +127,10 @@ fn plan_decisions_on_shared_models() {
         }
         let slow = plan_json(&model, &["--uplink", "100kbit", "--rtt", "40ms"]);
         assert_eq!(slow["cuts"][0], slow["last_cut"], "{rel} at 100 kbit/s: {}", slow["cuts"]);
-        let fast = plan_json(&model, &["--uplink", "1gbit", "--rtt", "40ms", "--server-speedup", "10"]);
+        // A gigabit link with a LAN's round trip: at 40 ms, a fast machine computes PP-OCR det at
+        // 320 × 320 (48 ms on a 2-vCPU VM) about as fast as the round trip alone, and keeping it
+        // home is then the right answer, not the one this checks.
+        let fast = plan_json(&model, &["--uplink", "1gbit", "--rtt", "5ms", "--server-speedup", "10"]);
         let cut = fast["cuts"][0].as_u64().unwrap();
         let last = fast["last_cut"].as_u64().unwrap();
         assert!(cut <= last / 4, "{rel} at 1 Gbit/s with a 10× server should offload early, got cut {cut} of {last}");
