@@ -33,8 +33,8 @@
 //! and cut 2 below it. Cuts 1 and 3–6 send more than cut 0 and compute more: never chosen. The
 //! test measures this machine's profile (`cleave profile`), reads Δ from it and sets
 //! `X = 1 + (a − b)·8 / (bw*·Δ)` for `bw* = √(20·2) ≈ 6.3 Mbit/s`, the geometric middle of the
-//! step, so each side of the step is a factor 3.2 from the crossover (here Δ ≈ 0.7–1.8 ms gave
-//! X ≈ 13–30). (The planner also
+//! step, so each side of the step is a factor 3.2 from the crossover (Δ ≈ 0.45–1.8 ms on the machines seen gave
+//! X ≈ 13–48). (The planner also
 //! counts 40 bytes of TCP/IP headers per 1460, which the test includes.) Cuts 12–14 first run
 //! ≈ 63 Δ more on the device by FLOPs, far more than sending 32 KiB at 2 Mbit/s (0.13 s), so the
 //! choice at 2 Mbit/s is cut 2. Measured time is not proportional to FLOPs: on a 2-vCPU VM whose
