@@ -41,7 +41,9 @@
 //! A link can go silent for seconds (cellular traces do), and no estimator sees that coming: a
 //! frame sent just before an outage waits it out. So by default ([`Hedge::Race`]) the device
 //! also computes the tail itself, on a thread in the lowest CPU class ([`crate::priority`]:
-//! `SCHED_IDLE`), and the frame takes whichever answer comes first. The idle-class thread
+//! `SCHED_IDLE`; one thread for the device's life, run twice on the whole model in
+//! [`AdaptiveDevice::prepare`]: a fresh thread per race ran resnet50-light's tract plan 16 %
+//! slower, `cargo bench -p cleave-bench --bench race_thread`), and the frame takes whichever answer comes first. The idle-class thread
 //! yields to the runtime that handles the answer and to the next frame's head (within a CPU
 //! quota too: it only gets quota time no normal thread wants). A frame therefore costs at most
 //! about its local latency plus the race's start, whatever the link does, and the planner's
@@ -641,6 +643,8 @@ impl Outcome {
 struct RecentRatios(std::collections::VecDeque<f64>);
 
 impl RecentRatios {
+    /// The thread the device races the server on, kept warm between races.
+    racer: crate::priority::IdleWorker,
     const WINDOW: usize = 9;
 
     fn push(&mut self, measured: f64, predicted: f64) {
@@ -765,7 +769,9 @@ impl AdaptiveDevice {
         &self.estimates
     }
 
-    /// Compiles every head (and exit part) this device may run, so that switching costs nothing.
+    /// Compiles every head (and exit part) this device may run, so that switching costs nothing;
+    /// a racing device also compiles its local tails and runs the whole model twice on its
+    /// racing thread, so the first race does not start cold.
     pub fn prepare(&self) -> Result<(), AdaptiveError> {
         let mut parts: BTreeSet<(usize, usize)> = self.candidate_cuts().into_iter().map(|c| (0, c)).collect();
         if self.strategy == Strategy::Adaptive {
@@ -780,6 +786,7 @@ impl AdaptiveDevice {
                     parts.insert((e.cut, c));
                 }
             }
+            racer: crate::priority::IdleWorker::new("cleave-race"),
         }
         for (from, to) in parts.into_iter().filter(|(f, t)| f < t) {
             self.engine.part(&self.graph, from, to).map_err(|e| AdaptiveError::Compile {
@@ -827,9 +834,35 @@ impl AdaptiveDevice {
             match c.rtt(1).await {
                 Ok(d) => self.estimates.observe_rtt(d),
                 Err(e) => tracing::warn!("bootstrap RTT probe failed: {e}"),
+        if self.strategy == Strategy::Adaptive && self.config.hedge != Hedge::Off {
+            self.warm_racer();
+        }
             }
         }
         self.last_rtt = Some(Instant::now());
+    /// Runs the whole model twice on the racing thread, so that the first race does not pay for
+    /// a cold thread (see [`crate::priority::IdleWorker`]). Best effort: a failure here will
+    /// show, with its reason, in the race that meets it.
+    fn warm_racer(&self) {
+        let Ok(part) = self.engine.part(&self.graph, 0, self.graph.last_cut()) else { return };
+        let env: TensorMap = self.boundaries[0].iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
+        let engine = self.engine.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = self.racer.run(move || {
+            let _ = tx.send((0..2).try_for_each(|_| engine.run(&part, &env).map(drop)));
+        });
+        // A blocking wait, like the compiles above; the worker answers or drops `tx`.
+        let outcome = match started {
+            Err(e) => e.to_string(),
+            Ok(_) => match rx.recv() {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the racing thread stopped".to_string(),
+            },
+        };
+        tracing::debug!("warming the racing thread: {outcome}");
+    }
+
         match c.probe(&self.config.model_name, BOOTSTRAP_PROBE_BYTES).await {
             Ok(d) => {
                 self.estimates.observe_transfer(probe_wire_bytes(BOOTSTRAP_PROBE_BYTES), d, Duration::ZERO);
@@ -1499,14 +1532,7 @@ impl AdaptiveDevice {
             Ok::<_, String>((out, t0.elapsed()))
         };
         let r = if background {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("cleave-race".into())
-                .spawn(move || {
-                    crate::priority::lowest_for_this_thread();
-                    let _ = tx.send(work());
-                })
-                .map_err(|e| format!("starting the local tail: {e}"))?;
+            let rx = self.racer.run(work).map_err(|e| format!("starting the local tail: {e}"))?;
             rx.await.map_err(|_| "the local tail's thread stopped".to_string())??
         } else {
             tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())??

@@ -5,6 +5,15 @@
 //! next frame's head. On Linux the racing thread is put in the `SCHED_IDLE` class (it runs
 //! only when no normal thread of the same CPU cgroup is runnable; within a CFS quota it also
 //! yields the quota to them), falling back to nice 19. Elsewhere this does nothing.
+//!
+//! [`IdleWorker`] keeps one such thread alive and hands it jobs. A fresh thread for each race
+//! ran resnet50-light's tract plan 16 % slower than a thread that had run it before (62.4 vs
+//! 53.8 ms, `cargo bench -p cleave-bench --bench race_thread`; no difference on the small
+//! built-in model): what a thread builds up over its first runs (its allocations and buffers)
+//! is lost with it.
+
+use std::sync::Mutex;
+use std::sync::mpsc;
 
 /// Puts the calling thread at the lowest CPU priority the OS offers an unprivileged process.
 /// Best effort: on failure the thread keeps its priority (and a debug line is logged).
@@ -24,6 +33,57 @@ pub fn lowest_for_this_thread() {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// One long-lived thread at the lowest CPU priority ([`lowest_for_this_thread`]) that runs the
+/// jobs given to it one at a time, in order. The thread starts with the first job and ends when
+/// the worker is dropped; a job that panics loses only its own answer, and a thread that died
+/// is replaced at the next job.
+#[derive(Debug)]
+pub struct IdleWorker {
+    name: String,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl IdleWorker {
+    /// A worker whose thread (started on demand) is called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        IdleWorker { name: name.into(), tx: Mutex::new(None) }
+    }
+
+    /// Queues `job`; its result arrives on the returned channel (closed without a value if the
+    /// job panicked). Fails only if no thread could be started.
+    pub fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        let mut slot = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Twice at most: a thread that died is found out by a failed send and replaced once.
+        for _ in 0..2 {
+            if let Some(sender) = slot.as_ref() {
+                match sender.send(job) {
+                    Ok(()) => return Ok(rx),
+                    Err(mpsc::SendError(back)) => job = back,
+                }
+            }
+            let (sender, jobs) = mpsc::channel::<Job>();
+            std::thread::Builder::new().name(self.name.clone()).spawn(move || {
+                lowest_for_this_thread();
+                for job in jobs {
+                    // A panicking job drops its result sender; the thread carries on.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+            *slot = Some(sender);
+        }
+        Err(std::io::Error::other("the worker thread stopped at once"))
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     #[test]
@@ -37,5 +97,19 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn an_idle_worker_runs_jobs_in_order_on_one_thread_and_survives_a_panic() {
+        let w = super::IdleWorker::new("cleave-test-idle");
+        let id = |w: &super::IdleWorker| w.run(|| std::thread::current().id()).unwrap().blocking_recv().unwrap();
+        let first = id(&w);
+        let panicked = w.run(|| -> u32 { panic!("a job that panics") }).unwrap().blocking_recv();
+        assert!(panicked.is_err(), "a panicking job yields no value");
+        assert_eq!(id(&w), first, "the same thread runs every job, even after a panic");
+        assert_ne!(first, std::thread::current().id());
+        let order: Vec<_> = (0..5).map(|k| w.run(move || k).unwrap()).collect();
+        let got: Vec<i32> = order.into_iter().map(|r| r.blocking_recv().unwrap()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
     }
 }
