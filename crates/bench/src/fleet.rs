@@ -484,7 +484,7 @@ impl SimDevice {
             let t0 = self.now_ms(shared).max(self.link_free_ms);
             let arrive = self.transmit(shared, wire_bytes(bytes));
             let rpc = Duration::from_secs_f64((arrive - t0 + 2.0 * delay).max(0.0) / 1e3);
-            self.est.observe_transfer(wire_bytes(bytes), rpc, Duration::ZERO);
+            self.est.observe_transfer(Instant::now(), wire_bytes(bytes), rpc, Duration::ZERO);
             out.bytes_up += bytes;
             self.last_sample = Some(now);
         }
@@ -559,7 +559,11 @@ impl SimDevice {
                         self.read_answer(&resp);
                         self.est.observe_server(q, c);
                         let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
-                        if self.est.observe_transfer(wire_bytes(bytes), t_send.elapsed(), server).is_some() {
+                        if self
+                            .est
+                            .observe_transfer(Instant::now(), wire_bytes(bytes), t_send.elapsed(), server)
+                            .is_some()
+                        {
                             self.last_sample = Some(Instant::now());
                         }
                         out.queue_ms.push(q);

@@ -24,7 +24,14 @@
 //! [`BandwidthEstimator::observe`]; the estimator sees only time on the wire.
 //!
 //! When the link has been idle nothing new is learnt, so the estimate stays where the last
-//! transfers left it (it has no clock and does not decay); [`BandwidthEstimator::robust_bps`]
+//! transfers left it: it does not decay toward any prior. But an old sample describes a link that
+//! has moved on, and the harmonic mean lets one slow sample rule the window (one 0.07 Mbit/s
+//! sample among four at 1–3 Mbit/s gives 0.28 Mbit/s). So a sample also has an age limit
+//! ([`BandwidthEstimator::with_max_age`]): the caller stamps each transfer with the time it
+//! ended ([`BandwidthEstimator::observe_at`], any origin) and [`BandwidthEstimator::expire`]
+//! drops the samples older than the limit, **except the newest**, which stays whatever its age:
+//! a device that stopped sending keeps its last word on the link rather than falling back to a
+//! guess. Without a limit (the default) samples leave by count only. [`BandwidthEstimator::robust_bps`]
 //! further divides by `1 + ` the largest recent relative prediction error, RobustMPC's discount,
 //! for callers that want a conservative figure on a volatile link.
 //!
@@ -50,8 +57,10 @@ pub struct BandwidthEstimator {
     window: usize,
     min_bytes: u64,
     min_time: Duration,
-    /// Throughputs, bit/s, newest last.
-    samples: VecDeque<f64>,
+    /// Samples older than this are dropped by [`BandwidthEstimator::expire`] (the newest stays).
+    max_age: Option<Duration>,
+    /// (when the transfer ended, throughput in bit/s), newest last.
+    samples: VecDeque<(Duration, f64)>,
     /// Relative errors of past predictions, newest last.
     errors: VecDeque<f64>,
 }
@@ -72,14 +81,30 @@ impl BandwidthEstimator {
             window,
             min_bytes,
             min_time,
+            max_age: None,
             samples: VecDeque::with_capacity(window),
             errors: VecDeque::with_capacity(window),
         }
     }
 
-    /// Records a transfer of `bytes` that spent `elapsed` on the wire. Returns whether it was
-    /// used (false when it was too small to measure bandwidth).
+    /// Samples older than `max_age` are dropped by [`expire`](Self::expire), except the newest.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Records a transfer of `bytes` that spent `elapsed` on the wire, stamped with the newest
+    /// time seen so far (so it never ages before the samples already kept). Returns whether it
+    /// was used (false when it was too small to measure bandwidth).
     pub fn observe(&mut self, bytes: u64, elapsed: Duration) -> bool {
+        let at = self.samples.back().map_or(Duration::ZERO, |s| s.0);
+        self.observe_at(at, bytes, elapsed)
+    }
+
+    /// [`observe`](Self::observe) for a transfer that ended at `at` (time since any origin the
+    /// caller keeps using; see [`expire`](Self::expire)). A time before the newest sample's
+    /// counts as the newest sample's: samples stay in order.
+    pub fn observe_at(&mut self, at: Duration, bytes: u64, elapsed: Duration) -> bool {
         let slow_small = bytes >= SLOW_SMALL_BYTES.min(self.min_bytes) && elapsed >= SLOW_SMALL_TIME;
         if (bytes < self.min_bytes && !slow_small) || bytes == 0 {
             return false;
@@ -92,8 +117,19 @@ impl BandwidthEstimator {
         if let Some(predicted) = self.estimate_bps() {
             push_bounded(&mut self.errors, (predicted - bps).abs() / bps, self.window);
         }
-        push_bounded(&mut self.samples, bps, self.window);
+        let at = self.samples.back().map_or(at, |s| at.max(s.0));
+        push_bounded(&mut self.samples, (at, bps), self.window);
         true
+    }
+
+    /// Drops the samples that ended more than the age limit before `now` (same origin as
+    /// [`observe_at`](Self::observe_at)), keeping the newest whatever its age. Does nothing
+    /// without a limit.
+    pub fn expire(&mut self, now: Duration) {
+        let Some(max_age) = self.max_age else { return };
+        while self.samples.len() > 1 && self.samples.front().is_some_and(|s| now.saturating_sub(s.0) > max_age) {
+            self.samples.pop_front();
+        }
     }
 
     /// The harmonic mean of the kept samples, bit/s; `None` before the first usable transfer.
@@ -101,7 +137,7 @@ impl BandwidthEstimator {
         if self.samples.is_empty() {
             return None;
         }
-        let inverse: f64 = self.samples.iter().map(|s| 1.0 / s).sum();
+        let inverse: f64 = self.samples.iter().map(|s| 1.0 / s.1).sum();
         Some(self.samples.len() as f64 / inverse)
     }
 
@@ -114,7 +150,7 @@ impl BandwidthEstimator {
 
     /// The kept throughput samples, bit/s, oldest first.
     pub fn samples(&self) -> impl Iterator<Item = f64> + '_ {
-        self.samples.iter().copied()
+        self.samples.iter().map(|s| s.1)
     }
 
     /// Forgets every sample (e.g. after switching networks).
@@ -124,7 +160,7 @@ impl BandwidthEstimator {
     }
 }
 
-fn push_bounded(q: &mut VecDeque<f64>, v: f64, n: usize) {
+fn push_bounded<T>(q: &mut VecDeque<T>, v: T, n: usize) {
     if q.len() == n {
         q.pop_front();
     }
@@ -283,6 +319,38 @@ mod tests {
         let est = e.estimate_bps().unwrap() / 1e6;
         // 5 / (4/20 + 1/2) = 7.14 Mbit/s, far below the arithmetic mean of 16.4.
         assert!((est - 5.0 / (4.0 / 20.0 + 0.5)).abs() < 1e-6, "{est}");
+    }
+
+    #[test]
+    fn an_old_outage_sample_ages_out_but_the_newest_sample_never_does() {
+        let s = Duration::from_secs;
+        let mut e = BandwidthEstimator::default().with_max_age(s(10));
+        // A transfer that crossed a 4 s outage, then fast ones.
+        e.observe_at(s(25), 40_000, Duration::from_millis(4_600)); // ≈ 0.07 Mbit/s
+        e.observe_at(s(33), 16_384, Duration::from_millis(100)); // ≈ 1.3 Mbit/s
+        e.expire(s(34));
+        assert_eq!(e.samples().count(), 2, "both are younger than 10 s");
+        assert!(e.estimate_bps().unwrap() < 0.2e6, "the slow one still rules the harmonic mean");
+        e.expire(s(36));
+        let left: Vec<f64> = e.samples().collect();
+        assert_eq!(left.len(), 1, "the outage sample is 11 s old: {left:?}");
+        assert!((e.estimate_bps().unwrap() - 16_384.0 * 8.0 / 0.1).abs() < 1.0);
+        // The newest stays however old it gets: a device that stopped sending keeps its last word.
+        e.expire(s(3_600));
+        assert_eq!(e.samples().count(), 1);
+        // Without a limit nothing ages; a stamp older than the newest sample counts as the newest.
+        let mut e = BandwidthEstimator::default();
+        e.observe_at(s(5), 1 << 20, Duration::from_secs(1));
+        e.observe_at(s(1), 1 << 20, Duration::from_millis(500));
+        e.expire(s(3_600));
+        assert_eq!(e.samples().count(), 2);
+        let mut e = BandwidthEstimator::default().with_max_age(s(10));
+        e.observe_at(s(20), 1 << 20, Duration::from_secs(1));
+        e.observe_at(s(1), 1 << 20, Duration::from_millis(500));
+        e.expire(s(29));
+        assert_eq!(e.samples().count(), 2, "the late-stamped sample counts as ending at 20 s");
+        e.expire(s(31));
+        assert_eq!(e.samples().count(), 1);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!   compute time minus the smallest round trip seen (the propagation part, which the planner
 //!   adds separately; at most half the call, because on a bursty trace an empty call's round
 //!   trip includes a wait for a delivery opportunity). Samples go to [`cleave_link::BandwidthEstimator`], the harmonic mean of
-//!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate).
+//!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate). A sample
+//!   leaves [`SAMPLE_MAX_AGE`] (10 s) after its transfer ended, unless it is the newest: one
+//!   transfer that crossed an outage would otherwise rule the harmonic mean until five newer
+//!   ones arrived, long after the link recovered.
 //! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty calls (a ModelInfer
 //!   probe with no payload, which also brings the load signal below), at most once a second.
 //!   The planner gets the smallest round trip seen, the part the bandwidth samples had removed:
@@ -191,10 +194,19 @@ pub struct Estimate {
     pub measured: bool,
 }
 
-/// The live estimates a device keeps (pure: callers pass measured durations in).
-#[derive(Debug, Clone, Default)]
+/// A bandwidth sample older than this leaves the estimate (the newest one stays), see
+/// [`cleave_link::BandwidthEstimator::expire`]: a cellular link's rate seconds ago says little
+/// about it now, and one old outage sample would otherwise rule the harmonic mean until five
+/// newer transfers pushed it out, which a device computing at home makes only by probing.
+pub const SAMPLE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The live estimates a device keeps (pure: callers pass measured durations and the instants
+/// they ended in).
+#[derive(Debug, Clone)]
 pub struct LinkEstimates {
     bandwidth: BandwidthEstimator,
+    /// The first instant a transfer was stamped with: the estimator's time origin.
+    origin: Option<Instant>,
     rtt: RttEstimator,
     min_rtt_ms: Option<f64>,
     load: LoadEstimator,
@@ -212,9 +224,33 @@ struct OthersLoad {
     service_ms: f64,
 }
 
+impl Default for LinkEstimates {
+    fn default() -> Self {
+        LinkEstimates {
+            bandwidth: BandwidthEstimator::new(5, MIN_SAMPLE_BYTES, Duration::from_millis(1))
+                .with_max_age(SAMPLE_MAX_AGE),
+            origin: None,
+            rtt: RttEstimator::default(),
+            min_rtt_ms: None,
+            load: LoadEstimator::default(),
+            others: None,
+        }
+    }
+}
+
 impl LinkEstimates {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn since_origin(&mut self, at: Instant) -> Duration {
+        at.saturating_duration_since(*self.origin.get_or_insert(at))
+    }
+
+    /// Drops the bandwidth samples older than [`SAMPLE_MAX_AGE`] at `now` (the newest stays).
+    pub fn expire(&mut self, now: Instant) {
+        let now = self.since_origin(now);
+        self.bandwidth.expire(now);
     }
 
     /// One round trip of an empty call.
@@ -224,17 +260,19 @@ impl LinkEstimates {
         self.min_rtt_ms = Some(self.min_rtt_ms.map_or(ms, |m| m.min(ms)));
     }
 
-    /// One transfer of `bytes` (on the wire) in a call of `rpc` wall time, of which `server`
-    /// was the server's reported queue and compute time. Returns the throughput sample, bit/s,
-    /// when it was used (transfers under 16 KiB are not).
-    pub fn observe_transfer(&mut self, bytes: u64, rpc: Duration, server: Duration) -> Option<f64> {
+    /// One transfer of `bytes` (on the wire) in a call of `rpc` wall time that ended at `at`, of
+    /// which `server` was the server's reported queue and compute time. Returns the throughput
+    /// sample, bit/s, when it was used (transfers under 16 KiB are not, unless slow: see
+    /// [`cleave_link::BandwidthEstimator`]).
+    pub fn observe_transfer(&mut self, at: Instant, bytes: u64, rpc: Duration, server: Duration) -> Option<f64> {
+        let at = self.since_origin(at);
         let base = Duration::from_secs_f64(self.min_rtt_ms.unwrap_or(0.0) / 1e3);
         let call = rpc.saturating_sub(server);
         // An empty call's round trip also waits for a delivery opportunity, so on a bursty link
         // it can exceed the propagation time that a transfer shares with it: never let the
         // subtraction claim more than half of the call (at most 2× the naive rate).
         let wire = call.saturating_sub(base).max(call / 2);
-        if self.bandwidth.observe(bytes, wire) { self.bandwidth.samples().last() } else { None }
+        if self.bandwidth.observe_at(at, bytes, wire) { self.bandwidth.samples().last() } else { None }
     }
 
     /// The recent uplink throughput samples, bit/s, oldest first.
@@ -562,7 +600,8 @@ pub struct AdaptiveRecord {
 /// server's load signal) and a probe (bytes, wall time).
 struct SideResult {
     ping: Option<TailResponse>,
-    probe: Option<(usize, Duration)>,
+    /// Payload bytes, the probe's round trip, and when it ended.
+    probe: Option<(usize, Duration, Instant)>,
 }
 
 /// A device that places each frame by [`Strategy`].
@@ -583,7 +622,7 @@ pub struct AdaptiveDevice {
     side: Option<JoinHandle<SideResult>>,
     /// The server's answer to a frame the device's own tail already answered: (payload
     /// bytes, response), for its bandwidth sample.
-    straggler: Option<JoinHandle<Option<(u64, TailResponse)>>>,
+    straggler: Option<JoinHandle<Option<(u64, TailResponse, Instant)>>>,
     last_sample: Option<Instant>,
     last_rtt: Option<Instant>,
     last_release: Option<Instant>,
@@ -604,6 +643,8 @@ pub struct AdaptiveDevice {
     sent_report: Option<(DeviceReport, Instant)>,
     /// Frames started so far.
     frames: usize,
+    /// The thread the device races the server on, kept warm between races.
+    racer: crate::priority::IdleWorker,
     /// Content-dependent payload sizes being measured off the link: per codec at cut 0, the
     /// bytes or why it could not be encoded.
     size_probe: Option<tokio::sync::oneshot::Receiver<Vec<(Codec, Result<u64, String>)>>>,
@@ -643,8 +684,6 @@ impl Outcome {
 struct RecentRatios(std::collections::VecDeque<f64>);
 
 impl RecentRatios {
-    /// The thread the device races the server on, kept warm between races.
-    racer: crate::priority::IdleWorker,
     const WINDOW: usize = 9;
 
     fn push(&mut self, measured: f64, predicted: f64) {
@@ -745,6 +784,7 @@ impl AdaptiveDevice {
             recommendation_text: None,
             sent_report: None,
             frames: 0,
+            racer: crate::priority::IdleWorker::new("cleave-race"),
             size_probe: None,
             size_seen: HashMap::new(),
         })
@@ -786,7 +826,6 @@ impl AdaptiveDevice {
                     parts.insert((e.cut, c));
                 }
             }
-            racer: crate::priority::IdleWorker::new("cleave-race"),
         }
         for (from, to) in parts.into_iter().filter(|(f, t)| f < t) {
             self.engine.part(&self.graph, from, to).map_err(|e| AdaptiveError::Compile {
@@ -795,7 +834,33 @@ impl AdaptiveDevice {
                 message: e.to_string(),
             })?;
         }
+        if self.strategy == Strategy::Adaptive && self.config.hedge != Hedge::Off {
+            self.warm_racer();
+        }
         Ok(())
+    }
+
+    /// Runs the whole model twice on the racing thread, so that the first race does not pay for
+    /// a cold thread (see [`crate::priority::IdleWorker`]). Best effort: a failure here will
+    /// show, with its reason, in the race that meets it.
+    fn warm_racer(&self) {
+        let Ok(part) = self.engine.part(&self.graph, 0, self.graph.last_cut()) else { return };
+        let env: TensorMap = self.boundaries[0].iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
+        let engine = self.engine.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = self.racer.run(move || {
+            let _ = tx.send((0..2).try_for_each(|_| engine.run(&part, &env).map(drop)));
+        });
+        // A blocking wait, like the compiles above; the worker answers or drops `tx`.
+        let outcome = match started {
+            Err(e) => e.to_string(),
+            Ok(_) => match rx.recv() {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the racing thread stopped".to_string(),
+            },
+        };
+        tracing::debug!("warming the racing thread: {outcome}");
     }
 
     /// Sends one request per candidate cut (random boundary tensors) to `client`, so that the
@@ -834,38 +899,17 @@ impl AdaptiveDevice {
             match c.rtt(1).await {
                 Ok(d) => self.estimates.observe_rtt(d),
                 Err(e) => tracing::warn!("bootstrap RTT probe failed: {e}"),
-        if self.strategy == Strategy::Adaptive && self.config.hedge != Hedge::Off {
-            self.warm_racer();
-        }
             }
         }
         self.last_rtt = Some(Instant::now());
-    /// Runs the whole model twice on the racing thread, so that the first race does not pay for
-    /// a cold thread (see [`crate::priority::IdleWorker`]). Best effort: a failure here will
-    /// show, with its reason, in the race that meets it.
-    fn warm_racer(&self) {
-        let Ok(part) = self.engine.part(&self.graph, 0, self.graph.last_cut()) else { return };
-        let env: TensorMap = self.boundaries[0].iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
-        let engine = self.engine.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let started = self.racer.run(move || {
-            let _ = tx.send((0..2).try_for_each(|_| engine.run(&part, &env).map(drop)));
-        });
-        // A blocking wait, like the compiles above; the worker answers or drops `tx`.
-        let outcome = match started {
-            Err(e) => e.to_string(),
-            Ok(_) => match rx.recv() {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "the racing thread stopped".to_string(),
-            },
-        };
-        tracing::debug!("warming the racing thread: {outcome}");
-    }
-
         match c.probe(&self.config.model_name, BOOTSTRAP_PROBE_BYTES).await {
             Ok(d) => {
-                self.estimates.observe_transfer(probe_wire_bytes(BOOTSTRAP_PROBE_BYTES), d, Duration::ZERO);
+                self.estimates.observe_transfer(
+                    Instant::now(),
+                    probe_wire_bytes(BOOTSTRAP_PROBE_BYTES),
+                    d,
+                    Duration::ZERO,
+                );
                 self.last_sample = Some(Instant::now());
             }
             Err(e) => tracing::warn!("bootstrap bandwidth probe failed: {e}"),
@@ -899,13 +943,13 @@ impl AdaptiveDevice {
         }
         if self.straggler.as_ref().is_some_and(|h| h.is_finished())
             && let Some(h) = self.straggler.take()
-            && let Ok(Some((bytes, resp))) = h.await
+            && let Ok(Some((bytes, resp, ended))) = h.await
         {
             let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
             self.estimates.observe_server(q, c);
             self.observe_signal(&resp, false);
             let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
-            if self.estimates.observe_transfer(wire_bytes(bytes), resp.rpc, server).is_some() {
+            if self.estimates.observe_transfer(ended, wire_bytes(bytes), resp.rpc, server).is_some() {
                 self.last_sample = Some(Instant::now());
             }
         }
@@ -920,8 +964,8 @@ impl AdaptiveDevice {
                 self.estimates.observe_rtt(p.rpc);
                 self.observe_signal(&p, true);
             }
-            if let Some((bytes, d)) = r.probe
-                && self.estimates.observe_transfer(probe_wire_bytes(bytes), d, Duration::ZERO).is_some()
+            if let Some((bytes, d, ended)) = r.probe
+                && self.estimates.observe_transfer(ended, probe_wire_bytes(bytes), d, Duration::ZERO).is_some()
             {
                 self.last_sample = Some(Instant::now());
             }
@@ -1080,7 +1124,8 @@ impl AdaptiveDevice {
         self.side = Some(tokio::spawn(async move {
             let mut c = client;
             let ping = if want_rtt { c.ping(&model, params, Some(Duration::from_secs(5))).await.ok() } else { None };
-            let probe = if probe > 0 { c.probe(&model, probe).await.ok().map(|d| (probe, d)) } else { None };
+            let probe =
+                if probe > 0 { c.probe(&model, probe).await.ok().map(|d| (probe, d, Instant::now())) } else { None };
             SideResult { ping, probe }
         }));
         probe as u64
@@ -1117,6 +1162,7 @@ impl AdaptiveDevice {
     async fn frame_inner(&mut self, k: usize, inputs: TensorMap, release: Instant) -> (AdaptiveRecord, TensorMap) {
         self.harvest(false).await;
         let start = Instant::now();
+        self.estimates.expire(start);
         let estimate = self.estimates.estimate();
         let last = self.graph.last_cut();
         let mut fleet_note = None;
@@ -1263,8 +1309,9 @@ impl AdaptiveDevice {
                             Ok(Ok(tail)) => {
                                 // The server's answer may still come: keep the call until the
                                 // next frame sends, for its bandwidth sample.
-                                self.straggler =
-                                    Some(tokio::spawn(async move { call.await.ok().map(|a| (bytes, a.response)) }));
+                                self.straggler = Some(tokio::spawn(async move {
+                                    call.await.ok().map(|a| (bytes, a.response, Instant::now()))
+                                }));
                                 Outcome::Hedged(tail, t.elapsed(), raced)
                             }
                         }
@@ -1282,7 +1329,8 @@ impl AdaptiveDevice {
                 self.estimates.observe_server(q, c);
                 self.observe_signal(&resp, false);
                 let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
-                rec.sample_bps = self.estimates.observe_transfer(wire_bytes(rec.bytes_up), resp.rpc, server);
+                rec.sample_bps =
+                    self.estimates.observe_transfer(Instant::now(), wire_bytes(rec.bytes_up), resp.rpc, server);
                 if rec.sample_bps.is_some() {
                     self.last_sample = Some(Instant::now());
                 }
@@ -1666,16 +1714,40 @@ mod tests {
         let mut l = LinkEstimates::new();
         l.observe_rtt(Duration::from_millis(40));
         // 1 Mbit in 100 ms of wire time, inside a 190 ms call with 50 ms of server time.
-        let s = l.observe_transfer(125_000, Duration::from_millis(190), Duration::from_millis(50)).unwrap();
+        let now = Instant::now();
+        let s = l.observe_transfer(now, 125_000, Duration::from_millis(190), Duration::from_millis(50)).unwrap();
         assert!((s - 10e6).abs() < 1e3, "{s}");
         // Too small to measure.
-        assert!(l.observe_transfer(2_000, Duration::from_millis(45), Duration::ZERO).is_none());
+        assert!(l.observe_transfer(now, 2_000, Duration::from_millis(45), Duration::ZERO).is_none());
         // A round trip inflated by a wait for an opportunity cannot make a transfer look faster
         // than twice bytes / call time.
         let mut l = LinkEstimates::new();
         l.observe_rtt(Duration::from_millis(48));
-        let s = l.observe_transfer(32_768, Duration::from_millis(52), Duration::ZERO).unwrap();
+        let s = l.observe_transfer(now, 32_768, Duration::from_millis(52), Duration::ZERO).unwrap();
         assert!((s - 32_768.0 * 8.0 / 0.026).abs() < 1e3, "{s}");
+    }
+
+    /// Regression (PP-OCR det on the ATT trace, 2026-11-26): frame 5's call crossed a 4 s
+    /// outage; its late answer (0.07 Mbit/s) held the harmonic mean near 0.27 Mbit/s for the
+    /// last five frames (20 s), computed at home while JPEG offload answered in 270–430 ms; the
+    /// 16 KiB probes sent meanwhile could not outvote it. It now leaves the estimate 10 s after
+    /// it ended.
+    #[test]
+    fn an_old_outage_sample_stops_ruling_the_estimate() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut l = LinkEstimates::new();
+        let rate = |bps: f64, bytes: u64| Duration::from_secs_f64(bytes as f64 * 8.0 / bps);
+        for (t, bps) in [(8.3, 1.66e6), (12.3, 2.87e6), (16.5, 0.67e6)] {
+            l.observe_transfer(at(t), 26_000, rate(bps, 26_000), Duration::ZERO).unwrap();
+        }
+        l.observe_transfer(at(24.7), 34_400, rate(0.07e6, 34_400), Duration::ZERO).unwrap();
+        l.observe_transfer(at(32.5), 16_384, rate(1.2e6, 16_384), Duration::ZERO).unwrap();
+        l.expire(at(32.6));
+        assert!(l.estimate().up_bps < 0.3e6, "{:?}", l.up_samples());
+        l.expire(at(36.0));
+        assert_eq!(l.up_samples().len(), 1, "{:?}", l.up_samples());
+        assert!((l.estimate().up_bps - 1.2e6).abs() < 1e3, "{:?}", l.estimate());
     }
 
     /// The choice reacts to a bandwidth step: a fast link sends the raw input, a slow one keeps
@@ -1690,12 +1762,12 @@ mod tests {
         l.observe_rtt(Duration::from_millis(40));
         let at = |mbps: f64| Duration::from_secs_f64(500_000.0 * 8.0 / (mbps * 1e6) + 0.040);
         for _ in 0..5 {
-            l.observe_transfer(500_000, at(200.0), Duration::ZERO);
+            l.observe_transfer(Instant::now(), 500_000, at(200.0), Duration::ZERO);
         }
         let before = decide(&p, &l.estimate(), None).unwrap().cuts[0];
         let mut after = vec![];
         for _ in 0..5 {
-            l.observe_transfer(500_000, at(1.0), Duration::ZERO);
+            l.observe_transfer(Instant::now(), 500_000, at(1.0), Duration::ZERO);
             after.push(decide(&p, &l.estimate(), None).unwrap().cuts[0]);
         }
         assert_eq!(before, fast.cuts[0]);
