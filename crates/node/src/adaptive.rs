@@ -8,9 +8,9 @@
 //!   adds separately; at most half the call, because on a bursty trace an empty call's round
 //!   trip includes a wait for a delivery opportunity). Samples go to [`cleave_link::BandwidthEstimator`], the harmonic mean of
 //!   the last 5, which ignores transfers under 16 KiB (they measure latency, not rate). A sample
-//!   leaves [`SAMPLE_MAX_AGE`] (10 s) after its transfer ended, unless it is the newest: one
-//!   transfer that crossed an outage would otherwise rule the harmonic mean until five newer
-//!   ones arrived, long after the link recovered.
+//!   leaves [`SAMPLE_MAX_AGE`] (10 s) after its transfer ended: one transfer that crossed an
+//!   outage would otherwise rule the harmonic mean until five newer ones arrived, long after the
+//!   link recovered. With no sample left, the device is back on its prior (below).
 //! - **RTT**: [`cleave_link::RttEstimator`] (RFC 6298) fed by empty calls (a ModelInfer
 //!   probe with no payload, which also brings the load signal below), at most once a second.
 //!   The planner gets the smallest round trip seen, the part the bandwidth samples had removed:
@@ -23,7 +23,8 @@
 //!
 //! ## Before any sample
 //! [`AdaptiveDevice::bootstrap`] measures 3 health round trips and sends one 32 KiB probe (half a second at 0.5 Mbit/s)
-//! (answered by the server without computing). If that fails, or no sample exists yet, the
+//! (answered by the server without computing). If that fails, or no sample exists (yet, or
+//! any more: they age out), the
 //! estimate is a conservative 1 Mbit/s uplink and a 100 ms RTT ([`DEFAULT_UP_BPS`],
 //! [`DEFAULT_RTT_MS`]): a cellular uplink at its worst, so a device starts close to home. While
 //! there is only one sample, a racing device's decision counts this prior as a second sample
@@ -194,10 +195,11 @@ pub struct Estimate {
     pub measured: bool,
 }
 
-/// A bandwidth sample older than this leaves the estimate (the newest one stays), see
+/// A bandwidth sample older than this leaves the estimate, see
 /// [`cleave_link::BandwidthEstimator::expire`]: a cellular link's rate seconds ago says little
 /// about it now, and one old outage sample would otherwise rule the harmonic mean until five
-/// newer transfers pushed it out, which a device computing at home makes only by probing.
+/// newer transfers pushed it out, which a device computing at home makes only by probing. With
+/// every sample gone the device is back on its prior ([`DEFAULT_UP_BPS`]), as at its start.
 pub const SAMPLE_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// The live estimates a device keeps (pure: callers pass measured durations and the instants
@@ -247,7 +249,7 @@ impl LinkEstimates {
         at.saturating_duration_since(*self.origin.get_or_insert(at))
     }
 
-    /// Drops the bandwidth samples older than [`SAMPLE_MAX_AGE`] at `now` (the newest stays).
+    /// Drops the bandwidth samples older than [`SAMPLE_MAX_AGE`] at `now`.
     pub fn expire(&mut self, now: Instant) {
         let now = self.since_origin(now);
         self.bandwidth.expire(now);
@@ -1731,7 +1733,8 @@ mod tests {
     /// outage; its late answer (0.07 Mbit/s) held the harmonic mean near 0.27 Mbit/s for the
     /// last five frames (20 s), computed at home while JPEG offload answered in 270–430 ms; the
     /// 16 KiB probes sent meanwhile could not outvote it. It now leaves the estimate 10 s after
-    /// it ended.
+    /// it ended. Keeping it as the newest sample was worse: alone, it kept the device home for
+    /// good (no probe, since nothing within 8× of 0.07 Mbit/s changed the decision).
     #[test]
     fn an_old_outage_sample_stops_ruling_the_estimate() {
         let t0 = Instant::now();
@@ -1748,6 +1751,14 @@ mod tests {
         l.expire(at(36.0));
         assert_eq!(l.up_samples().len(), 1, "{:?}", l.up_samples());
         assert!((l.estimate().up_bps - 1.2e6).abs() < 1e3, "{:?}", l.estimate());
+        // The same outage sample alone: it goes too, and the prior is back.
+        let mut l = LinkEstimates::new();
+        l.observe_transfer(at(25.7), 34_400, rate(0.07e6, 34_400), Duration::ZERO).unwrap();
+        l.expire(at(33.0));
+        assert!(l.estimate().measured && l.estimate().up_bps < 0.1e6);
+        l.expire(at(37.0));
+        assert!(!l.estimate().measured, "{:?}", l.estimate());
+        assert_eq!(l.estimate().up_bps, DEFAULT_UP_BPS);
     }
 
     /// The choice reacts to a bandwidth step: a fast link sends the raw input, a slow one keeps
