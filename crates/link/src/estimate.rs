@@ -23,9 +23,9 @@
 //! must remove the server's reported queue and compute time from the round trip before calling
 //! [`BandwidthEstimator::observe`]; the estimator sees only time on the wire.
 //!
-//! When the link has been idle nothing new is learnt, so the estimate stays where the last
-//! transfers left it: it does not decay toward any prior. But an old sample describes a link that
-//! has moved on, and the harmonic mean lets one slow sample rule the window (one 0.07 Mbit/s
+//! When the link has been idle nothing new is learnt: the estimate does not drift toward a prior,
+//! it stays where the last transfers left it. But an old sample describes a link that has moved
+//! on, and the harmonic mean lets one slow sample rule the window (one 0.07 Mbit/s
 //! sample among four at 1–3 Mbit/s gives 0.28 Mbit/s). So a sample also has an age limit
 //! ([`BandwidthEstimator::with_max_age`]): the caller stamps each transfer with the time it
 //! ended ([`BandwidthEstimator::observe_at`], any origin) and [`BandwidthEstimator::expire`]
@@ -34,7 +34,7 @@
 //! caller falls back to the prior it started from. Keeping the newest sample whatever its age
 //! was tried and is worse: when that sample is an outage's, a device it sends home takes no new
 //! samples and stays home for good (PP-OCR det on the ATT trace: 0.07 Mbit/s for the last five
-//! frames, where JPEG offload answered in 360–570 ms). Without a limit (the default) samples
+//! frames, where JPEG offload answered in 362–682 ms). Without a limit (the default) samples
 //! leave by count only. [`BandwidthEstimator::robust_bps`]
 //! further divides by `1 + ` the largest recent relative prediction error, RobustMPC's discount,
 //! for callers that want a conservative figure on a volatile link.

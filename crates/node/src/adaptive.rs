@@ -47,11 +47,11 @@
 //! also computes the tail itself, on a thread in the lowest CPU class ([`crate::priority`]:
 //! `SCHED_IDLE`; one thread for the device's life, run twice on the whole model in
 //! [`AdaptiveDevice::prepare`]: a fresh thread per race ran resnet50-light's tract plan 16 %
-//! slower, `cargo bench -p cleave-bench --bench race_thread`), and the frame takes whichever answer comes first. The idle-class thread
-//! yields to the runtime that handles the answer and to the next frame's head (within a CPU
-//! quota too: it only gets quota time no normal thread wants). A frame therefore costs at most
-//! about its local latency plus the race's start, whatever the link does, and the planner's
-//! choice only has to be right when the link is up.
+//! slower, `cargo bench -p cleave-bench --bench race_thread`), and the frame takes whichever
+//! answer comes first. The idle-class thread yields to the runtime that handles the answer and
+//! to the next frame's head (within a CPU quota too: it only gets quota time no normal thread
+//! wants). A frame therefore costs at most about its local latency plus the race's start,
+//! whatever the link does, and the planner's choice only has to be right when the link is up.
 //!
 //! When the race starts: **once the answer is due**, i.e. the plan's predicted remote time
 //! after sending, so a frame costs at most its local latency plus that. Starting with the
@@ -623,7 +623,7 @@ pub struct AdaptiveDevice {
     epoch: Instant,
     side: Option<JoinHandle<SideResult>>,
     /// The server's answer to a frame the device's own tail already answered: (payload
-    /// bytes, response), for its bandwidth sample.
+    /// bytes, response, when it came), for its bandwidth sample.
     straggler: Option<JoinHandle<Option<(u64, TailResponse, Instant)>>>,
     last_sample: Option<Instant>,
     last_rtt: Option<Instant>,
