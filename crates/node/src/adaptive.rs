@@ -647,6 +647,8 @@ pub struct AdaptiveDevice {
     frames: usize,
     /// The thread the device races the server on, kept warm between races.
     racer: crate::priority::IdleWorker,
+    /// The thread that measures content-dependent sizes off the link (see "Payload sizes").
+    sizer: crate::priority::IdleWorker,
     /// Content-dependent payload sizes being measured off the link: per codec at cut 0, the
     /// bytes or why it could not be encoded.
     size_probe: Option<tokio::sync::oneshot::Receiver<Vec<(Codec, Result<u64, String>)>>>,
@@ -787,6 +789,7 @@ impl AdaptiveDevice {
             sent_report: None,
             frames: 0,
             racer: crate::priority::IdleWorker::new("cleave-race"),
+            sizer: crate::priority::IdleWorker::new("cleave-size"),
             size_probe: None,
             size_seen: HashMap::new(),
         })
@@ -1514,9 +1517,7 @@ impl AdaptiveDevice {
             return;
         }
         let specs = self.boundaries[0].clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new().name("cleave-size".into()).spawn(move || {
-            crate::priority::lowest_for_this_thread();
+        let measured = self.sizer.run(move || {
             let size = |codec: Codec| -> Result<u64, String> {
                 let mut bytes = 0u64;
                 for spec in &specs {
@@ -1529,9 +1530,9 @@ impl AdaptiveDevice {
                 }
                 Ok(bytes)
             };
-            let _ = tx.send(codecs.into_iter().map(|c| (c, size(c))).collect());
+            codecs.into_iter().map(|c| (c, size(c))).collect()
         });
-        if spawned.is_ok() {
+        if let Ok(rx) = measured {
             self.size_probe = Some(rx);
         }
     }
