@@ -23,8 +23,9 @@
 //!
 //! ## Pacing model
 //! The proxy does not sleep per byte. Each direction reads what its sender offers into the
-//! shaper's queue (bounded: when it is full the proxy stops reading and TCP flow control blocks
-//! the sender, rather than dropping bytes of a stream), sleeps until the shaper's next event, and
+//! shaper's queue, no more than the link carries in the next 10 ms ([`Shaper::read_room`]; the
+//! rest waits, unacknowledged, in the sender's own socket, as behind a real bottleneck, so a
+//! sender watching its socket sees the link stall), sleeps until the shaper's next event, and
 //! writes everything due. The shaper's clock is virtual (µs since the proxy started), so a
 //! late wake-up delays bytes by the lateness but loses no capacity. See [`shaped`] for what the
 //! proxy does not model.

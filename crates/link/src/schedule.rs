@@ -30,6 +30,9 @@ use std::time::Duration;
 
 use crate::trace::{PACKET_BYTES, Trace};
 
+/// How far ahead [`Shaper::read_room`] lets a reader fill the queue, in trace milliseconds.
+pub const READ_AHEAD_MS: u64 = 10;
+
 /// Bytes that arrive at the far end at one instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivery {
@@ -132,6 +135,20 @@ impl Shaper {
     /// Bytes that may be submitted now without exceeding the queue limit.
     pub fn room(&self) -> u64 {
         self.limit.map_or(u64::MAX, |l| l.saturating_sub(self.queued))
+    }
+
+    /// How many bytes a reader feeding this link should take from its sender now: the
+    /// [`room`](Self::room), capped so that no more than the link can carry in the next
+    /// [`READ_AHEAD_MS`] (at least two packets) waits in the queue. What is not read stays with
+    /// the sender, whose TCP stack then sees bytes go unacknowledged while the link does not move
+    /// them, as it would behind a real bottleneck. The cap still covers a reader that wakes a few
+    /// milliseconds late, so no opportunity finds the queue empty for that reason. Unlimited
+    /// links read as much as there is room for.
+    pub fn read_room(&self) -> u64 {
+        let Some(trace) = &self.trace else { return self.room() };
+        let from = self.trace_ms(self.now_us);
+        let ahead = trace.bytes_between(from, from + READ_AHEAD_MS).max(2 * PACKET_BYTES);
+        self.room().min(ahead.saturating_sub(self.queued))
     }
 
     /// Bytes waiting for the link.
@@ -323,6 +340,26 @@ mod tests {
         s.submit(1500, 1500);
         let d = s.take_due(100_000);
         assert_eq!(d, vec![Delivery { at_us: 41_000, bytes: 3000 }]);
+    }
+
+    #[test]
+    fn a_reader_takes_only_what_the_link_carries_soon() {
+        // One packet every 10 ms: 10 ms ahead is one packet, so the two-packet floor applies.
+        let mut s = Shaper::new(Some(Trace::from_runs([(10, 1)]).unwrap()));
+        assert_eq!(s.read_room(), 3000);
+        s.submit(0, 2000);
+        assert_eq!(s.read_room(), 1000);
+        s.submit(0, 1000);
+        assert_eq!(s.read_room(), 0);
+        // The opportunity at 10 ms carries 1500: room for that much again.
+        s.advance(10_000);
+        assert_eq!(s.read_room(), 1500);
+        // A fast link (a packet every millisecond) is read ten packets ahead.
+        let fast = Shaper::new(Some(every_ms(10)));
+        assert_eq!(fast.read_room(), 15_000);
+        // The queue limit still binds, and an unlimited link reads what there is room for.
+        assert_eq!(fast.clone().with_queue_limit(Some(4000)).read_room(), 4000);
+        assert_eq!(Shaper::new(None).read_room(), u64::MAX);
     }
 
     #[test]

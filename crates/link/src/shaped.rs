@@ -15,11 +15,20 @@
 //! lost when the queue really was empty at their time. Writes are thus chunked per opportunity
 //! millisecond, and the pacing granularity is tokio's timer, about 1 ms.
 //!
+//!
+//! A direction reads no further ahead than the link will carry in the next few milliseconds
+//! ([`Shaper::read_room`]), and the client-facing sockets have a small receive buffer
+//! ([`RECV_BUFFER_BYTES`]). The bytes the link has not carried yet therefore wait in the
+//! sender's own socket, unacknowledged, as they would behind a real bottleneck: a client that
+//! watches its socket (`TCP_INFO`, `SIOCOUTQ`) sees the link stall, a few kilobytes late.
+//!
 //! ## What it does not model
 //! - Every connection has its own shaper on the same trace clock: two simultaneous connections
 //!   each get the full rate (gRPC multiplexes on one connection, so this rarely matters).
 //! - The kernel's socket buffers between the sender and the proxy are not part of the link: a
-//!   sender's `write` may return before its bytes entered the emulated queue.
+//!   sender's `write` may return before its bytes entered the emulated queue, and its socket
+//!   sees the first few kilobytes acknowledged at once (the read-ahead and the receive buffer).
+//!   Acknowledgements also come back without the one-way delay.
 //! - No loss, no header overhead; a blackhole holds bytes instead of dropping them (TCP would
 //!   retransmit them later, and a byte stream must not lose any).
 
@@ -31,7 +40,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -43,6 +52,10 @@ use crate::trace::Trace;
 /// Default bound on each direction's emulated queue: 64 KiB, about 30 ms at 17 Mbit/s and 1 s at
 /// 0.5 Mbit/s (cellular bottleneck buffers are deep).
 pub const DEFAULT_QUEUE_LIMIT: u64 = 64 * 1024;
+
+/// The receive buffer of the proxy's client-facing sockets. Small, so that bytes the link has not
+/// carried wait in the sender's socket rather than in the proxy's kernel (see "Pacing").
+pub const RECV_BUFFER_BYTES: u32 = 4096;
 
 /// A direction through the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -256,7 +269,12 @@ impl LinkProxy {
 
     /// Like [`start`](Self::start), listening on `listen`.
     pub async fn start_on(listen: SocketAddr, target: SocketAddr, config: LinkConfig) -> io::Result<LinkProxy> {
-        let listener = TcpListener::bind(listen).await?;
+        let socket = if listen.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // Accepted connections inherit it (it must be set before listening to apply to the
+        // window they advertise).
+        socket.set_recv_buffer_size(RECV_BUFFER_BYTES)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(1024)?;
         let addr = listener.local_addr()?;
         let dir = |trace| DirState { trace, origin_us: 0, offset_ms: config.start_offset_ms, rate: None };
         let settings = Settings {
@@ -401,7 +419,7 @@ async fn pump(mut src: ReadHalf<'_>, mut dst: WriteHalf<'_>, dir: Direction, sha
             }
         }
         let wake = if blackhole { None } else { shaper.next_wake_us() };
-        let room = usize::try_from(shaper.room()).unwrap_or(usize::MAX).min(buf.len());
+        let room = usize::try_from(shaper.read_room()).unwrap_or(usize::MAX).min(buf.len());
         let can_read = !eof && !blackhole && room > 0;
         tokio::select! {
             // Settings first: a change made before bytes were written applies to those bytes.
