@@ -54,7 +54,14 @@
 //! whatever the link does, and the planner's choice only has to be right when the link is up.
 //!
 //! When the race starts: **once the answer is due**, i.e. the plan's predicted remote time
-//! after sending, so a frame costs at most its local latency plus that. Starting with the
+//! after sending, so a frame costs at most its local latency plus that; **or earlier, once the
+//! upload stalls**: the device reads its own socket every 10 ms ([`crate::upload`]: the bytes
+//! the far end has acknowledged, the bytes still in the send queue), and bytes waiting while
+//! the acknowledged count has not moved for [`STALL_FLOOR`] (100 ms, or four packet times at
+//! the estimated rate if longer; plus an RTT before the first acknowledgement) mean the link is
+//! not carrying them. A frame sent into an outage then costs about the stall time plus its local
+//! latency however long the answer was predicted to take. (`--hedge race-due` is the same device
+//! without the watch, for comparison.) Starting with the
 //! request would cap it at the local latency alone, but measured side by side on the ATT and
 //! TMobile LTE traces, with the device and the edge on one 2-core machine, a race running from
 //! the start slowed the edge's reported compute by 10% to 2× while it ran (they share the
@@ -157,6 +164,7 @@ use crate::convert::{shared_bytes, to_tensor};
 use crate::device::{ExitPolicy, FrameStatus};
 use crate::failover::{Endpoints, FailoverConfig};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
+use crate::upload::{StallWatch, UploadWatch};
 
 /// Uplink assumed before any measurement, bit/s.
 pub const DEFAULT_UP_BPS: f64 = 1e6;
@@ -423,7 +431,9 @@ pub fn remote_ms(plan: &Plan) -> f64 {
 /// distribution), not by its latency at one point estimate: a single outage sample, which
 /// would pull the harmonic mean (and a point decision) down to device-only for several frames,
 /// costs an offload at most `local + r` in this mean, and the frames around it, where the link
-/// works, still count. Device-only is scored as
+/// works, still count. With `stall` (a device that watches its upload) a sample slow enough to
+/// be a stopped link costs at most the local latency plus the watch's time instead
+/// ([`StallCap`]). Device-only is scored as
 /// [`decide`] scores it. With a single sample the prior ([`DEFAULT_UP_BPS`]) counts as a second
 /// one. Falls back to [`decide`] for objectives other than latency (racing does not save
 /// energy) and before any sample. `predicted.total_ms` and `objective` of the
@@ -433,6 +443,7 @@ pub fn decide_racing(
     est: &Estimate,
     samples_bps: &[f64],
     down_bps: Option<f64>,
+    stall: Option<StallCap>,
 ) -> Result<Plan, PlanError> {
     let mut usable: Vec<f64> = samples_bps.iter().copied().filter(|s| s.is_finite() && *s > 0.0).collect();
     if problem.objective != Objective::Latency || usable.is_empty() {
@@ -453,10 +464,11 @@ pub fn decide_racing(
         if plan.cuts.first() == Some(&last) {
             return plan.predicted.total_ms;
         }
-        let cap = local_ms + remote_ms(plan);
+        let due = remote_ms(plan);
         let sent = usable
             .iter()
             .map(|&s| {
+                let cap = local_ms + stall.map_or(due, |c| c.race_after_ms(s, due));
                 planner
                     .evaluate(&conditions(est, s, down_bps), &plan.choice)
                     .map_or(cap, |p| p.predicted.sent_total_ms.min(cap))
@@ -474,6 +486,38 @@ pub fn decide_racing(
     plan.predicted.total_ms = ms;
     plan.objective = ms;
     Ok(plan)
+}
+
+/// What a racing device's stall watch ([`Hedge::Race`]) changes in [`decide_racing`]: on a link
+/// whose packets are further apart than the watch's quiet time, the race starts when the watch
+/// calls the stall, about `after_ms` after sending, rather than when the answer is due.
+///
+/// A bandwidth sample is an average over a transfer, so this reads a very slow sample as a link
+/// that stops (as cellular outages do: a late answer after a stall gives such a sample), and a
+/// merely slow one as a link that keeps moving, on which the race waits for the due time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StallCap {
+    /// The quiet time the watch calls a stall after, ms.
+    pub quiet_ms: f64,
+    /// When the race starts on a link that stops as the frame is sent, ms after sending: the
+    /// quiet time plus the wait for the first acknowledgement.
+    pub after_ms: f64,
+}
+
+impl StallCap {
+    /// The cap for a device racing with `estimate`: [`StallWatch`]'s quiet time, plus the RTT.
+    pub fn for_estimate(estimate: &Estimate) -> StallCap {
+        let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
+        let quiet = StallWatch::new(estimate.up_bps, rtt, STALL_FLOOR).quiet().as_secs_f64() * 1e3;
+        StallCap { quiet_ms: quiet, after_ms: quiet + estimate.rtt_ms.max(0.0) }
+    }
+
+    /// When the race starts, ms after sending, on a link at `sample_bps` with the answer `due_ms`
+    /// after sending.
+    pub fn race_after_ms(&self, sample_bps: f64, due_ms: f64) -> f64 {
+        let packet_ms = 1500.0 * 8.0 / sample_bps * 1e3;
+        if packet_ms >= self.quiet_ms { due_ms.min(self.after_ms) } else { due_ms }
+    }
 }
 
 /// A content-dependent payload size is measured again after this many frames (when it matters).
@@ -525,8 +569,14 @@ pub enum Hedge {
     /// Once the answer is due (the plan's predicted remote time), on a thread at the lowest
     /// CPU priority, and the decision counts on it: a frame costs at most its local latency
     /// plus that wait however long the link stalls. Costs device energy on late frames.
+    ///
+    /// Earlier when the upload stalls: bytes wait in the device's send queue and the
+    /// acknowledged count has not moved for a while ([`crate::upload`]).
     #[default]
     Race,
+    /// As [`Hedge::Race`], but never before the answer is due (no stall watch): for comparing
+    /// the two side by side.
+    RaceDue,
     /// Once the answer is late by twice the predicted remote time (+20 ms): local compute
     /// only for frames that are already late.
     Late,
@@ -539,9 +589,10 @@ impl std::str::FromStr for Hedge {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "race" => Ok(Hedge::Race),
+            "race-due" => Ok(Hedge::RaceDue),
             "late" => Ok(Hedge::Late),
             "off" => Ok(Hedge::Off),
-            _ => Err(format!("unknown hedge policy `{s}` (race, late or off)")),
+            _ => Err(format!("unknown hedge policy `{s}` (race, race-due, late or off)")),
         }
     }
 }
@@ -550,6 +601,7 @@ impl std::fmt::Display for Hedge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Hedge::Race => "race",
+            Hedge::RaceDue => "race-due",
             Hedge::Late => "late",
             Hedge::Off => "off",
         })
@@ -596,6 +648,12 @@ pub struct AdaptiveRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub followed: Option<bool>,
     pub error: Option<String>,
+    /// When the device started its own tail, ms after sending (`None`: it did not).
+    #[serde(default)]
+    pub race_ms: Option<f64>,
+    /// Whether that was because the upload stalled (`false`: the answer was due).
+    #[serde(default)]
+    pub race_stalled: Option<bool>,
 }
 
 /// What a concurrent side task measured: a ping (an empty call: its round trip and the
@@ -999,11 +1057,17 @@ impl AdaptiveDevice {
         }
     }
 
-    /// When a racing device starts its own tail after sending: once the answer is due (the
-    /// plan's predicted remote time), so that the device never computes alongside a server
-    /// that keeps the plan's promise (see "Racing the server").
+    /// When a racing device starts its own tail after sending, at the latest: once the answer is
+    /// due (the plan's predicted remote time), so that the device never computes alongside a
+    /// server that keeps the plan's promise; earlier only if the upload stalls (see "Racing the
+    /// server").
     fn race_start(plan: &Plan) -> Duration {
         Duration::from_secs_f64(remote_ms(plan) / 1e3)
+    }
+
+    /// The current connection's upload watch (`None` without a server).
+    fn upload_watch(&self) -> Option<UploadWatch> {
+        self.remote.as_ref().and_then(|r| r.current()).map(|(_, c)| c.upload_watch().clone())
     }
 
     /// This frame's decision under the device's hedging policy.
@@ -1014,7 +1078,14 @@ impl AdaptiveDevice {
     /// [`Self::decide`] in `problem` (the device's, or a copy with this frame's sizes).
     fn decide_in(&self, problem: &Problem, est: &Estimate) -> Result<Plan, PlanError> {
         match self.config.hedge {
-            Hedge::Race => decide_racing(problem, est, &self.estimates.up_samples(), self.config.down_bps),
+            Hedge::Race => decide_racing(
+                problem,
+                est,
+                &self.estimates.up_samples(),
+                self.config.down_bps,
+                Some(StallCap::for_estimate(est)),
+            ),
+            Hedge::RaceDue => decide_racing(problem, est, &self.estimates.up_samples(), self.config.down_bps, None),
             Hedge::Late | Hedge::Off => decide(problem, est, self.config.down_bps),
         }
     }
@@ -1219,6 +1290,8 @@ impl AdaptiveDevice {
             fleet_plan: fleet_note.as_ref().and_then(|(t, _)| t.clone()),
             followed: fleet_note.map(|(_, f)| f),
             error: None,
+            race_ms: None,
+            race_stalled: None,
         };
         // The head, on a blocking thread, then the emulated slowdown.
         let head = {
@@ -1251,7 +1324,7 @@ impl AdaptiveDevice {
         // Hedge (adaptive only): the device's own tail races the server, from the start or
         // once the answer is late (see "Racing the server" in the module docs).
         let hedge_after = match (self.strategy, self.config.hedge, predicted_ms) {
-            (Strategy::Adaptive, Hedge::Race, _) => Some(race_at),
+            (Strategy::Adaptive, Hedge::Race | Hedge::RaceDue, _) => Some(race_at),
             (Strategy::Adaptive, Hedge::Late, Some(p)) => {
                 let remote = (p - self.problem.device_ms[cut]).max(1.0);
                 Some(Duration::from_secs_f64((2.0 * remote + 20.0) / 1e3))
@@ -1275,6 +1348,15 @@ impl AdaptiveDevice {
                 req.parameters.extend(self.fleet_params(&estimate));
                 rec.bytes_up = bytes;
                 let endpoints = self.remote.clone().expect("checked in new");
+                // Racing, the upload is watched from the socket: a stalled link starts the race
+                // before the answer is due (see "Racing the server").
+                let watch = match self.config.hedge {
+                    Hedge::Race => self.upload_watch().map(|w| {
+                        let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
+                        (w, StallWatch::new(estimate.up_bps, rtt, STALL_FLOOR))
+                    }),
+                    _ => None,
+                };
                 let t = Instant::now();
                 rec.send_ms = Some(self.ms_since_epoch(t));
                 let give_up_at = t + self.config.timeout;
@@ -1284,13 +1366,17 @@ impl AdaptiveDevice {
                     Some(h) if h.is_zero() => None,
                     Some(h) => tokio::select! {
                         r = call.as_mut() => Some(r),
-                        _ = tokio::time::sleep(h) => None,
+                        stalled = race_trigger(h, watch) => {
+                            rec.race_stalled = Some(stalled);
+                            None
+                        }
                     },
                 };
                 match first {
                     Some(r) => Outcome::remote(r),
                     None => {
-                        let raced = self.config.hedge == Hedge::Race;
+                        let raced = matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue);
+                        rec.race_ms = Some(t.elapsed().as_secs_f64() * 1e3);
                         let cancel = Cancel::new();
                         let won = {
                             let local = self.tail_locally(cut, env.clone(), raced, Some(cancel.clone()));
@@ -1630,6 +1716,38 @@ impl AdaptiveDevice {
 }
 
 /// Where a plan puts the frame: its first cut and codec.
+/// The shortest quiet upload [`Hedge::Race`] calls a stall. Cellular traces pause between packet
+/// bursts: of the gaps of 100 ms or more in the four `../shared/traces` uplinks, about half end
+/// within 150 ms, and 10–20 % of the time is spent in gaps of 250 ms or more (counted from the
+/// trace files). A race started on a short pause costs the device some energy; one started late
+/// on a long outage costs the frame latency.
+pub const STALL_FLOOR: Duration = Duration::from_millis(100);
+
+/// How often the upload is read while a racing device waits.
+const STALL_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until a racing device should start its own tail: `due` after sending, or earlier when
+/// `watch` sees the upload stall. Returns whether it stalled.
+async fn race_trigger(due: Duration, watch: Option<(UploadWatch, StallWatch)>) -> bool {
+    let start = tokio::time::Instant::now();
+    let Some((watch, mut stall)) = watch else {
+        tokio::time::sleep(due).await;
+        return false;
+    };
+    loop {
+        let at = start.elapsed();
+        if at >= due {
+            return false;
+        }
+        if let Some(p) = watch.progress() {
+            if stall.observe(at, p) {
+                return true;
+            }
+        }
+        tokio::time::sleep((due - at).min(STALL_POLL)).await;
+    }
+}
+
 fn placement(plan: &Plan) -> (Option<usize>, Option<Codec>) {
     (plan.cuts.first().copied(), plan.codecs.first().copied())
 }
@@ -1803,9 +1921,9 @@ mod tests {
         let slow = 0.1e6; // 10 KB in 800 ms: offloading is slower than computing locally
         let e = est(0.1);
         assert_eq!(decide(&p, &e, None).unwrap().cuts[0], last, "the point decision goes home");
-        let one = decide_racing(&p, &e, &[slow], None).unwrap();
+        let one = decide_racing(&p, &e, &[slow], None, None).unwrap();
         assert!(one.cuts[0] < last, "one slow sample: {one:?}");
-        assert_eq!(decide_racing(&p, &e, &[slow, slow], None).unwrap().cuts[0], last, "two slow samples");
+        assert_eq!(decide_racing(&p, &e, &[slow, slow], None, None).unwrap().cuts[0], last, "two slow samples");
     }
 
     /// Racing caps what an offload can cost at the local latency, so one outage sample among
@@ -1822,7 +1940,7 @@ mod tests {
         let harmonic = samples.len() as f64 / samples.iter().map(|s| 1.0 / s).sum::<f64>();
         let e = Estimate { up_bps: harmonic, ..est(1.0) };
         assert_eq!(decide(&p, &e, None).unwrap().cuts[0], last, "the point decision goes home");
-        let raced = decide_racing(&p, &e, &samples, None).unwrap();
+        let raced = decide_racing(&p, &e, &samples, None, None).unwrap();
         assert!(raced.cuts[0] < last, "{raced:?}");
         // The outage sample costs at most the local 800 ms plus the wait for the answer; the
         // four good ones well under 800 ms: the mean is under device-only's 800 ms.
@@ -1830,12 +1948,37 @@ mod tests {
 
         let bad = [0.05e6; 5];
         let e = Estimate { up_bps: 0.05e6, ..est(1.0) };
-        assert_eq!(decide_racing(&p, &e, &bad, None).unwrap().cuts[0], last);
+        assert_eq!(decide_racing(&p, &e, &bad, None, None).unwrap().cuts[0], last);
         // Before any sample, and for an energy objective, it is the point decision.
         let e = Estimate { up_bps: harmonic, ..est(1.0) };
-        assert_eq!(decide_racing(&p, &e, &[], None).unwrap(), decide(&p, &e, None).unwrap());
+        assert_eq!(decide_racing(&p, &e, &[], None, None).unwrap(), decide(&p, &e, None).unwrap());
         p.objective = Objective::Energy;
-        assert_eq!(decide_racing(&p, &e, &samples, None).unwrap(), decide(&p, &e, None).unwrap());
+        assert_eq!(decide_racing(&p, &e, &samples, None, None).unwrap(), decide(&p, &e, None).unwrap());
+    }
+
+    /// With the stall watch, an offload into a link that stops costs the local latency plus the
+    /// watch's quiet time, not plus the wait for the answer: three outage samples in five keep a
+    /// device that races only when the answer is due at home, and no longer one that watches.
+    #[test]
+    fn the_stall_watch_caps_what_an_outage_sample_costs() {
+        let mut p = toy_problem();
+        for d in &mut p.device_ms {
+            *d *= 10.0; // whole model 800 ms on the device
+        }
+        let last = p.last();
+        let samples = [0.05e6, 0.05e6, 0.05e6, 20e6, 20e6];
+        let harmonic = samples.len() as f64 / samples.iter().map(|s| 1.0 / s).sum::<f64>();
+        let e = Estimate { up_bps: harmonic, ..est(1.0) };
+        let due = decide_racing(&p, &e, &samples, None, None).unwrap();
+        assert_eq!(due.cuts[0], last, "racing when due: {due:?}");
+        let cap = StallCap { quiet_ms: 100.0, after_ms: 150.0 };
+        let watched = decide_racing(&p, &e, &samples, None, Some(cap)).unwrap();
+        assert!(watched.cuts[0] < last, "{watched:?}");
+        assert!(watched.predicted.total_ms < 800.0, "{}", watched.predicted.total_ms);
+        // A slow link that keeps moving (a packet every 24 ms) is not a stall.
+        assert_eq!(cap.race_after_ms(0.5e6, 900.0), 900.0);
+        assert_eq!(cap.race_after_ms(0.05e6, 900.0), 150.0);
+        assert_eq!(cap.race_after_ms(0.05e6, 120.0), 120.0);
     }
 
     #[test]

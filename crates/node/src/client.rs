@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 use crate::security::{AttachToken, AuthToken, ClientTls, SecurityError, error_chain};
 use crate::server::PARAM_PROBE;
+use crate::upload::{UploadWatch, WatchedConnector};
 
 /// Why talking to the server failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,6 +75,7 @@ pub struct EdgeClient {
     max_message_bytes: usize,
     security: ClientSecurity,
     client: GrpcInferenceServiceClient<InterceptedService<Channel, AttachToken>>,
+    upload: UploadWatch,
 }
 
 impl EdgeClient {
@@ -108,14 +110,20 @@ impl EdgeClient {
                 .tls_config(tls.tonic_config())
                 .map_err(|e| SecurityError::Tls(format!("{}: {}", tls.origins(), error_chain(&e))))?;
         }
+        let upload = UploadWatch::default();
         let channel = endpoint
-            .connect()
+            .connect_with_connector(WatchedConnector::new(Duration::from_secs(3), upload.clone()))
             .await
             .map_err(|e| ClientError::Connect { addr: addr.into(), message: error_chain(&e) })?;
         let client = GrpcInferenceServiceClient::with_interceptor(channel, AttachToken::new(security.token.clone()))
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
-        Ok(EdgeClient { addr: addr.to_owned(), max_message_bytes, security: security.clone(), client })
+        Ok(EdgeClient { addr: addr.to_owned(), max_message_bytes, security: security.clone(), client, upload })
+    }
+
+    /// The connection's view of uploads (see [`crate::upload`]).
+    pub fn upload_watch(&self) -> &UploadWatch {
+        &self.upload
     }
 
     pub fn addr(&self) -> &str {

@@ -17,6 +17,7 @@ pub mod oip;
 pub mod priority;
 pub mod security;
 pub mod server;
+pub mod upload;
 
 pub use adaptive::{AdaptiveConfig, AdaptiveDevice, AdaptiveRecord, Estimate, LinkEstimates, Strategy};
 pub use client::{ClientError, ClientSecurity, EdgeClient};

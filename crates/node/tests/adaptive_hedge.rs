@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cleave_codec::Codec;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::ModelGraph;
-use cleave_link::{LinkConfig, LinkProxy};
+use cleave_link::{LinkConfig, LinkProxy, Trace};
 use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, Hedge};
 use cleave_node::{EdgeClient, FrameStatus};
 use cleave_plan::ProblemBuilder;
@@ -152,4 +152,52 @@ async fn after_a_won_race_the_next_frames_are_answered_by_the_server() {
     }
     // A loaded CI machine may delay one answer past the race, not most.
     assert!(remote >= 3, "only {remote} of 4 frames after the won race were answered by the server");
+}
+
+/// Regression (resnet50-light on the ATT trace, 2026-11-27): frame 1 was sent into a 4 s outage
+/// and the device started its own tail only when the answer was due, 445 ms after sending. A
+/// racing device now watches its socket: bytes stuck in its send queue while the acknowledged
+/// count stands still start the race before the answer is due. On a steady link nothing does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
+    // A 48 KiB fp32 input over 1 Mbit/s: about 0.4 s on the link, a packet every 12 ms.
+    let tiny = common::serve_tiny_at(common::loopback_config(), 64).await;
+    let graph = tiny.graph.clone();
+    let link = LinkConfig::uplink(Trace::constant(1e6).unwrap());
+    let proxy = LinkProxy::start(tiny.server.grpc_addr, link).await.unwrap();
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let edge = common::edge_profile(&engine, &graph);
+    // A device whose whole model takes about 2 s (in the plan and, by sleeping, in fact), so
+    // that offloading wins while the link is up.
+    let whole_ms = edge.prefix()[graph.last_cut()].max(0.01);
+    let slowdown = (2000.0 / whole_ms).max(2.0);
+    let mut problem = ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device"))
+        .server(edge.clone())
+        .codecs(vec![Codec::Fp32])
+        .build();
+    adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
+    let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
+    let config = AdaptiveConfig {
+        model_name: "tiny".into(),
+        timeout: Duration::from_secs(60),
+        device_slowdown: slowdown,
+        down_bps: None,
+        probe: false,
+        hedge: Hedge::Race,
+        fleet: false,
+    };
+    let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.cut, 0, "frame {k}: {rec:?}");
+        assert_ne!(rec.race_stalled, Some(true), "frame {k}: a steady link stalled: {rec:?}");
+    }
+
+    proxy.handle().blackhole(true);
+    let (rec, out) = device.frame(3, common::input(&graph, 3), Instant::now()).await;
+    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
+    assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
+    assert_eq!(rec.race_stalled, Some(true), "{rec:?}");
+    let (raced, predicted) = (rec.race_ms.unwrap(), rec.predicted_ms.unwrap());
+    assert!(raced < 0.5 * predicted, "the race started {raced:.0} ms after sending; the answer was due at {predicted:.0}");
 }

@@ -168,7 +168,9 @@ pub struct Args {
     /// the frame takes whichever answer comes first. `race`: once the answer is due (the plan's
     /// predicted remote time), on a lowest-priority thread, and the per-frame decision counts
     /// on that cap, so a frame never costs more than its local latency plus that wait however
-    /// long the link stalls (costs device energy on late frames); `late`: once the answer is
+    /// long the link stalls (costs device energy on late frames); earlier when the device's
+    /// socket shows the upload stalled (bytes queued, none acknowledged for 100 ms or more);
+    /// `race-due`: as `race` without watching the socket; `late`: once the answer is
     /// late by twice the predicted remote time + 20 ms, not counted on; `off`: wait for the
     /// server until --timeout.
     #[arg(long, value_name = "POLICY", default_value = "race")]

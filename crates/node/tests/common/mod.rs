@@ -27,9 +27,14 @@ pub fn loopback_config() -> ServerConfig {
 
 /// Starts a server with `config` serving the tiny model as `tiny`.
 pub async fn serve_tiny(config: ServerConfig) -> Tiny {
+    serve_tiny_at(config, 32).await
+}
+
+/// [`serve_tiny`] for `side × side` inputs (32 there: a 12 KiB fp32 input).
+pub async fn serve_tiny_at(config: ServerConfig, side: usize) -> Tiny {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.onnx");
-    let bytes = zoo::tiny_resnet(3).encode_to_vec();
+    let bytes = zoo::tiny_resnet_at(3, side).encode_to_vec();
     std::fs::write(&path, &bytes).unwrap();
     let mut registry = Registry::default();
     registry.add(ModelEntry::load("tiny", &path, &InputShapes::none()).unwrap()).unwrap();

@@ -1,0 +1,335 @@
+//! Watching an upload from the device's own socket, to see the link stall under it.
+//!
+//! A cellular uplink can stop for seconds. The device cannot see that coming, but once it has
+//! sent, its kernel knows how far the bytes got: the TCP stack counts the bytes the other end
+//! has acknowledged (`TCP_INFO`'s `tcpi_bytes_acked`) and holds the rest in the send queue
+//! (`SIOCOUTQ`). While bytes are queued and the acknowledged count does not move, the link is
+//! not carrying them. [`UploadWatch`] reads those two numbers from the connection under an
+//! [`EdgeClient`](crate::EdgeClient); [`StallWatch`] (pure) turns a series of readings into "the
+//! link has stalled", which lets a racing device start its own tail early (see "Racing the
+//! server" in [`crate::adaptive`]).
+//!
+//! What it sees is the path up to the next hop that acknowledges: the far end of the TCP
+//! connection. Behind a proxy that reads greedily (a TLS terminator, a load balancer on the
+//! device's side of the bottleneck) acknowledgements stop meaning delivery, and the watch sees
+//! no stall; the device then races when the answer is due, as without it. The bench's trace
+//! link reads only as fast as the trace carries (`cleave_link::LinkProxy`), so its sender's
+//! socket behaves as behind a real bottleneck.
+//!
+//! The readings are Linux-only (`TCP_INFO` and `SIOCOUTQ` on the connection's descriptor);
+//! elsewhere [`UploadWatch::progress`] is `None`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What the device's socket says about its upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadProgress {
+    /// Bytes the far end has acknowledged since the connection opened.
+    pub acked: u64,
+    /// Bytes in the send queue: written by the device and not yet acknowledged.
+    pub pending: u64,
+}
+
+/// A handle on the TCP connection an [`EdgeClient`](crate::EdgeClient) currently uses (cheap to
+/// clone; all clones see the same connection). Empty until the client connects and after its
+/// connection closes.
+#[derive(Clone, Debug, Default)]
+pub struct UploadWatch {
+    /// The connection's descriptor plus one; 0 when there is none.
+    fd: Arc<AtomicI32>,
+}
+
+impl UploadWatch {
+    fn set(&self, fd: i32) {
+        self.fd.store(fd.saturating_add(1), Ordering::Release);
+    }
+
+    /// Forgets `fd` if it is still the one watched (a newer connection may have replaced it).
+    fn clear(&self, fd: i32) {
+        let _ = self.fd.compare_exchange(fd.saturating_add(1), 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// The socket's current counts, or `None` without a connection or off Linux.
+    pub fn progress(&self) -> Option<UploadProgress> {
+        let fd = self.fd.load(Ordering::Acquire).checked_sub(1).filter(|fd| *fd >= 0)?;
+        read_progress(fd)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn read_progress(fd: i32) -> Option<UploadProgress> {
+    // SAFETY: `fd` is a socket descriptor kept registered only while the connection owning it
+    // is alive (cleared in `Watched::drop`). Between that drop and the clear, or if the number
+    // is reused, the calls read another descriptor's counts or fail: both are only a wrong
+    // reading, never memory unsafety, since the buffers are ours and sized for the calls.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let ok = libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
+        // Kernels before 4.1 return a shorter struct without the acknowledged count.
+        let acked_end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        if ok != 0 || (len as usize) < acked_end {
+            return None;
+        }
+        let mut pending: libc::c_int = 0;
+        if libc::ioctl(fd, libc::TIOCOUTQ, &mut pending) != 0 {
+            return None;
+        }
+        Some(UploadProgress { acked: info.tcpi_bytes_acked, pending: u64::try_from(pending).unwrap_or(0) })
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_progress(_fd: i32) -> Option<UploadProgress> {
+    None
+}
+
+/// Decides, from readings taken while an upload is under way, when the link has stalled: bytes
+/// are pending and the acknowledged count has not moved for the quiet time. Pure: the caller
+/// passes the time since sending.
+#[derive(Clone, Debug)]
+pub struct StallWatch {
+    quiet: Duration,
+    grace: Duration,
+    last: Option<u64>,
+    moved_at: Option<Duration>,
+}
+
+impl StallWatch {
+    /// Quiet time before a stall is called: `max(floor, 4 packets at up_bps)`, as a trace's
+    /// packets come in bursts and a working link can pause between them (see the module docs
+    /// of [`crate::adaptive`]). Until the first acknowledgement after sending, `rtt` more.
+    pub fn new(up_bps: f64, rtt: Duration, floor: Duration) -> StallWatch {
+        let packets = if up_bps > 0.0 { Duration::from_secs_f64(4.0 * 1500.0 * 8.0 / up_bps) } else { floor };
+        StallWatch { quiet: floor.max(packets).min(Duration::from_secs(10)), grace: rtt, last: None, moved_at: None }
+    }
+
+    /// The quiet time this watch calls a stall after.
+    pub fn quiet(&self) -> Duration {
+        self.quiet
+    }
+
+    /// Takes the reading at `at` after sending (the first reading, taken just before sending, is
+    /// the baseline) and says whether the link has stalled.
+    pub fn observe(&mut self, at: Duration, p: UploadProgress) -> bool {
+        match self.last {
+            None => {
+                self.last = Some(p.acked);
+                return false;
+            }
+            Some(a) if p.acked != a => {
+                self.last = Some(p.acked);
+                self.moved_at = Some(at);
+                return false;
+            }
+            Some(_) => {}
+        }
+        if p.pending == 0 {
+            // Nothing in the queue: whatever is late is not waiting for the link here.
+            self.moved_at = Some(at);
+            return false;
+        }
+        match self.moved_at {
+            Some(t) => at.saturating_sub(t) >= self.quiet,
+            None => at >= self.quiet + self.grace,
+        }
+    }
+}
+
+/// A connector for [`tonic`] channels that registers each new connection's socket with an
+/// [`UploadWatch`]. Plain TCP as tonic's own (TLS, when configured, goes on top of it).
+#[derive(Clone, Debug)]
+pub(crate) struct WatchedConnector {
+    http: HttpConnector,
+    watch: UploadWatch,
+}
+
+impl WatchedConnector {
+    pub(crate) fn new(connect_timeout: Duration, watch: UploadWatch) -> WatchedConnector {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        WatchedConnector { http, watch }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for WatchedConnector {
+    type Response = TokioIo<Watched>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let watch = self.watch.clone();
+        Box::pin(async move {
+            let stream = connecting.await?.into_inner();
+            Ok(TokioIo::new(Watched::new(stream, watch)))
+        })
+    }
+}
+
+/// A connection registered with an [`UploadWatch`] for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct Watched {
+    stream: TcpStream,
+    fd: i32,
+    watch: UploadWatch,
+}
+
+impl Watched {
+    fn new(stream: TcpStream, watch: UploadWatch) -> Watched {
+        #[cfg(unix)]
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        #[cfg(not(unix))]
+        let fd = -1;
+        if fd >= 0 {
+            watch.set(fd);
+        }
+        Watched { stream, fd, watch }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.watch.clear(self.fd);
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(acked: u64, pending: u64) -> UploadProgress {
+        UploadProgress { acked, pending }
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_stall_is_called_after_the_quiet_time_with_bytes_pending() {
+        // 1 Mbit/s: 4 packets are 48 ms, so the 100 ms floor rules.
+        let mut w = StallWatch::new(1e6, MS(40), MS(100));
+        assert_eq!(w.quiet(), MS(100));
+        assert!(!w.observe(MS(0), p(1000, 0)));
+        assert!(!w.observe(MS(10), p(8000, 12_000)));
+        assert!(!w.observe(MS(60), p(9500, 10_500)));
+        assert!(!w.observe(MS(159), p(9500, 10_500)));
+        assert!(w.observe(MS(160), p(9500, 10_500)));
+        // The link moves again: no stall until it is quiet again for as long.
+        assert!(!w.observe(MS(170), p(11_000, 9000)));
+        assert!(!w.observe(MS(260), p(11_000, 9000)));
+        assert!(w.observe(MS(270), p(11_000, 9000)));
+    }
+
+    #[test]
+    fn no_stall_without_pending_bytes_or_before_the_first_ack_can_come() {
+        let mut w = StallWatch::new(1e6, MS(40), MS(100));
+        w.observe(MS(0), p(0, 0));
+        // Nothing acknowledged yet: the first acknowledgement may take an RTT more.
+        assert!(!w.observe(MS(139), p(0, 20_000)));
+        assert!(w.observe(MS(140), p(0, 20_000)));
+        // Everything acknowledged: a late answer is the server's, not the link's.
+        let mut w = StallWatch::new(1e6, MS(40), MS(100));
+        w.observe(MS(0), p(0, 0));
+        assert!(!w.observe(MS(5), p(20_000, 0)));
+        assert!(!w.observe(MS(900), p(20_000, 0)));
+    }
+
+    #[test]
+    fn a_slow_link_waits_for_four_packets() {
+        // 0.2 Mbit/s: a packet every 60 ms, so 240 ms.
+        assert_eq!(StallWatch::new(0.2e6, MS(40), MS(100)).quiet(), MS(240));
+        assert_eq!(StallWatch::new(0.0, MS(40), MS(100)).quiet(), MS(100));
+    }
+
+    /// The watch reads a real socket: bytes written to a peer that does not read stay pending,
+    /// and the acknowledged count stops, until the peer reads.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_watch_reads_a_real_sockets_counts() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let watch = UploadWatch::default();
+        assert_eq!(watch.progress(), None);
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut client = Watched::new(client.unwrap(), watch.clone());
+        let (mut server, _) = server.unwrap();
+        let start = watch.progress().expect("a connected socket has counts");
+        assert_eq!(start.pending, 0);
+        // Far more than the peer's receive window: most of it stays in the send queue.
+        let payload = vec![7u8; 256 * 1024];
+        let writer = tokio::spawn(async move {
+            client.write_all(&payload).await.unwrap();
+            client
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stuck = watch.progress().unwrap();
+        assert!(stuck.pending > 0, "{stuck:?}");
+        assert!(stuck.acked < 256 * 1024, "{stuck:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(watch.progress().unwrap().acked, stuck.acked, "nothing moves while the peer does not read");
+        let mut sink = vec![0u8; 256 * 1024];
+        server.read_exact(&mut sink).await.unwrap();
+        let client = writer.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let done = watch.progress().unwrap();
+        assert!(done.acked >= stuck.acked + 200 * 1024, "{done:?}");
+        assert_eq!(done.pending, 0);
+        drop(client);
+        assert_eq!(watch.progress(), None, "a closed connection is forgotten");
+    }
+}
