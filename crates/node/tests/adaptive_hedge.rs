@@ -76,6 +76,19 @@ async fn a_silent_link_is_hedged_not_waited_out() {
     assert!(took < timeout / 4, "took {took:?}");
 }
 
+/// A racing device's config, `slowdown` times slower than this machine, deadline 60 s.
+fn racing_config(slowdown: f64) -> AdaptiveConfig {
+    AdaptiveConfig {
+        model_name: "tiny".into(),
+        timeout: Duration::from_secs(60),
+        device_slowdown: slowdown,
+        down_bps: None,
+        probe: false,
+        hedge: Hedge::Race,
+        fleet: false,
+    }
+}
+
 /// A racing device behind the bed's proxy that really is slow: it sleeps so that its
 /// whole-model time is about 300 ms (by the profile; the sleep scales the compute measured at
 /// run time), far more than a loopback round trip. Deadline 60 s.
@@ -84,15 +97,7 @@ async fn slow_racing_device() -> (Bed, AdaptiveDevice) {
     let whole_ms = bed.edge.prefix()[bed.graph.last_cut()].max(0.01);
     let slowdown = (300.0 / whole_ms).max(2.0);
     let client = EdgeClient::connect(&bed.proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let config = AdaptiveConfig {
-        model_name: "tiny".into(),
-        timeout: Duration::from_secs(60),
-        device_slowdown: slowdown,
-        down_bps: None,
-        probe: false,
-        hedge: Hedge::Race,
-        fleet: false,
-    };
+    let config = racing_config(slowdown);
     let device =
         common::ready_device(bed.engine.clone(), bed.graph.clone(), &client, bed.problem.clone(), config).await;
     (bed, device)
@@ -177,15 +182,7 @@ async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
         .build();
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
     let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let config = AdaptiveConfig {
-        model_name: "tiny".into(),
-        timeout: Duration::from_secs(60),
-        device_slowdown: slowdown,
-        down_bps: None,
-        probe: false,
-        hedge: Hedge::Race,
-        fleet: false,
-    };
+    let config = racing_config(slowdown);
     let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
     for k in 0..3 {
         let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
@@ -199,5 +196,8 @@ async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
     assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
     assert_eq!(rec.race_stalled, Some(true), "{rec:?}");
     let (raced, predicted) = (rec.race_ms.unwrap(), rec.predicted_ms.unwrap());
-    assert!(raced < 0.5 * predicted, "the race started {raced:.0} ms after sending; the answer was due at {predicted:.0}");
+    assert!(
+        raced < 0.5 * predicted,
+        "the race started {raced:.0} ms after sending; the answer was due at {predicted:.0}"
+    );
 }
