@@ -125,6 +125,9 @@ pub struct TraceOptions {
     /// More adaptive runs, one per policy, reported as `adaptive-hedge-<policy>` side by side
     /// with `adaptive` (e.g. to see what racing costs and saves on this trace).
     pub compare_hedges: Vec<adaptive::Hedge>,
+    /// Run every strategy this many times, in rounds (all strategies once per round), and
+    /// report each frame's median over the rounds (1: once).
+    pub repeat: usize,
 }
 
 /// How the device was made slower than the edge, and what was measured.
@@ -400,42 +403,79 @@ pub async fn run(
     let mut adaptive_problem = problem.clone();
     adaptive::restrict_cuts(&mut adaptive_problem, &adaptive_set);
 
-    let mut run_with = async |name: &str, strategy: Strategy, hedge: Option<adaptive::Hedge>| {
-        progress(Progress::Strategy { name, frames: opts.frames });
-        run_strategy(&mut device, strategy, hedge, &adaptive_set, edge.grpc, opts, last, &mut *progress).await
-    };
-
-    let mut records: Vec<(String, Vec<AdaptiveRecord>)> = vec![];
-    let device_only = run_with("device-only", Strategy::Fixed { cut: last, codec: Codec::Fp32 }, None).await?;
+    // Every strategy, in the order they run. With `repeat` R, all of them run once per round,
+    // R rounds, so that a slow spell of the shared machine does not fall on one strategy only.
+    let mut jobs: Vec<Job> = vec![Job::new("device-only", Strategy::Fixed { cut: last, codec: Codec::Fp32 })];
     // The input baselines: raw fp32, raw 8-bit, JPEG (image inputs only).
-    let mut baselines: Vec<(&str, Codec, Run)> = vec![];
-    for (name, codec) in
+    let baseline_codecs: Vec<(&str, Codec)> =
         [("offload-raw-fp32", Codec::Fp32), ("offload-raw-u8", Codec::Int8), ("offload-jpeg", JPEG_BASELINE)]
-    {
-        if usable(&problem, 0, codec) {
-            baselines.push((name, codec, run_with(name, Strategy::Fixed { cut: 0, codec }, None).await?));
-        }
+            .into_iter()
+            .filter(|(_, codec)| usable(&problem, 0, *codec))
+            .collect();
+    for &(name, codec) in &baseline_codecs {
+        jobs.push(Job::new(name, Strategy::Fixed { cut: 0, codec }));
     }
-    let mut statics: Vec<(usize, Option<Codec>, Run)> = vec![];
+    let mut static_jobs: Vec<(usize, Codec)> = vec![];
     for &cut in &static_cuts {
         for &codec in &opts.codecs {
-            if (cut == 0 && baselines.iter().any(|b| b.1 == codec)) || !usable(&problem, cut, codec) {
+            if (cut == 0 && baseline_codecs.iter().any(|b| b.1 == codec)) || !usable(&problem, cut, codec) {
                 continue;
             }
-            let r = run_with(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec }, None).await?;
-            statics.push((cut, Some(codec), r));
+            jobs.push(Job::new(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec }));
+            static_jobs.push((cut, codec));
         }
     }
-    let adaptive_run = run_with("adaptive", Strategy::Adaptive, None).await?;
-    let mut compared: Vec<(String, Run)> = vec![];
+    jobs.push(Job::new("adaptive", Strategy::Adaptive));
     for &h in &opts.compare_hedges {
-        let name = format!("adaptive-hedge-{h}");
-        let r = run_with(&name, Strategy::Adaptive, Some(h)).await?;
-        compared.push((name, r));
+        jobs.push(Job { hedge: Some(h), ..Job::new(&format!("adaptive-hedge-{h}"), Strategy::Adaptive) });
+    }
+    let rounds = opts.repeat.max(1);
+    let mut runs: Vec<Vec<Run>> = jobs.iter().map(|_| vec![]).collect();
+    for round in 0..rounds {
+        for (job, done) in jobs.iter().zip(runs.iter_mut()) {
+            let name =
+                if rounds > 1 { format!("{} (round {}/{rounds})", job.name, round + 1) } else { job.name.clone() };
+            progress(Progress::Strategy { name: &name, frames: opts.frames });
+            let run = run_strategy(
+                &mut device,
+                job.strategy,
+                job.hedge,
+                &adaptive_set,
+                edge.grpc,
+                opts,
+                last,
+                &mut *progress,
+            )
+            .await?;
+            done.push(run);
+        }
     }
     device.finish().await;
     drop(edge);
 
+    // Each strategy's frames at their median over the rounds; every round's records are kept.
+    let mut records: Vec<(String, Vec<AdaptiveRecord>)> = vec![];
+    let mut all: Vec<&AdaptiveRecord> = vec![];
+    for (job, done) in jobs.iter().zip(&runs) {
+        if done.len() > 1 {
+            for (r, run) in done.iter().enumerate() {
+                records.push((format!("{}#{}", job.record_name(), r + 1), run.records.clone()));
+            }
+        }
+        all.extend(done.iter().flat_map(|r| r.records.iter()));
+    }
+    let mut merged = runs.iter().map(|done| Run::median(done)).collect::<Vec<_>>().into_iter();
+    let device_only = merged.next().expect("device-only runs");
+    let baselines: Vec<(&str, Codec, Run)> =
+        baseline_codecs.iter().map(|&(name, codec)| (name, codec, merged.next().expect("a baseline run"))).collect();
+    let statics: Vec<(usize, Option<Codec>, Run)> =
+        static_jobs.iter().map(|&(cut, codec)| (cut, Some(codec), merged.next().expect("a static run"))).collect();
+    let adaptive_run = merged.next().expect("the adaptive run");
+    let compared: Vec<(String, Run)> =
+        opts.compare_hedges.iter().map(|h| (format!("adaptive-hedge-{h}"), merged.next().expect("a run"))).collect();
+
+    let per_round = records;
+    let mut records: Vec<(String, Vec<AdaptiveRecord>)> = vec![];
     records.push(("device-only".into(), device_only.records.clone()));
     for (name, _, r) in &baselines {
         records.push((name.to_string(), r.records.clone()));
@@ -447,18 +487,8 @@ pub async fn run(
     for (name, r) in &compared {
         records.push((name.clone(), r.records.clone()));
     }
-    // Everything that ran, for the oracle's measured compute.
-    let mut all: Vec<&AdaptiveRecord> = device_only.records.iter().collect();
-    for (_, _, r) in &baselines {
-        all.extend(r.records.iter());
-    }
-    for (_, _, r) in &statics {
-        all.extend(r.records.iter());
-    }
-    all.extend(adaptive_run.records.iter());
-    for (_, r) in &compared {
-        all.extend(r.records.iter());
-    }
+    records.extend(per_round.iter().cloned());
+    // Everything that ran (every round), for the oracle's measured compute.
     let model = OracleModel::fit(&all, &problem, &edge_profile, &device_profile, opts);
     let oracle = model.simulate(&adaptive_problem, opts);
 
@@ -602,6 +632,48 @@ fn finite(v: f64) -> Option<f64> {
 struct Run {
     records: Vec<AdaptiveRecord>,
     stopped: bool,
+}
+
+impl Run {
+    /// One run from several of the same strategy: each frame's record with the median latency
+    /// over the runs (of an even count, the slower middle one); stopped if any was. Frames
+    /// missing from a stopped run are taken from those that have them.
+    fn median(runs: &[Run]) -> Run {
+        let frames = runs.iter().flat_map(|r| r.records.iter().map(|x| x.frame)).max().map_or(0, |f| f + 1);
+        let records = (0..frames)
+            .filter_map(|k| {
+                let mut of_k: Vec<&AdaptiveRecord> =
+                    runs.iter().filter_map(|r| r.records.iter().find(|x| x.frame == k)).collect();
+                of_k.sort_by(|a, b| a.total_ms.total_cmp(&b.total_ms));
+                of_k.get(of_k.len() / 2).map(|r| (*r).clone())
+            })
+            .collect();
+        Run { records, stopped: runs.iter().any(|r| r.stopped) }
+    }
+}
+
+/// A strategy to run: its progress name, and the hedging policy for extra adaptive runs.
+struct Job {
+    name: String,
+    strategy: Strategy,
+    hedge: Option<adaptive::Hedge>,
+}
+
+impl Job {
+    fn new(name: &str, strategy: Strategy) -> Job {
+        Job { name: name.into(), strategy, hedge: None }
+    }
+
+    /// The strategy's name in the records file.
+    fn record_name(&self) -> String {
+        match (self.strategy, self.hedge) {
+            (Strategy::Fixed { cut, .. }, _) if self.name.starts_with("static") => {
+                let codec = self.name.rsplit(' ').next().unwrap_or_default();
+                format!("static-{cut}-{codec}")
+            }
+            _ => self.name.clone(),
+        }
+    }
 }
 
 /// Runs one strategy on the device process through a fresh link proxy.
@@ -996,7 +1068,43 @@ mod tests {
             max_backlog: Duration::from_secs(30),
             hedge: Default::default(),
             compare_hedges: vec![],
+            repeat: 1,
         }
+    }
+
+    fn record(frame: usize, total_ms: f64) -> AdaptiveRecord {
+        serde_json::from_value(serde_json::json!({
+            "frame": frame, "release_ms": 0.0, "start_ms": 0.0, "cut": 3, "codec": null, "exit": null,
+            "status": "device", "bytes_up": 0, "head_ms": 1.0, "head_compute_ms": 1.0, "send_ms": null,
+            "rpc_ms": 0.0, "queue_ms": null, "compute_ms": null, "total_ms": total_ms,
+            "estimate": {"measured": false, "rtt_ms": 100.0, "server_queue_ms": 0.0, "up_bps": 1e6},
+            "predicted_ms": null, "sample_bps": null, "probe_bytes": 0, "error": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn repeated_runs_report_each_frames_median() {
+        let run = |lat: &[f64], stopped| Run {
+            records: lat.iter().enumerate().map(|(k, &l)| record(k, l)).collect(),
+            stopped,
+        };
+        let lat = |r: &Run| r.records.iter().map(|x| x.total_ms).collect::<Vec<_>>();
+        // Frame 2 is missing from the stopped run: of the two left, the slower middle one.
+        let m =
+            Run::median(&[run(&[10.0, 50.0, 30.0], false), run(&[20.0, 40.0], true), run(&[30.0, 60.0, 10.0], false)]);
+        assert_eq!(lat(&m), vec![20.0, 50.0, 30.0]);
+        assert_eq!(m.records.iter().map(|r| r.frame).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert!(m.stopped);
+        let one = Run::median(&[run(&[5.0, 7.0], false)]);
+        assert_eq!((lat(&one), one.stopped), (vec![5.0, 7.0], false));
+        // Records of every round are named like the merged ones.
+        let job = Job::new("static cut 12 fp16", Strategy::Fixed { cut: 12, codec: Codec::Fp16 });
+        assert_eq!(job.record_name(), "static-12-fp16");
+        assert_eq!(
+            Job::new("offload-jpeg", Strategy::Fixed { cut: 0, codec: JPEG_BASELINE }).record_name(),
+            "offload-jpeg"
+        );
     }
 
     #[test]

@@ -123,13 +123,20 @@ pub struct TraceArgs {
     pub max_backlog: std::time::Duration,
 
     /// When the adaptive device computes the tail itself while a request is out (`race`: once
-    /// the answer is due, at the lowest CPU priority, counted on by the decision; `late`: once
+    /// the answer is due, or earlier once the upload stalls, at the lowest CPU priority, counted
+    /// on by the decision; `race-due`: the same, never before the answer is due; `late`: once
     /// the answer is late by twice that; `off`).
     /// See `cleave run --help`. Fixed strategies never hedge. Several, comma-separated (e.g.
     /// `race,late`): the first is `adaptive`, each other one runs after it as
     /// `adaptive-hedge-<policy>`, side by side on the same trace and frames.
     #[arg(long, value_name = "POLICY", value_delimiter = ',', default_value = "race")]
     pub hedge: Vec<cleave_node::adaptive::Hedge>,
+
+    /// Run every strategy N times, in rounds (each round runs all of them once, so that a slow
+    /// spell of a shared machine does not fall on one strategy only), and report each frame's
+    /// median latency over the rounds. The records file keeps every round (`<strategy>#<round>`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
 
     /// Frame inputs (single-input models): a .npy used for every frame, or an .npz whose `x`
     /// holds N samples (frame k gets sample k mod N).
@@ -467,6 +474,7 @@ fn trace(a: TraceArgs) -> Result<()> {
         max_backlog: a.max_backlog,
         hedge: a.hedge.first().copied().unwrap_or_default(),
         compare_hedges: a.hedge.iter().skip(1).copied().collect(),
+        repeat: a.repeat as usize,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(cleave_bench::trace::run(graph, &opts, &mut |p| {

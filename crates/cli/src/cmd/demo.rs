@@ -125,6 +125,7 @@ pub fn run(a: Args) -> Result<()> {
         max_backlog: Duration::from_secs(10),
         hedge: Default::default(),
         compare_hedges: vec![],
+        repeat: 1,
     };
 
     let bar = ProgressBar::new_spinner();
