@@ -224,6 +224,8 @@ pub struct TraceReport {
     pub delay_ms: f64,
     pub frames: usize,
     pub fps: f64,
+    /// Rounds every strategy ran; with more than one, each frame's latency is its median.
+    pub repeat: usize,
     pub device_speed: DeviceSpeed,
     /// Candidate cuts of the adaptive device and the oracle.
     pub adaptive_cuts: Vec<usize>,
@@ -614,6 +616,7 @@ pub async fn run(
         delay_ms: opts.delay.as_secs_f64() * 1e3,
         frames: opts.frames,
         fps: opts.fps,
+        repeat: rounds,
         device_speed,
         adaptive_cuts: adaptive_set.into_iter().collect(),
         last_cut: last,
@@ -983,8 +986,18 @@ impl TraceReport {
     /// A human-readable table.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "trace {} (mean {:.2} Mbit/s, from {} ms), one-way delay {:.0} ms, {} frames at {} fps\n",
-            self.trace, self.trace_mean_mbps, self.start_offset_ms, self.delay_ms, self.frames, self.fps
+            "trace {} (mean {:.2} Mbit/s, from {} ms), one-way delay {:.0} ms, {} frames at {} fps{}\n",
+            self.trace,
+            self.trace_mean_mbps,
+            self.start_offset_ms,
+            self.delay_ms,
+            self.frames,
+            self.fps,
+            if self.repeat > 1 {
+                format!("; every strategy run {} times, each frame at its median", self.repeat)
+            } else {
+                String::new()
+            }
         );
         let ds = &self.device_speed;
         s += &format!(
