@@ -341,8 +341,8 @@ impl LinkEstimates {
             // opportunities) is already in the rate; the smoothed RTT would count it twice.
             // One ping above the prior does not raise it yet: on a link whose packets are
             // sparse, a single empty request also waits for the next delivery opportunity (the
-            // EVDO trace's first ping took 212–222 ms in three runs out of four, against a 44 ms
-            // minimum), and as a fixed cost on every request that one wait kept frames home.
+            // EVDO trace's first ping took 182–222 ms in four adaptive runs of six, against a
+            // 44 ms minimum), and as a fixed cost on every request that one wait kept frames home.
             rtt_ms: match (self.min_rtt_ms, self.rtt.samples()) {
                 (Some(min), 1) => min.min(DEFAULT_RTT_MS),
                 (Some(min), _) => min,
