@@ -1744,10 +1744,10 @@ async fn race_trigger(due: Duration, watch: Option<(UploadWatch, StallWatch)>) -
         if at >= due {
             return false;
         }
-        if let Some(p) = watch.progress() {
-            if stall.observe(at, p) {
-                return true;
-            }
+        if let Some(p) = watch.progress()
+            && stall.observe(at, p)
+        {
+            return true;
         }
         tokio::time::sleep((due - at).min(STALL_POLL)).await;
     }
