@@ -423,7 +423,7 @@ pub async fn run(
             if (cut == 0 && baseline_codecs.iter().any(|b| b.1 == codec)) || !usable(&problem, cut, codec) {
                 continue;
             }
-            jobs.push(Job::new(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec }));
+            jobs.push(Job::fixed_static(cut, codec));
             static_jobs.push((cut, codec));
         }
     }
@@ -655,27 +655,31 @@ impl Run {
     }
 }
 
-/// A strategy to run: its progress name, and the hedging policy for extra adaptive runs.
+/// A strategy to run: its progress name, its name in the records file, and the hedging policy
+/// for extra adaptive runs.
 struct Job {
     name: String,
+    record: String,
     strategy: Strategy,
     hedge: Option<adaptive::Hedge>,
 }
 
 impl Job {
     fn new(name: &str, strategy: Strategy) -> Job {
-        Job { name: name.into(), strategy, hedge: None }
+        Job { name: name.into(), record: name.into(), strategy, hedge: None }
+    }
+
+    /// A static cut × codec: `static cut 12 fp16` in progress, `static-12-fp16` in the records.
+    fn fixed_static(cut: usize, codec: Codec) -> Job {
+        Job {
+            record: format!("static-{cut}-{codec}"),
+            ..Job::new(&format!("static cut {cut} {codec}"), Strategy::Fixed { cut, codec })
+        }
     }
 
     /// The strategy's name in the records file.
     fn record_name(&self) -> String {
-        match (self.strategy, self.hedge) {
-            (Strategy::Fixed { cut, .. }, _) if self.name.starts_with("static") => {
-                let codec = self.name.rsplit(' ').next().unwrap_or_default();
-                format!("static-{cut}-{codec}")
-            }
-            _ => self.name.clone(),
-        }
+        self.record.clone()
     }
 }
 
@@ -1112,7 +1116,7 @@ mod tests {
         let one = Run::median(&[run(&[5.0, 7.0], false)]);
         assert_eq!((lat(&one), one.stopped), (vec![5.0, 7.0], false));
         // Records of every round are named like the merged ones.
-        let job = Job::new("static cut 12 fp16", Strategy::Fixed { cut: 12, codec: Codec::Fp16 });
+        let job = Job::fixed_static(12, Codec::Fp16);
         assert_eq!(job.record_name(), "static-12-fp16");
         assert_eq!(
             Job::new("offload-jpeg", Strategy::Fixed { cut: 0, codec: JPEG_BASELINE }).record_name(),
