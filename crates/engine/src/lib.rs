@@ -22,7 +22,9 @@
 //! [`Engine::run_cancellable`] checks a [`Cancel`] flag before each operator of a tract plan, so a
 //! run whose result is no longer wanted (a device racing the server with its own tail, once the
 //! server has answered) stops at the next operator boundary instead of computing to the end.
-//! onnxruntime runs are only checked before they start.
+//! onnxruntime runs are only checked before they start. The same flag can also hold a run
+//! before its next operator for a while ([`Cancel::pause_until`]): the device pauses its tail
+//! while the server's answer is on its way, so the two do not share the device's CPU.
 //!
 //! ```no_run
 //! use cleave_engine::{Backend, Engine, EngineConfig};
@@ -36,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cleave_graph::{GraphError, ModelGraph, Part, TensorSpec, part_bounds};
@@ -138,8 +140,9 @@ pub enum EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-/// A flag that stops a run started with [`Engine::run_cancellable`] before its next operator.
-/// Clones share the flag; setting it from any thread is enough.
+/// A flag that stops a run started with [`Engine::run_cancellable`] before its next operator,
+/// or holds it there for a while ([`Cancel::pause_until`]). Clones share the flag; setting it
+/// from any thread is enough.
 #[derive(Debug, Clone, Default)]
 pub struct Cancel(Arc<CancelState>);
 
@@ -147,6 +150,9 @@ pub struct Cancel(Arc<CancelState>);
 struct CancelState {
     cancelled: AtomicBool,
     operators: AtomicUsize,
+    /// Until when the next operator waits (`None`: it does not).
+    paused_until: Mutex<Option<Instant>>,
+    wake: Condvar,
 }
 
 impl Cancel {
@@ -154,13 +160,38 @@ impl Cancel {
         Cancel::default()
     }
 
-    /// Asks every run holding this flag to stop.
+    /// Asks every run holding this flag to stop (a paused run stops at once).
     pub fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::Relaxed);
+        self.wake_all();
     }
 
     pub fn is_cancelled(&self) -> bool {
         self.0.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Holds runs holding this flag before their next operator until `until` (or until
+    /// [`Cancel::resume`] or [`Cancel::cancel`]). The operator in progress finishes. The pause
+    /// always ends by itself: a run is never held past `until`, whoever forgets to resume it.
+    pub fn pause_until(&self, until: Instant) {
+        *self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+
+    /// Ends a pause early.
+    pub fn resume(&self) {
+        *self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.wake_all();
+    }
+
+    /// Whether a pause is in force now.
+    pub fn is_paused(&self) -> bool {
+        self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| Instant::now() < t)
+    }
+
+    fn wake_all(&self) {
+        // Taking the lock orders this wake-up after a waiter's check (no lost wake-up).
+        let _held = self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.wake.notify_all();
     }
 
     /// Operators that runs holding this flag have started (tract plans only): how far a
@@ -171,9 +202,20 @@ impl Cancel {
 
     /// Whether the next operator may start; counts it when it may.
     fn admit(&self) -> bool {
-        if self.is_cancelled() {
-            return false;
+        let mut until = self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.is_cancelled() {
+                return false;
+            }
+            let now = Instant::now();
+            match *until {
+                Some(t) if now < t => {
+                    until = self.0.wake.wait_timeout(until, t - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                _ => break,
+            }
         }
+        drop(until);
         self.0.operators.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -616,6 +658,51 @@ mod tests {
             assert!(mid.operators() <= at_cancel + 1, "{} started after cancelling at {at_cancel}", mid.operators());
             break;
         }
+    }
+
+    #[test]
+    fn a_paused_run_waits_before_its_next_operator_until_resumed() {
+        use prost::Message;
+        let bytes = cleave_graph::build::zoo::chain(7).encode_to_vec();
+        let g = ModelGraph::from_bytes(&bytes, &cleave_graph::InputShapes::none()).unwrap();
+        let e = Arc::new(Engine::new(EngineConfig::default()));
+        let whole = e.part(&g, 0, g.last_cut()).unwrap();
+        let inputs: TensorMap = g.inputs().iter().map(|s| (s.name.clone(), random_input(s, 1))).collect();
+        let expected = e.run(&whole, &inputs).unwrap();
+        let run = |flag: &Cancel| {
+            let (e, whole, inputs, flag) = (e.clone(), whole.clone(), inputs.clone(), flag.clone());
+            std::thread::spawn(move || e.run_cancellable(&whole, &inputs, &flag))
+        };
+        let far = Instant::now() + Duration::from_secs(600);
+
+        // Paused before it starts: no operator runs until resumed, then the same answer.
+        let held = Cancel::new();
+        held.pause_until(far);
+        assert!(held.is_paused());
+        let t = run(&held);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(held.operators(), 0, "an operator started during the pause");
+        assert!(!t.is_finished());
+        held.resume();
+        assert!(!held.is_paused());
+        assert_eq!(t.join().unwrap().unwrap(), expected);
+
+        // Cancelled while paused: it stops without running an operator.
+        let stopped = Cancel::new();
+        stopped.pause_until(far);
+        let t = run(&stopped);
+        std::thread::sleep(Duration::from_millis(20));
+        stopped.cancel();
+        assert!(matches!(t.join().unwrap(), Err(EngineError::Cancelled)));
+        assert_eq!(stopped.operators(), 0);
+
+        // Nobody resumes: the pause ends by itself.
+        let lapsed = Cancel::new();
+        let until = Instant::now() + Duration::from_millis(30);
+        lapsed.pause_until(until);
+        assert_eq!(run(&lapsed).join().unwrap().unwrap(), expected);
+        assert!(Instant::now() >= until);
+        assert!(!lapsed.is_paused());
     }
 
     #[test]
