@@ -78,6 +78,22 @@
 //! Fixed strategies never hedge. A frame answered by its own tail is marked `local-fallback`
 //! with the reason.
 //!
+//! **The race holds while the answer is on its way.** Once the device's socket says the whole
+//! request has been acknowledged ([`crate::upload::UploadProgress::delivered_since`]), the
+//! server has it, and the answer should follow within the plan's server, downlink and
+//! round-trip time ([`answer_after_upload_ms`]). From then until 1.5 × that + 20 ms
+//! ([`PAUSE_SLACK`], [`PAUSE_EXTRA`]) the tail, running or yet to start, waits before its next
+//! operator ([`cleave_engine::Cancel::pause_until`]); past it, the answer is late and the tail
+//! goes on. Without the hold, a tail racing a server that has already got the request (a race
+//! started when the answer was due, or on a stall the link then recovered from) takes the
+//! device's CPU just when it has to receive and decode the answer. On a device under a CPU
+//! quota that delays every wake-up of the thread reading the answer, and on a phone it costs
+//! energy for nothing. PP-OCR det's answer is a 1.2 MB probability map. On the ATT trace its
+//! raced frames that the server answered took 4–197 ms longer than the same frames sent by the
+//! static run, where the edge's compute explained at most 45 ms of it. What the hold can cost:
+//! a frame whose answer is lost after delivery is answered by its tail that much later. The
+//! record's `delivered_ms` says when the socket saw the request delivered.
+//!
 //! The server's answer to such a frame is not thrown away: the call stays open until the next
 //! frame sends, and if the answer comes by then its transfer is a bandwidth sample like any
 //! other (so a device whose race keeps winning still learns that the link got slow). A call
@@ -144,7 +160,7 @@
 //! compute step (head or local tail): the documented stand-in for a CPU-quota'd device.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cleave_codec::{Codec, EncodeOptions};
@@ -164,7 +180,7 @@ use crate::convert::{shared_bytes, to_tensor};
 use crate::device::{ExitPolicy, FrameStatus};
 use crate::failover::{Endpoints, FailoverConfig};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
-use crate::upload::{StallWatch, UploadWatch};
+use crate::upload::{StallWatch, UploadProgress, UploadWatch};
 
 /// Uplink assumed before any measurement, bit/s.
 pub const DEFAULT_UP_BPS: f64 = 1e6;
@@ -659,6 +675,11 @@ pub struct AdaptiveRecord {
     /// Whether that was because the upload stalled (`false`: the answer was due).
     #[serde(default)]
     pub race_stalled: Option<bool>,
+    /// When the device's socket saw the whole request acknowledged, ms after sending (a
+    /// racing device that watches its upload): its own tail is held from then until the answer
+    /// is late (see "Racing the server").
+    #[serde(default)]
+    pub delivered_ms: Option<f64>,
 }
 
 /// What a concurrent side task measured: a ping (an empty call: its round trip and the
@@ -1248,8 +1269,8 @@ impl AdaptiveDevice {
         let last = self.graph.last_cut();
         let mut fleet_note = None;
         let mut encoded = None;
-        let (cut, codec, exit, predicted_ms, race_at) = match self.strategy {
-            Strategy::Fixed { cut, codec } => (cut, codec, None, None, Duration::ZERO),
+        let (cut, codec, exit, predicted_ms, race_at, answer_after) = match self.strategy {
+            Strategy::Fixed { cut, codec } => (cut, codec, None, None, Duration::ZERO, Duration::ZERO),
             Strategy::Adaptive => match self.decide(&estimate).map(|p| {
                 let (p, e) = self.settle_sizes(k, &estimate, &inputs, p);
                 encoded = e;
@@ -1262,12 +1283,13 @@ impl AdaptiveDevice {
                         _ => None,
                     };
                     let race_at = Self::race_start(&p);
+                    let answer_after = Duration::from_secs_f64(answer_after_upload_ms(&p) / 1e3);
                     let codec = p.codecs.first().copied().unwrap_or(Codec::Fp32);
-                    (p.cuts[0], codec, exit, Some(p.predicted.total_ms), race_at)
+                    (p.cuts[0], codec, exit, Some(p.predicted.total_ms), race_at, answer_after)
                 }
                 Err(e) => {
                     tracing::warn!("frame {k}: planning failed ({e}); computing on the device");
-                    (last, Codec::Fp32, None, None, Duration::ZERO)
+                    (last, Codec::Fp32, None, None, Duration::ZERO, Duration::ZERO)
                 }
             },
         };
@@ -1297,6 +1319,7 @@ impl AdaptiveDevice {
             error: None,
             race_ms: None,
             race_stalled: None,
+            delivered_ms: None,
         };
         // The head, on a blocking thread, then the emulated slowdown.
         let head = {
@@ -1362,7 +1385,15 @@ impl AdaptiveDevice {
                     }),
                     _ => None,
                 };
+                // The socket's counts as the request goes out, to see it delivered (the race
+                // pauses then; see "Racing the server").
+                let delivery = watch.as_ref().and_then(|(w, _)| Some((w.clone(), w.progress()?)));
+                let cancel = Cancel::new();
+                let delivered = OnceLock::new();
                 let t = Instant::now();
+                let hold = answer_after.mul_f64(PAUSE_SLACK) + PAUSE_EXTRA;
+                let pace = pace_race(delivery, bytes, hold, cancel.clone(), &delivered);
+                tokio::pin!(pace);
                 rec.send_ms = Some(self.ms_since_epoch(t));
                 let give_up_at = t + self.config.timeout;
                 let mut call = Box::pin(async move { endpoints.infer(&req, give_up_at).await });
@@ -1375,21 +1406,24 @@ impl AdaptiveDevice {
                             rec.race_stalled = Some(stalled);
                             None
                         }
+                        never = &mut pace => match never {},
                     },
                 };
-                match first {
+                let outcome = match first {
                     Some(r) => Outcome::remote(r),
                     None => {
                         let raced = matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue);
                         rec.race_ms = Some(t.elapsed().as_secs_f64() * 1e3);
-                        let cancel = Cancel::new();
                         let won = {
                             let local = self.tail_locally(cut, env.clone(), raced, Some(cancel.clone()));
                             tokio::pin!(local);
                             tokio::select! {
                                 r = call.as_mut() => match Outcome::remote(r) {
                                     // The call failed: the tail already running is the fallback.
-                                    Outcome::Failed(e, _) => Err(Outcome::Failed(e, Some((&mut local).await))),
+                                    Outcome::Failed(e, _) => {
+                                        cancel.resume();
+                                        Err(Outcome::Failed(e, Some((&mut local).await)))
+                                    }
                                     // The server won: the device's tail stops at its next operator.
                                     remote => {
                                         cancel.cancel();
@@ -1397,8 +1431,10 @@ impl AdaptiveDevice {
                                     }
                                 },
                                 l = &mut local => Ok(l),
+                                never = &mut pace => match never {},
                             }
                         };
+                        cancel.resume();
                         match won {
                             Err(remote) => remote,
                             Ok(Err(_)) => Outcome::remote(call.await),
@@ -1412,7 +1448,9 @@ impl AdaptiveDevice {
                             }
                         }
                     }
-                }
+                };
+                rec.delivered_ms = delivered.get().map(|d| d.saturating_duration_since(t).as_secs_f64() * 1e3);
+                outcome
             }
         };
         match outcome {
@@ -1733,6 +1771,49 @@ const STALL_POLL: Duration = Duration::from_millis(10);
 
 /// Waits until a racing device should start its own tail: `due` after sending, or earlier when
 /// `watch` sees the upload stall. Returns whether it stalled.
+/// How much longer than predicted a delivered request's answer may take before the paused
+/// race resumes: × [`PAUSE_SLACK`] + [`PAUSE_EXTRA`].
+const PAUSE_SLACK: f64 = 1.5;
+const PAUSE_EXTRA: Duration = Duration::from_millis(20);
+
+/// What a sent frame's answer should take once its request is delivered: the server's queue and
+/// compute (and the cloud's), the answer's way back and a round trip (the acknowledgement may
+/// come before the last bytes reach the server), ms.
+pub fn answer_after_upload_ms(plan: &Plan) -> f64 {
+    let p = &plan.predicted;
+    (p.server_queue_ms + p.server_ms + p.uplink2_ms + p.cloud_queue_ms + p.cloud_ms + p.downlink_ms + p.rtt_ms).max(0.0)
+}
+
+/// Paces a racing device's tail (see "Racing the server"), beside the request: once the
+/// device's socket says the whole request of `payload` bytes has been acknowledged since
+/// `delivery`'s baseline, the server has it and the answer should follow in about the
+/// predicted time, so `cancel` holds the tail (running or yet to start) before its next
+/// operator until `hold` after that; a later answer lets it go on. It records when, in
+/// `delivered`. Without readings it does nothing. Never completes: it runs beside the call.
+async fn pace_race(
+    delivery: Option<(UploadWatch, UploadProgress)>,
+    payload: u64,
+    hold: Duration,
+    cancel: Cancel,
+    delivered: &OnceLock<Instant>,
+) -> std::convert::Infallible {
+    if let Some((watch, base)) = delivery {
+        loop {
+            match watch.progress() {
+                Some(p) if p.delivered_since(base, payload) => {
+                    let now = Instant::now();
+                    cancel.pause_until(now + hold);
+                    let _ = delivered.set(now);
+                    break;
+                }
+                Some(_) => tokio::time::sleep(STALL_POLL).await,
+                None => break,
+            }
+        }
+    }
+    std::future::pending().await
+}
+
 async fn race_trigger(due: Duration, watch: Option<(UploadWatch, StallWatch)>) -> bool {
     let start = tokio::time::Instant::now();
     let Some((watch, mut stall)) = watch else {

@@ -41,6 +41,15 @@ pub struct UploadProgress {
     pub pending: u64,
 }
 
+impl UploadProgress {
+    /// Whether `payload` more bytes than at `base` have been acknowledged and nothing is left
+    /// in the send queue: a request of that size written after `base` has reached the far end.
+    /// (A new connection restarts the count, and reads as not delivered.)
+    pub fn delivered_since(&self, base: UploadProgress, payload: u64) -> bool {
+        self.pending == 0 && self.acked.saturating_sub(base.acked) >= payload
+    }
+}
+
 /// A handle on the TCP connection an [`EdgeClient`](crate::EdgeClient) currently uses (cheap to
 /// clone; all clones see the same connection). Empty until the client connects and after its
 /// connection closes.
@@ -248,6 +257,19 @@ impl AsyncWrite for Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_delivered_once_its_bytes_are_acked_and_the_queue_is_empty() {
+        let base = UploadProgress { acked: 1_000, pending: 0 };
+        let at = |acked, pending| UploadProgress { acked, pending };
+        assert!(!at(1_000, 5_000).delivered_since(base, 5_000), "nothing acknowledged yet");
+        assert!(!at(5_000, 1_000).delivered_since(base, 5_000), "bytes still queued");
+        assert!(!at(5_999, 0).delivered_since(base, 5_000), "the queue drained before all was written");
+        assert!(at(6_000, 0).delivered_since(base, 5_000));
+        assert!(at(6_300, 0).delivered_since(base, 5_000), "headers and framing count too");
+        // A new connection restarts the count.
+        assert!(!at(300, 0).delivered_since(base, 5_000));
+    }
 
     fn p(acked: u64, pending: u64) -> UploadProgress {
         UploadProgress { acked, pending }

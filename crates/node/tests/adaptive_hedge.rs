@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cleave_codec::Codec;
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::ModelGraph;
-use cleave_link::{LinkConfig, LinkProxy, Trace};
+use cleave_link::{Direction, LinkConfig, LinkProxy, Trace};
 use cleave_node::adaptive::{self, AdaptiveConfig, AdaptiveDevice, Hedge};
 use cleave_node::{EdgeClient, FrameStatus};
 use cleave_plan::ProblemBuilder;
@@ -163,17 +163,16 @@ async fn after_a_won_race_the_next_frames_are_answered_by_the_server() {
 /// and the device started its own tail only when the answer was due, 445 ms after sending. A
 /// racing device now watches its socket: bytes stuck in its send queue while the acknowledged
 /// count stands still start the race before the answer is due. On a steady link nothing does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
-    // A 48 KiB fp32 input over 1 Mbit/s: about 0.4 s on the link, a packet every 12 ms.
+/// A tiny model whose 48 KiB fp32 input takes about 0.4 s over a 1 Mbit/s uplink (a packet
+/// every 12 ms), served behind a trace link, and a racing device whose whole model takes about
+/// 2 s (in the plan and, by sleeping, in fact), so that offloading wins while the link is up.
+async fn uplink_bed() -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
     let tiny = common::serve_tiny_at(common::loopback_config(), 64).await;
     let graph = tiny.graph.clone();
     let link = LinkConfig::uplink(Trace::constant(1e6).unwrap());
     let proxy = LinkProxy::start(tiny.server.grpc_addr, link).await.unwrap();
     let engine = Arc::new(Engine::new(EngineConfig::default()));
     let edge = common::edge_profile(&engine, &graph);
-    // A device whose whole model takes about 2 s (in the plan and, by sleeping, in fact), so
-    // that offloading wins while the link is up.
     let whole_ms = edge.prefix()[graph.last_cut()].max(0.01);
     let slowdown = (2000.0 / whole_ms).max(2.0);
     let mut problem = ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device"))
@@ -182,8 +181,13 @@ async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
         .build();
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
     let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let config = racing_config(slowdown);
-    let mut device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
+    let device = common::ready_device(engine, graph.clone(), &client, problem, racing_config(slowdown)).await;
+    (tiny, proxy, graph, device)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed().await;
     for k in 0..3 {
         let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
         assert_eq!(rec.cut, 0, "frame {k}: {rec:?}");
@@ -195,9 +199,38 @@ async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
     assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
     assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
     assert_eq!(rec.race_stalled, Some(true), "{rec:?}");
+    assert_eq!(rec.delivered_ms, None, "a request the link never carried was seen delivered: {rec:?}");
     let (raced, predicted) = (rec.race_ms.unwrap(), rec.predicted_ms.unwrap());
     assert!(
         raced < 0.5 * predicted,
         "the race started {raced:.0} ms after sending; the answer was due at {predicted:.0}"
     );
+}
+
+/// A racing device holds its own tail once its socket says the request was delivered, until
+/// the answer is late: the hold must never cost the frame its answer. Here the uplink delivers
+/// the request and the downlink then nearly stops (one packet every 12 s): the held tail goes on
+/// and answers in about its local latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_race_still_answers_when_the_reply_is_lost_after_delivery() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed().await;
+    let mut seen = 0;
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.status, FrameStatus::Remote, "frame {k}: {rec:?}");
+        seen += usize::from(rec.delivered_ms.is_some());
+    }
+    // Polled every 10 ms; an answer can come within one poll of the delivery on a loaded machine.
+    assert!(seen >= 2, "the socket saw {seen} of 3 delivered requests");
+
+    proxy.handle().rate_limit(Direction::Down, Some(1e3)).unwrap();
+    let t0 = Instant::now();
+    let (rec, out) = device.frame(3, common::input(&graph, 3), t0).await;
+    let took = t0.elapsed();
+    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
+    assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
+    let delivered = rec.delivered_ms.expect("the uplink carried the request");
+    assert!(delivered < rec.total_ms, "{rec:?}");
+    // The local tail (about 2 s) plus the hold, not the 60 s deadline or the 12 s packet gap.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }
