@@ -33,9 +33,11 @@
 //! ## Staying informed while computing locally
 //! A device that stops sending stops learning: the estimate would freeze at the rate that made it
 //! stop. So when a frame sends less than the estimator can measure (device-only or a tiny
-//! boundary), the last bandwidth sample is older than 2 s, **and the bandwidth matters** — the
-//! decision at an eighth or at eight times the estimate differs from the decision at the
-//! estimate — a probe goes out after the frame's answer, in the gap before the next frame,
+//! boundary), the last bandwidth sample is older than 2 s (a sample is as old as the transfer
+//! it measured: the late answer to a frame sent into an outage measured the link from when it
+//! was sent), **and the bandwidth matters** — the decision at an eighth or at eight times the
+//! estimate, or at the fastest recent sample ([`plausible_rates`]), differs from the decision at
+//! the estimate — a probe goes out after the frame's answer, in the gap before the next frame,
 //! sized to take half the usual gap between releases (at most a quarter second) at the current
 //! estimate (16–128 KiB). A probe costs link time that a frame behind it waits for, so when no
 //! plausible bandwidth would change the choice, none is sent. Before a frame large enough to be
@@ -1039,7 +1041,9 @@ impl AdaptiveDevice {
             self.observe_signal(&resp, false);
             let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
             if self.estimates.observe_transfer(ended, wire_bytes(bytes), resp.rpc, server).is_some() {
-                self.last_sample = Some(Instant::now());
+                // It measured the link from when the frame was sent, possibly seconds ago
+                // across an outage: as news of the link now, it is that old.
+                self.sampled(ended.checked_sub(resp.rpc).unwrap_or(ended));
             }
         }
         let ready = self.side.as_ref().is_some_and(|h| wait || h.is_finished());
@@ -1056,7 +1060,7 @@ impl AdaptiveDevice {
             if let Some((bytes, d, ended)) = r.probe
                 && self.estimates.observe_transfer(ended, probe_wire_bytes(bytes), d, Duration::ZERO).is_some()
             {
-                self.last_sample = Some(Instant::now());
+                self.sampled(ended.checked_sub(d).unwrap_or(ended));
             }
         }
     }
@@ -1182,7 +1186,13 @@ impl AdaptiveDevice {
         (plan, keep)
     }
 
-    /// Whether a bandwidth an order of magnitude off the estimate (÷8 or ×8) would change the
+    /// A bandwidth sample was taken of a transfer that started at `started`: the freshest news
+    /// of the link is from then (probes wait while it is recent).
+    fn sampled(&mut self, started: Instant) {
+        self.last_sample = Some(self.last_sample.map_or(started, |t| t.max(started)));
+    }
+
+    /// Whether a bandwidth the link plausibly has ([`plausible_rates`]) would change the
     /// decision: only then is a probe worth its link time.
     fn bandwidth_matters(&self, est: &Estimate) -> bool {
         let choice = |bps: f64| {
@@ -1191,7 +1201,7 @@ impl AdaptiveDevice {
             })
         };
         let now = choice(est.up_bps);
-        now != choice(est.up_bps / 8.0) || now != choice(est.up_bps * 8.0)
+        plausible_rates(est.up_bps, &self.estimates.up_samples()).into_iter().any(|bps| choice(bps) != now)
     }
 
     /// Starts a round-trip measurement (at most once a second) and, when the frame sends too
@@ -1466,7 +1476,7 @@ impl AdaptiveDevice {
                 rec.sample_bps =
                     self.estimates.observe_transfer(Instant::now(), wire_bytes(rec.bytes_up), resp.rpc, server);
                 if rec.sample_bps.is_some() {
-                    self.last_sample = Some(Instant::now());
+                    self.sampled(Instant::now().checked_sub(resp.rpc).unwrap_or_else(Instant::now));
                 }
                 outputs.extend(tail);
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
@@ -1771,6 +1781,20 @@ const STALL_POLL: Duration = Duration::from_millis(10);
 
 /// Waits until a racing device should start its own tail: `due` after sending, or earlier when
 /// `watch` sees the upload stall. Returns whether it stalled.
+/// The bandwidths a probe is worth sending for, bit/s: an order of magnitude off the estimate
+/// `est_bps` (÷8 and ×8), and the fastest recent sample. After an outage one stalled transfer
+/// pulls the harmonic mean far below what the link does once it is back (PP-OCR det on the ATT
+/// trace: 0.07 Mbit/s after samples of 0.5–2.8), beyond ×8 of it; what the link did seconds
+/// before is a rate it plausibly has again.
+pub fn plausible_rates(est_bps: f64, samples_bps: &[f64]) -> Vec<f64> {
+    let fastest = samples_bps.iter().copied().filter(|s| s.is_finite()).fold(0.0, f64::max);
+    let mut rates = vec![est_bps / 8.0, est_bps * 8.0];
+    if fastest > est_bps * 8.0 {
+        rates.push(fastest);
+    }
+    rates
+}
+
 /// How much longer than predicted a delivered request's answer may take before the paused
 /// race resumes: × [`PAUSE_SLACK`] + [`PAUSE_EXTRA`].
 const PAUSE_SLACK: f64 = 1.5;
@@ -1980,6 +2004,22 @@ mod tests {
         l.expire(at(37.0));
         assert!(!l.estimate().measured, "{:?}", l.estimate());
         assert_eq!(l.estimate().up_bps, DEFAULT_UP_BPS);
+    }
+
+    /// Regression (PP-OCR det on the ATT trace, 2026-11-27): after frame 5's call crossed a 4 s
+    /// outage, its late answer (0.07 Mbit/s) was the estimate, and the device computed frames
+    /// 6–8 at home with no probe: nothing within 8× of 0.07 Mbit/s changed the decision, while
+    /// the link was back at its earlier 0.5–2.8 Mbit/s. The fastest recent sample is a rate worth
+    /// probing for.
+    #[test]
+    fn after_an_outage_sample_the_links_recent_rates_are_worth_a_probe() {
+        let samples = [0.55e6, 0.84e6, 1.66e6, 2.79e6, 0.46e6, 0.07e6];
+        let rates = plausible_rates(0.07e6, &samples);
+        assert!(rates.contains(&2.79e6), "{rates:?}");
+        assert!(rates.contains(&(0.07e6 * 8.0)) && rates.contains(&(0.07e6 / 8.0)));
+        // On a steady link the order of magnitude around the estimate is enough.
+        assert_eq!(plausible_rates(1e6, &[0.9e6, 1.1e6]), vec![1e6 / 8.0, 8e6]);
+        assert_eq!(plausible_rates(1e6, &[]), vec![1e6 / 8.0, 8e6]);
     }
 
     /// The choice reacts to a bandwidth step: a fast link sends the raw input, a slow one keeps
