@@ -35,7 +35,16 @@
 //! was tried and is worse: when that sample is an outage's, a device it sends home takes no new
 //! samples and stays home for good (PP-OCR det on the ATT trace: 0.07 Mbit/s for the last five
 //! frames, where JPEG offload answered in 362–682 ms). Without a limit (the default) samples
-//! leave by count only. [`BandwidthEstimator::robust_bps`]
+//! leave by count only.
+//!
+//! An outage also ends, and the age limit alone keeps its sample ruling the estimate for its
+//! whole age after the link is back (a racing device then keeps frames home that the link would
+//! carry in a fraction of their local time). So with
+//! [`BandwidthEstimator::with_stall_recovery`] a transfer that took at least a given time (a
+//! second, for the adaptive device) is a *stall sample*, and it leaves as soon as a later transfer
+//! runs some factor (4×) faster than it: the link has been seen moving again. A slow link stays
+//! slow in the estimate: only a much faster transfer after the stall removes it, and the bias
+//! toward the slow samples stays for everything else. [`BandwidthEstimator::robust_bps`]
 //! further divides by `1 + ` the largest recent relative prediction error, RobustMPC's discount,
 //! for callers that want a conservative figure on a volatile link.
 //!
@@ -63,8 +72,10 @@ pub struct BandwidthEstimator {
     min_time: Duration,
     /// Samples older than this are dropped by [`BandwidthEstimator::expire`].
     max_age: Option<Duration>,
-    /// (when the transfer ended, throughput in bit/s), newest last.
-    samples: VecDeque<(Duration, f64)>,
+    /// (shortest stalled transfer, speed-up) of [`BandwidthEstimator::with_stall_recovery`].
+    recovery: Option<(Duration, f64)>,
+    /// (when the transfer ended, throughput in bit/s, whether it was a stall), newest last.
+    samples: VecDeque<(Duration, f64, bool)>,
     /// Relative errors of past predictions, newest last.
     errors: VecDeque<f64>,
 }
@@ -86,6 +97,7 @@ impl BandwidthEstimator {
             min_bytes,
             min_time,
             max_age: None,
+            recovery: None,
             samples: VecDeque::with_capacity(window),
             errors: VecDeque::with_capacity(window),
         }
@@ -94,6 +106,13 @@ impl BandwidthEstimator {
     /// Samples older than `max_age` are dropped by [`expire`](Self::expire).
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
+        self
+    }
+
+    /// A transfer that took at least `min_stall` is a *stall sample*, and it is dropped as soon
+    /// as a later transfer runs at least `speedup` times faster (see the module docs).
+    pub fn with_stall_recovery(mut self, min_stall: Duration, speedup: f64) -> Self {
+        self.recovery = Some((min_stall, speedup.max(1.0)));
         self
     }
 
@@ -122,7 +141,18 @@ impl BandwidthEstimator {
             push_bounded(&mut self.errors, (predicted - bps).abs() / bps, self.window);
         }
         let at = self.samples.back().map_or(at, |s| at.max(s.0));
-        push_bounded(&mut self.samples, (at, bps), self.window);
+        let stalled = match self.recovery {
+            Some((min_stall, speedup)) => {
+                // The link has been seen moving again: the stalls it recovered from go.
+                self.samples.retain(|s| !(s.2 && s.1 * speedup <= bps));
+                elapsed >= min_stall
+            }
+            None => false,
+        };
+        push_bounded(&mut self.samples, (at, bps, stalled), self.window);
+        while self.errors.len() > self.samples.len() {
+            self.errors.pop_front();
+        }
         true
     }
 
@@ -325,6 +355,35 @@ mod tests {
         let est = e.estimate_bps().unwrap() / 1e6;
         // 5 / (4/20 + 1/2) = 7.14 Mbit/s, far below the arithmetic mean of 16.4.
         assert!((est - 5.0 / (4.0 / 20.0 + 0.5)).abs() < 1e-6, "{est}");
+    }
+
+    #[test]
+    fn a_stall_sample_leaves_once_the_link_is_seen_moving_again() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let mut e = BandwidthEstimator::default().with_stall_recovery(s(1), 4.0);
+        e.observe_at(s(17), 27_000, ms(320)); // ≈ 0.68 Mbit/s
+        e.observe_at(s(25), 34_000, ms(4_000)); // crossed an outage: ≈ 0.07 Mbit/s
+        assert!(e.estimate_bps().unwrap() < 0.13e6, "{:?}", e.samples().collect::<Vec<_>>());
+        // Not yet: 0.2 Mbit/s is under 4× the stall sample.
+        e.observe_at(s(26), 20_000, ms(800));
+        assert_eq!(e.samples().count(), 3);
+        // A probe at 1.3 Mbit/s: the link is moving again, the stall sample goes; the slow
+        // samples that were not stalls stay.
+        e.observe_at(s(27), 16_384, ms(100));
+        let left: Vec<f64> = e.samples().map(|b| (b / 1e4).round() / 1e2).collect();
+        assert_eq!(left, vec![0.68, 0.2, 1.31]);
+        // A slow link whose transfers all take seconds: no faster transfer, nothing leaves.
+        let mut slow = BandwidthEstimator::default().with_stall_recovery(s(1), 4.0);
+        for k in 0..4 {
+            slow.observe_at(s(k), 64_000, ms(2_000 + 300 * k));
+        }
+        assert_eq!(slow.samples().count(), 4);
+        // Without the option a stall stays until it ages out.
+        let mut plain = BandwidthEstimator::default();
+        plain.observe_at(s(25), 34_000, ms(4_000));
+        plain.observe_at(s(27), 16_384, ms(100));
+        assert_eq!(plain.samples().count(), 2);
     }
 
     #[test]

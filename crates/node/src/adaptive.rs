@@ -228,6 +228,15 @@ pub struct Estimate {
 /// every sample gone the device is back on its prior ([`DEFAULT_UP_BPS`]), as at its start.
 pub const SAMPLE_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// A transfer that took at least this long is a stall sample, which leaves the estimate once a
+/// later transfer is [`STALL_RECOVERY`] times faster
+/// ([`cleave_link::BandwidthEstimator::with_stall_recovery`]). For a racing device the link
+/// seen moving again matters more than the stall: sending too early costs it at most the stall
+/// watch's time before its own tail starts, staying home too long costs the whole local
+/// latency on every frame.
+pub const STALL_SAMPLE: Duration = Duration::from_secs(1);
+pub const STALL_RECOVERY: f64 = 4.0;
+
 /// The live estimates a device keeps (pure: callers pass measured durations and the instants
 /// they ended in).
 #[derive(Debug, Clone)]
@@ -256,7 +265,8 @@ impl Default for LinkEstimates {
     fn default() -> Self {
         LinkEstimates {
             bandwidth: BandwidthEstimator::new(5, MIN_SAMPLE_BYTES, Duration::from_millis(1))
-                .with_max_age(SAMPLE_MAX_AGE),
+                .with_max_age(SAMPLE_MAX_AGE)
+                .with_stall_recovery(STALL_SAMPLE, STALL_RECOVERY),
             origin: None,
             rtt: RttEstimator::default(),
             min_rtt_ms: None,
@@ -1263,7 +1273,10 @@ impl AdaptiveDevice {
             0.0
         };
         self.own_server_ms += 0.3 * (served.max(0.0) - self.own_server_ms);
-        // Measurements go out after the answer, into the gap before the next frame.
+        // Measurements go out after the answer, into the gap before the next frame; a side task
+        // that ended meanwhile (a ping held up by an outage) is collected first, or it would
+        // keep the next one from starting.
+        self.harvest(false).await;
         rec.probe_bytes = self.start_side(rec.bytes_up, &rec.estimate);
         if let Some(inputs) = kept {
             self.start_size_probe(inputs, &rec.estimate);
@@ -1782,12 +1795,13 @@ const STALL_POLL: Duration = Duration::from_millis(10);
 /// Waits until a racing device should start its own tail: `due` after sending, or earlier when
 /// `watch` sees the upload stall. Returns whether it stalled.
 /// The bandwidths a probe is worth sending for, bit/s: an order of magnitude off the estimate
-/// `est_bps` (÷8 and ×8), and the fastest recent sample. After an outage one stalled transfer
+/// `est_bps` (÷8 and ×8), and the fastest recent sample or the prior ([`DEFAULT_UP_BPS`], a
+/// cellular uplink at its worst), whichever is faster. After an outage one stalled transfer
 /// pulls the harmonic mean far below what the link does once it is back (PP-OCR det on the ATT
-/// trace: 0.07 Mbit/s after samples of 0.5–2.8), beyond ×8 of it; what the link did seconds
-/// before is a rate it plausibly has again.
+/// trace: 0.07 Mbit/s, the only sample left), beyond ×8 of it; what the link did seconds before,
+/// or what a working cellular uplink does, is a rate it plausibly has again.
 pub fn plausible_rates(est_bps: f64, samples_bps: &[f64]) -> Vec<f64> {
-    let fastest = samples_bps.iter().copied().filter(|s| s.is_finite()).fold(0.0, f64::max);
+    let fastest = samples_bps.iter().copied().filter(|s| s.is_finite()).fold(DEFAULT_UP_BPS, f64::max);
     let mut rates = vec![est_bps / 8.0, est_bps * 8.0];
     if fastest > est_bps * 8.0 {
         rates.push(fastest);
@@ -1978,8 +1992,10 @@ mod tests {
     /// outage; its late answer (0.07 Mbit/s) held the harmonic mean near 0.27 Mbit/s for the
     /// last five frames (20 s), computed at home while JPEG offload answered in 270–430 ms; the
     /// 16 KiB probes sent meanwhile could not outvote it. It now leaves the estimate 10 s after
-    /// it ended. Keeping it as the newest sample was worse: alone, it kept the device home for
-    /// good (no probe, since nothing within 8× of 0.07 Mbit/s changed the decision).
+    /// it ended, or, since 2026-11-27, as soon as a transfer 4× faster shows the link moving
+    /// again (a stall sample: its transfer took over a second). Keeping it as the newest sample
+    /// was worse: alone, it kept the device home for good (no probe, since nothing within 8× of
+    /// 0.07 Mbit/s changed the decision).
     #[test]
     fn an_old_outage_sample_stops_ruling_the_estimate() {
         let t0 = Instant::now();
@@ -1990,10 +2006,11 @@ mod tests {
             l.observe_transfer(at(t), 26_000, rate(bps, 26_000), Duration::ZERO).unwrap();
         }
         l.observe_transfer(at(24.7), 34_400, rate(0.07e6, 34_400), Duration::ZERO).unwrap();
+        l.expire(at(24.8));
+        assert!(l.estimate().up_bps < 0.3e6, "{:?}", l.up_samples());
+        // The probe shows the link moving again: the stall leaves at once, not at 34.7 s.
         l.observe_transfer(at(32.5), 16_384, rate(1.2e6, 16_384), Duration::ZERO).unwrap();
         l.expire(at(32.6));
-        assert!(l.estimate().up_bps < 0.3e6, "{:?}", l.up_samples());
-        l.expire(at(36.0));
         assert_eq!(l.up_samples().len(), 1, "{:?}", l.up_samples());
         assert!((l.estimate().up_bps - 1.2e6).abs() < 1e3, "{:?}", l.estimate());
         // The same outage sample alone: it goes too, and the prior is back.
@@ -2017,6 +2034,8 @@ mod tests {
         let rates = plausible_rates(0.07e6, &samples);
         assert!(rates.contains(&2.79e6), "{rates:?}");
         assert!(rates.contains(&(0.07e6 * 8.0)) && rates.contains(&(0.07e6 / 8.0)));
+        // The outage sample alone: the prior is a rate worth checking for.
+        assert!(plausible_rates(0.07e6, &[0.07e6]).contains(&DEFAULT_UP_BPS));
         // On a steady link the order of magnitude around the estimate is enough.
         assert_eq!(plausible_rates(1e6, &[0.9e6, 1.1e6]), vec![1e6 / 8.0, 8e6]);
         assert_eq!(plausible_rates(1e6, &[]), vec![1e6 / 8.0, 8e6]);
