@@ -607,8 +607,8 @@ pub enum Hedge {
     /// acknowledged count has not moved for a while ([`crate::upload`]).
     #[default]
     Race,
-    /// As [`Hedge::Race`], but never before the answer is due (no stall watch): for comparing
-    /// the two side by side.
+    /// As [`Hedge::Race`], but without watching the socket: never before the answer is due (no
+    /// stall watch) and never held (no delivery seen). For comparing the two side by side.
     RaceDue,
     /// Once the answer is late by twice the predicted remote time (+20 ms): local compute
     /// only for frames that are already late.
