@@ -36,10 +36,10 @@
 //! boundary), the last bandwidth sample is older than 2 s (a sample is as old as the transfer
 //! it measured: the late answer to a frame sent into an outage measured the link from when it
 //! was sent), **and the bandwidth matters** — the decision at an eighth or at eight times the
-//! estimate, or at the fastest recent sample ([`plausible_rates`]), differs from the decision at
-//! the estimate — a probe goes out after the frame's answer, in the gap before the next frame,
-//! sized to take half the usual gap between releases (at most a quarter second) at the current
-//! estimate (16–128 KiB). A probe costs link time that a frame behind it waits for, so when no
+//! estimate, or at the fastest recent sample or the 1 Mbit/s prior ([`plausible_rates`]),
+//! differs from the decision at the estimate — a probe goes out after the frame's answer, in the
+//! gap before the next frame, sized to take half the usual gap between releases (at most a
+//! quarter second) at the current estimate (16–128 KiB). A probe costs link time that a frame behind it waits for, so when no
 //! plausible bandwidth would change the choice, none is sent. Before a frame large enough to be
 //! measured is sent, any probe still on the link is awaited, so the frame's sample stays clean.
 //!
