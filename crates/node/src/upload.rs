@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,33 +55,73 @@ impl UploadProgress {
 /// connection closes.
 #[derive(Clone, Debug, Default)]
 pub struct UploadWatch {
-    /// The connection's descriptor plus one; 0 when there is none.
-    fd: Arc<AtomicI32>,
+    /// The connection's descriptor while it is open. Locked while the descriptor is used, and
+    /// cleared (under the lock) before it closes, so a reading or an abort never reaches a
+    /// descriptor number the process has reused for something else.
+    fd: Arc<Mutex<Option<i32>>>,
 }
 
 impl UploadWatch {
+    fn slot(&self) -> MutexGuard<'_, Option<i32>> {
+        self.fd.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set(&self, fd: i32) {
-        self.fd.store(fd.saturating_add(1), Ordering::Release);
+        *self.slot() = Some(fd);
     }
 
     /// Forgets `fd` if it is still the one watched (a newer connection may have replaced it).
     fn clear(&self, fd: i32) {
-        let _ = self.fd.compare_exchange(fd.saturating_add(1), 0, Ordering::AcqRel, Ordering::Relaxed);
+        let mut slot = self.slot();
+        if *slot == Some(fd) {
+            *slot = None;
+        }
     }
 
     /// The socket's current counts, or `None` without a connection or off Linux.
     pub fn progress(&self) -> Option<UploadProgress> {
-        let fd = self.fd.load(Ordering::Acquire).checked_sub(1).filter(|fd| *fd >= 0)?;
-        read_progress(fd)
+        let slot = self.slot();
+        read_progress((*slot)?)
     }
+
+    /// Drops the current connection at once, with every byte still in its send queue: the
+    /// kernel discards the queue and resets the connection (a TCP disconnect), and the client
+    /// opens a new connection at its next call. Calls still on the old connection fail. For
+    /// bytes of a request nobody waits for any more, which would otherwise cross the uplink
+    /// ahead of the next one (see "Racing the server" in [`crate::adaptive`]). Returns whether
+    /// there was a connection to drop (always `false` off Linux).
+    pub fn abort(&self) -> bool {
+        let slot = self.slot();
+        slot.is_some_and(abort_connection)
+    }
+}
+
+/// Resets the TCP connection on `fd` and purges its send queue, leaving the descriptor open
+/// (its owner sees the reset at its next read or write): `connect` with an `AF_UNSPEC` address,
+/// which Linux turns into a disconnect (`tcp_disconnect`: an RST to the peer, the write queue
+/// dropped).
+#[cfg(target_os = "linux")]
+fn abort_connection(fd: i32) -> bool {
+    // SAFETY: `fd` is the watched connection's descriptor, open while registered (the caller
+    // holds the lock that `Watched::drop` takes before the descriptor closes); the address is
+    // ours and sized for the call.
+    unsafe {
+        let mut addr: libc::sockaddr = std::mem::zeroed();
+        addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(fd, &addr, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn abort_connection(_fd: i32) -> bool {
+    false
 }
 
 #[cfg(target_os = "linux")]
 fn read_progress(fd: i32) -> Option<UploadProgress> {
     // SAFETY: `fd` is a socket descriptor kept registered only while the connection owning it
-    // is alive (cleared in `Watched::drop`). Between that drop and the clear, or if the number
-    // is reused, the calls read another descriptor's counts or fail: both are only a wrong
-    // reading, never memory unsafety, since the buffers are ours and sized for the calls.
+    // is alive (cleared under the watch's lock in `Watched::drop`, before the descriptor
+    // closes); the buffers are ours and sized for the calls.
     unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -353,5 +393,46 @@ mod tests {
         assert_eq!(done.pending, 0);
         drop(client);
         assert_eq!(watch.progress(), None, "a closed connection is forgotten");
+    }
+
+    /// An abort drops what the send queue still holds: the peer gets a reset, not the bytes
+    /// of a request nobody waits for, and the writer's next write fails.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_aborted_connection_sends_nothing_more_of_its_queue() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let watch = UploadWatch::default();
+        assert!(!watch.abort(), "no connection to abort yet");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut client = Watched::new(client.unwrap(), watch.clone());
+        let (mut server, _) = server.unwrap();
+        // Queue far more than the peer's window, then abort while most of it waits.
+        let writer = tokio::spawn(async move {
+            let r = client.write_all(&vec![7u8; 4 << 20]).await;
+            (r, client)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stuck = watch.progress().unwrap();
+        assert!(stuck.pending > 64 * 1024, "{stuck:?}");
+        assert!(watch.abort());
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = loop {
+            match server.read(&mut buf).await {
+                Ok(0) => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        assert_eq!(end, Some(io::ErrorKind::ConnectionReset), "after {got} bytes");
+        assert!((got as u64) < stuck.acked + 16 * 1024, "the queue was sent anyway: {got} bytes, {stuck:?}");
+        let (r, mut client) = writer.await.unwrap();
+        assert!(r.is_err(), "the write of 4 MiB cannot have finished");
+        assert!(client.write_all(b"more").await.is_err(), "the aborted connection takes no more bytes");
     }
 }
