@@ -90,7 +90,9 @@
 //! started when the answer was due, or on a stall the link then recovered from) takes the
 //! device's CPU just when it has to receive and decode the answer. On a device under a CPU
 //! quota that delays every wake-up of the thread reading the answer, and on a phone it costs
-//! energy for nothing. PP-OCR det's answer is a 1.2 MB probability map. On the ATT trace its
+//! energy for nothing. A tail that should be done before the hold would end (its predicted
+//! time less the time it has run) is not held: holding it could only delay the frame, by as
+//! long as the hold, when the answer does not come. PP-OCR det's answer is a 1.2 MB probability map. On the ATT trace its
 //! raced frames that the server answered took 4–197 ms longer than the same frames sent by the
 //! static run, where the edge's compute explained at most 45 ms of it. What the hold can cost:
 //! a frame whose answer is lost after delivery is answered by its tail that much later. The
@@ -101,6 +103,14 @@
 //! other (so a device whose race keeps winning still learns that the link got slow). A call
 //! still open when the next frame sends is dropped: it measures an outage that is still going
 //! on, and one such sample would dominate the harmonic mean long after the link recovered.
+//! Dropping the call stops what HTTP/2 still holds of the request, but not what the kernel's
+//! send queue already has: on the ATT trace, resnet50-light's frame 12 crossed the uplink
+//! behind the requests of frames 10 and 11, both answered by the device during an outage (639
+//! ms where the link alone took 225). So when a frame starts while the last frame's abandoned
+//! request still has bytes queued, and draining them at the estimated rate would take longer
+//! than a round trip (about what a new connection costs), the device drops the connection with
+//! them ([`crate::upload::UploadWatch::abort`]: a TCP reset that purges the queue) and the
+//! client reconnects at its next call. The record's `discarded_bytes` says how many.
 //!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
@@ -692,6 +702,17 @@ pub struct AdaptiveRecord {
     /// is late (see "Racing the server").
     #[serde(default)]
     pub delivered_ms: Option<f64>,
+    /// CPU time the device process used on this frame, from its start to its answer, ms (all
+    /// threads: a race or a side task running meanwhile counts; `None` off Unix).
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
+    /// Of that, up to the moment the request was sent, ms.
+    #[serde(default)]
+    pub cpu_to_send_ms: Option<f64>,
+    /// Bytes of an earlier frame's abandoned request still in the device's send queue when this
+    /// frame started, dropped with their connection (see "Racing the server").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded_bytes: Option<u64>,
 }
 
 /// What a concurrent side task measured: a ping (an empty call: its round trip and the
@@ -1105,6 +1126,25 @@ impl AdaptiveDevice {
         Duration::from_secs_f64(remote_ms(plan) / 1e3)
     }
 
+    /// Drops the bytes of the last frame's abandoned request (its answer came from the device)
+    /// that still wait in the send queue: they would cross the uplink ahead of this frame. Only
+    /// when draining them at the estimated rate would take longer than a round trip, about what
+    /// the new connection costs; the connection goes with them ([`UploadWatch::abort`]). Returns
+    /// the bytes dropped.
+    fn drop_stale_upload(&mut self, est: &Estimate) -> Option<u64> {
+        self.straggler.as_ref()?;
+        let watch = self.upload_watch()?;
+        let pending = watch.progress()?.pending;
+        let drain_ms = pending as f64 * 8.0 / est.up_bps.max(1.0) * 1e3;
+        if pending == 0 || drain_ms <= est.rtt_ms {
+            return None;
+        }
+        if let Some(s) = self.straggler.take() {
+            s.abort();
+        }
+        watch.abort().then_some(pending)
+    }
+
     /// The current connection's upload watch (`None` without a server).
     fn upload_watch(&self) -> Option<UploadWatch> {
         self.remote.as_ref().and_then(|r| r.current()).map(|(_, c)| c.upload_watch().clone())
@@ -1264,7 +1304,9 @@ impl AdaptiveDevice {
         self.frames += 1;
         // The input, kept to measure what it would cost in a content-dependent codec.
         let kept = (!self.sized_at_input().is_empty()).then(|| inputs.clone());
+        let cpu0 = process_cpu();
         let (mut rec, outputs) = self.frame_inner(k, inputs, release).await;
+        rec.cpu_ms = cpu_ms_since(cpu0);
         self.calibrate_compute(&rec);
         let last = self.problem.last();
         let served = if rec.bytes_up > 0 {
@@ -1285,10 +1327,12 @@ impl AdaptiveDevice {
     }
 
     async fn frame_inner(&mut self, k: usize, inputs: TensorMap, release: Instant) -> (AdaptiveRecord, TensorMap) {
+        let cpu0 = process_cpu();
         self.harvest(false).await;
         let start = Instant::now();
         self.estimates.expire(start);
         let estimate = self.estimates.estimate();
+        let discarded_bytes = self.drop_stale_upload(&estimate);
         let last = self.graph.last_cut();
         let mut fleet_note = None;
         let mut encoded = None;
@@ -1343,6 +1387,9 @@ impl AdaptiveDevice {
             race_ms: None,
             race_stalled: None,
             delivered_ms: None,
+            cpu_ms: None,
+            cpu_to_send_ms: None,
+            discarded_bytes,
         };
         // The head, on a blocking thread, then the emulated slowdown.
         let head = {
@@ -1413,11 +1460,17 @@ impl AdaptiveDevice {
                 let delivery = watch.as_ref().and_then(|(w, _)| Some((w.clone(), w.progress()?)));
                 let cancel = Cancel::new();
                 let delivered = OnceLock::new();
+                let raced_at = OnceLock::new();
                 let t = Instant::now();
                 let hold = answer_after.mul_f64(PAUSE_SLACK) + PAUSE_EXTRA;
-                let pace = pace_race(delivery, bytes, hold, cancel.clone(), &delivered);
+                let tail_time = Duration::from_secs_f64(
+                    (self.problem.device_ms[self.problem.last()] - self.problem.device_ms[cut]).max(0.0) / 1e3,
+                );
+                let race = RaceClock { started: &raced_at, tail: tail_time };
+                let pace = pace_race(delivery, bytes, hold, cancel.clone(), &delivered, race);
                 tokio::pin!(pace);
                 rec.send_ms = Some(self.ms_since_epoch(t));
+                rec.cpu_to_send_ms = cpu_ms_since(cpu0);
                 let give_up_at = t + self.config.timeout;
                 let mut call = Box::pin(async move { endpoints.infer(&req, give_up_at).await });
                 let first = match hedge_after {
@@ -1436,6 +1489,7 @@ impl AdaptiveDevice {
                     Some(r) => Outcome::remote(r),
                     None => {
                         let raced = matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue);
+                        let _ = raced_at.set(Instant::now());
                         rec.race_ms = Some(t.elapsed().as_secs_f64() * 1e3);
                         let won = {
                             let local = self.tail_locally(cut, env.clone(), raced, Some(cancel.clone()));
@@ -1822,25 +1876,44 @@ pub fn answer_after_upload_ms(plan: &Plan) -> f64 {
     (p.server_queue_ms + p.server_ms + p.uplink2_ms + p.cloud_queue_ms + p.cloud_ms + p.downlink_ms + p.rtt_ms).max(0.0)
 }
 
+/// When a racing device's tail started (unset: not yet) and how long it should take.
+struct RaceClock<'a> {
+    started: &'a OnceLock<Instant>,
+    tail: Duration,
+}
+
+impl RaceClock<'_> {
+    /// Whether a tail running since `started` should be done within `within` of `now`: holding
+    /// it then could only delay the frame (see "Racing the server").
+    fn done_within(&self, now: Instant, within: Duration) -> bool {
+        self.started.get().is_some_and(|&s| self.tail.saturating_sub(now.saturating_duration_since(s)) <= within)
+    }
+}
+
 /// Paces a racing device's tail (see "Racing the server"), beside the request: once the
 /// device's socket says the whole request of `payload` bytes has been acknowledged since
 /// `delivery`'s baseline, the server has it and the answer should follow in about the
 /// predicted time, so `cancel` holds the tail (running or yet to start) before its next
-/// operator until `hold` after that; a later answer lets it go on. It records when, in
-/// `delivered`. Without readings it does nothing. Never completes: it runs beside the call.
+/// operator until `hold` after that; a later answer lets it go on. A tail that `race` says
+/// should be done before the hold would end is not held. It records when the request was
+/// delivered, in `delivered`. Without readings it does nothing. Never completes: it runs
+/// beside the call.
 async fn pace_race(
     delivery: Option<(UploadWatch, UploadProgress)>,
     payload: u64,
     hold: Duration,
     cancel: Cancel,
     delivered: &OnceLock<Instant>,
+    race: RaceClock<'_>,
 ) -> std::convert::Infallible {
     if let Some((watch, base)) = delivery {
         loop {
             match watch.progress() {
                 Some(p) if p.delivered_since(base, payload) => {
                     let now = Instant::now();
-                    cancel.pause_until(now + hold);
+                    if !race.done_within(now, hold) {
+                        cancel.pause_until(now + hold);
+                    }
                     let _ = delivered.set(now);
                     break;
                 }
@@ -1870,6 +1943,24 @@ async fn race_trigger(due: Duration, watch: Option<(UploadWatch, StallWatch)>) -
         }
         tokio::time::sleep((due - at).min(STALL_POLL)).await;
     }
+}
+
+/// The CPU time this process has used so far (all threads), where the platform tells.
+fn process_cpu() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is ours and of the type the call writes.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        (ok == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Process CPU time used since `start` (a [`process_cpu`] reading), ms.
+fn cpu_ms_since(start: Option<Duration>) -> Option<f64> {
+    start.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e3)
 }
 
 fn placement(plan: &Plan) -> (Option<usize>, Option<Codec>) {
@@ -2140,6 +2231,20 @@ mod tests {
         assert_eq!(cap.race_after_ms(0.5e6, 900.0), 900.0);
         assert_eq!(cap.race_after_ms(0.05e6, 900.0), 150.0);
         assert_eq!(cap.race_after_ms(0.05e6, 120.0), 120.0);
+    }
+
+    #[test]
+    fn a_race_nearly_done_is_not_held() {
+        let started = OnceLock::new();
+        let race = RaceClock { started: &started, tail: Duration::from_millis(500) };
+        let t0 = Instant::now();
+        let hold = Duration::from_millis(170);
+        // Not started yet: holding it only delays its start.
+        assert!(!race.done_within(t0, hold));
+        started.set(t0).unwrap();
+        assert!(!race.done_within(t0 + Duration::from_millis(100), hold), "400 ms to go");
+        assert!(race.done_within(t0 + Duration::from_millis(330), hold), "170 ms to go");
+        assert!(race.done_within(t0 + Duration::from_millis(900), hold), "overdue: as good as done");
     }
 
     #[test]

@@ -207,6 +207,40 @@ async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
     );
 }
 
+/// Regression (resnet50-light on the ATT trace, 2026-11-27): frames 10 and 11 were sent into
+/// an outage and answered by the device; their requests stayed in its send queue, and frame 12
+/// crossed the uplink behind them, 639 ms where the link alone took 225. The bytes of an
+/// abandoned request still queued when the next frame starts are now dropped with their
+/// connection: the link carries the new frame's request, not the stale one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_frame_does_not_cross_the_link_behind_an_abandoned_request() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed().await;
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.discarded_bytes, None, "frame {k}: nothing was abandoned: {rec:?}");
+    }
+    proxy.handle().blackhole(true);
+    let (stale, _) = device.frame(3, common::input(&graph, 3), Instant::now()).await;
+    assert_eq!(stale.status, FrameStatus::LocalFallback, "{stale:?}");
+    proxy.handle().blackhole(false);
+    let before = proxy.handle().stats();
+    let (rec, out) = device.frame(4, common::input(&graph, 4), Instant::now()).await;
+    let after = proxy.handle().stats();
+    assert!(out.contains_key("logits"), "{:?}", out.keys());
+    let dropped = rec.discarded_bytes.expect("the stale request was still queued");
+    assert!(dropped > 16 * 1024, "{rec:?}");
+    assert_eq!(rec.status, FrameStatus::Remote, "the server answers on a new connection: {rec:?}");
+    assert_eq!(after.connections, before.connections + 1, "one new connection");
+    // What the proxy held when the link went silent still crosses (a few KiB), not the rest.
+    let carried = after.up_bytes - before.up_bytes;
+    assert!(
+        carried < rec.bytes_up + stale.bytes_up / 2,
+        "the link carried {carried} bytes for a {} byte request after dropping {dropped} of a {} byte one",
+        rec.bytes_up,
+        stale.bytes_up
+    );
+}
+
 /// A racing device holds its own tail once its socket says the request was delivered, until
 /// the answer is late: the hold must never cost the frame its answer. Here the uplink delivers
 /// the request and the downlink then nearly stops (one packet every 12 s): the held tail goes on
