@@ -164,6 +164,10 @@ pub struct StrategyResult {
     pub codec: Option<String>,
     #[serde(skip_serializing_if = "is_zero")]
     pub probe_bytes: u64,
+    /// CPU time the device process used per frame, mean ms (all its threads: the head, encoding,
+    /// a race's tail, side tasks); a proxy for the device's energy. `None` for the oracle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_cpu_ms: Option<f64>,
     pub device_speed: DeviceSpeed,
     /// For best-static: every static run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -744,6 +748,9 @@ fn summarize(name: &str, records: &[AdaptiveRecord], stopped: bool, device_speed
     let mut s = stats(name, lat, records.iter().map(|r| r.bytes_up).sum(), (end - first) / 1e3, device_speed);
     s.local_fallback = records.iter().filter(|r| r.status == FrameStatus::LocalFallback).count();
     s.stopped = stopped;
+    let cpu: Vec<f64> = records.iter().filter_map(|r| r.cpu_ms).collect();
+    s.device_cpu_ms =
+        (!cpu.is_empty() && cpu.len() == records.len()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64);
     s
 }
 
@@ -763,6 +770,7 @@ fn stats(name: &str, mut lat: Vec<f64>, bytes_up: u64, span_s: f64, device_speed
         cut: None,
         codec: None,
         probe_bytes: 0,
+        device_cpu_ms: None,
         device_speed,
         candidates: vec![],
         per_frame: vec![],
@@ -1012,12 +1020,12 @@ impl TraceReport {
             ds.edge_whole_ms.map_or("n/a".into(), |v| format!("{v:.1}")),
         );
         s += &format!(
-            "{:<18} {:>10} {:>10} {:>10} {:>12} {:>7} {:>9}  {}\n",
-            "strategy", "mean ms", "p50 ms", "p95 ms", "bytes up", "fps", "fallback", "note"
+            "{:<18} {:>10} {:>10} {:>10} {:>12} {:>7} {:>9} {:>11}  {}\n",
+            "strategy", "mean ms", "p50 ms", "p95 ms", "bytes up", "fps", "fallback", "device CPU", "note"
         );
         for r in &self.strategies {
             s += &format!(
-                "{:<18} {:>10.1} {:>10.1} {:>10.1} {:>12} {:>7.2} {:>9}  {}{}\n",
+                "{:<18} {:>10.1} {:>10.1} {:>10.1} {:>12} {:>7.2} {:>9} {:>11}  {}{}\n",
                 r.strategy,
                 r.mean_ms,
                 r.p50_ms,
@@ -1025,6 +1033,7 @@ impl TraceReport {
                 r.bytes_up,
                 r.fps,
                 r.local_fallback,
+                r.device_cpu_ms.map_or("-".into(), |c| format!("{c:.1} ms")),
                 if r.stopped { format!("STOPPED after {} frames (fell behind); ", r.frames) } else { String::new() },
                 r.note.clone().unwrap_or_default()
             );
