@@ -42,14 +42,20 @@ fn config(slowdown: f64, probe: bool) -> AdaptiveConfig {
 }
 
 async fn jpeg_bed(slowdown: impl FnOnce(f64) -> f64) -> JpegBed {
+    jpeg_bed_with(slowdown, &[]).await
+}
+
+/// [`jpeg_bed`] with `more` codecs besides JPEG q75.
+async fn jpeg_bed_with(slowdown: impl FnOnce(f64) -> f64, more: &[Codec]) -> JpegBed {
     let tiny = common::serve_tiny(common::loopback_config()).await;
     let graph = tiny.graph.clone();
     let engine = Arc::new(Engine::new(EngineConfig::default()));
     let edge = common::edge_profile(&engine, &graph);
     let jpeg: Codec = "jpeg75".parse().unwrap();
     let slowdown = slowdown(edge.prefix()[graph.last_cut()]);
+    let codecs = std::iter::once(jpeg).chain(more.iter().copied()).collect();
     let mut problem =
-        ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device")).server(edge.clone()).codecs(vec![jpeg]).build();
+        ProblemBuilder::new(&graph, &edge.scaled(slowdown, "device")).server(edge.clone()).codecs(codecs).build();
     cleave_node::adaptive::restrict_cuts(&mut problem, &[0].into_iter().collect());
     assert!(problem.drop[0][0].is_finite(), "JPEG must apply to the image input");
     JpegBed { tiny, engine, jpeg, slowdown, problem }
@@ -81,6 +87,65 @@ async fn a_jpeg_the_prior_makes_too_big_is_measured_and_then_sent() {
     let sent: Vec<_> = recs.iter().filter(|r| r.cut == 0).collect();
     assert!(!sent.is_empty() && recs.last().unwrap().cut == 0, "the measured size should make it offload: {seen:?}");
     assert!(sent.iter().all(|r| r.codec == Some(jpeg) && r.bytes_up > 0 && r.bytes_up < 64 << 10), "{seen:?}");
+}
+
+/// The largest `jpeg` payload still worth sending in `problem` (every other codec out of
+/// reach) at the estimate before any sample (1 Mbit/s, 100 ms), by bisection.
+fn break_even(problem: &cleave_plan::Problem, jpeg: Codec) -> u64 {
+    let est = LinkEstimates::new().estimate();
+    let mut alone = problem.clone();
+    for &c in problem.codecs.iter().filter(|&&c| c != jpeg) {
+        alone.set_bytes(0, c, 1 << 40).unwrap();
+    }
+    let offloads = |bytes: u64| {
+        let mut p = alone.clone();
+        p.set_bytes(0, jpeg, bytes).unwrap();
+        cleave_node::adaptive::decide(&p, &est, None).unwrap().cuts[0] == 0
+    };
+    let (mut lo, mut hi) = (1u64, 1u64 << 30);
+    assert!(offloads(lo) && !offloads(hi));
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if offloads(mid) { lo = mid } else { hi = mid }
+    }
+    lo
+}
+
+/// Two JPEG qualities are in doubt on a close call (priors 1.3× and 1.4× the break-even): the
+/// device encodes one, scales the other by what it measured, and decides. It used to encode
+/// both, about 3 ms of a 15 %-of-a-core device's CPU each for a 640 × 480 page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_call_between_two_jpeg_qualities_costs_one_encode() {
+    let jpeg90: Codec = "jpeg90".parse().unwrap();
+    let JpegBed { tiny, engine, jpeg, slowdown, mut problem } =
+        jpeg_bed_with(|whole_ms| (400.0 / whole_ms.max(0.01)).max(2.0), &[jpeg90]).await;
+    let graph = tiny.graph.clone();
+    let even = break_even(&problem, jpeg);
+    problem.set_bytes(0, jpeg, even * 13 / 10).unwrap();
+    problem.set_bytes(0, jpeg90, even * 14 / 10).unwrap();
+    // Both in doubt: either one at 1/1.5 of its prior would be sent.
+    assert!(even * 14 / 10 * 2 / 3 < break_even(&problem, jpeg90));
+
+    let client = EdgeClient::connect(&tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
+    let mut device = AdaptiveDevice::new(
+        engine,
+        graph.clone(),
+        Some(client.clone()),
+        problem,
+        Strategy::Adaptive,
+        config(slowdown, false),
+    )
+    .unwrap();
+    device.prepare().unwrap();
+    device.warm_server(&client).await.unwrap();
+    let input = common::input(&graph, 0);
+    let (_, actual) = device.request(0, 0, EncodeOptions::new(jpeg), &input).unwrap();
+    assert!(actual * 2 < even, "this frame's JPEG ({actual} B) must be well under the break-even ({even} B)");
+
+    let (rec, out) = device.frame(0, input, Instant::now()).await;
+    assert!(out.contains_key("logits"));
+    assert_eq!(rec.sizing_encodes, 1, "{rec:?}");
+    assert_eq!((rec.cut, rec.codec, rec.bytes_up), (0, Some(jpeg), actual), "{rec:?}");
 }
 
 /// The smoothed JPEG size is 1.3× the size at which offloading stops paying (at the estimate
