@@ -354,22 +354,28 @@ mod tests {
         assert_eq!(StallWatch::new(0.0, MS(40), MS(100)).quiet(), MS(100));
     }
 
+    /// A connection on loopback whose accepting side has a 4 KiB receive buffer, so that most of
+    /// a large write waits in the client's send queue; the client is registered with `watch`.
+    #[cfg(target_os = "linux")]
+    async fn narrow_pair(watch: &UploadWatch) -> (Watched, TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Watched::new(client.unwrap(), watch.clone()), server.unwrap().0)
+    }
+
     /// The watch reads a real socket: bytes written to a peer that does not read stay pending,
     /// and the acknowledged count stops, until the peer reads.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_watch_reads_a_real_sockets_counts() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(1).unwrap();
-        let addr = listener.local_addr().unwrap();
         let watch = UploadWatch::default();
         assert_eq!(watch.progress(), None);
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut client = Watched::new(client.unwrap(), watch.clone());
-        let (mut server, _) = server.unwrap();
+        let (mut client, mut server) = narrow_pair(&watch).await;
         let start = watch.progress().expect("a connected socket has counts");
         assert_eq!(start.pending, 0);
         // Far more than the peer's receive window: most of it stays in the send queue.
@@ -401,16 +407,9 @@ mod tests {
     #[tokio::test]
     async fn an_aborted_connection_sends_nothing_more_of_its_queue() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(1).unwrap();
-        let addr = listener.local_addr().unwrap();
         let watch = UploadWatch::default();
         assert!(!watch.abort(), "no connection to abort yet");
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut client = Watched::new(client.unwrap(), watch.clone());
-        let (mut server, _) = server.unwrap();
+        let (mut client, mut server) = narrow_pair(&watch).await;
         // Queue far more than the peer's window, then abort while most of it waits.
         let writer = tokio::spawn(async move {
             let r = client.write_all(&vec![7u8; 4 << 20]).await;

@@ -158,21 +158,8 @@ async fn a_close_call_is_settled_by_the_frames_own_jpeg_size() {
         jpeg_bed(|whole_ms| (400.0 / whole_ms.max(0.01)).max(2.0)).await;
     let graph = tiny.graph.clone();
     let last = graph.last_cut();
-    // No bootstrap: the first frame is planned at the estimate before any sample.
-    let est = LinkEstimates::new().estimate();
-    let offloads = |p: &cleave_plan::Problem, bytes: u64| {
-        let mut p = p.clone();
-        p.set_bytes(0, jpeg, bytes).unwrap();
-        cleave_node::adaptive::decide(&p, &est, None).unwrap().cuts[0] == 0
-    };
-    // The largest JPEG that is still worth sending, by bisection.
-    let (mut lo, mut hi) = (1u64, 1u64 << 30);
-    assert!(offloads(&problem, lo) && !offloads(&problem, hi));
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if offloads(&problem, mid) { lo = mid } else { hi = mid }
-    }
-    problem.set_bytes(0, jpeg, hi * 13 / 10).unwrap();
+    let lo = break_even(&problem, jpeg);
+    problem.set_bytes(0, jpeg, lo * 13 / 10).unwrap();
 
     let client = EdgeClient::connect(&tiny.server.grpc_addr.to_string(), 64 << 20).await.unwrap();
     let config = config(slowdown, false);
