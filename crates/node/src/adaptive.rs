@@ -714,6 +714,13 @@ pub struct AdaptiveRecord {
     /// Of that, up to the moment the request was sent, ms.
     #[serde(default)]
     pub cpu_to_send_ms: Option<f64>,
+    /// Minor page faults and involuntary context switches of the device process over the
+    /// frame (`getrusage`; `None` off Unix): fresh memory and preemption, for finding out why
+    /// the same compute took more CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_faults: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<u64>,
     /// Bytes of an earlier frame's abandoned request still in the device's send queue when this
     /// frame started, dropped with their connection (see "Racing the server").
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1311,9 +1318,13 @@ impl AdaptiveDevice {
         self.frames += 1;
         // The input, kept to measure what it would cost in a content-dependent codec.
         let kept = (!self.sized_at_input().is_empty()).then(|| inputs.clone());
-        let cpu0 = process_cpu();
+        let (cpu0, usage0) = (process_cpu(), process_usage());
         let (mut rec, outputs) = self.frame_inner(k, inputs, release).await;
         rec.cpu_ms = cpu_ms_since(cpu0);
+        if let (Some(a), Some(b)) = (usage0, process_usage()) {
+            rec.page_faults = Some(b.0.saturating_sub(a.0));
+            rec.preempted = Some(b.1.saturating_sub(a.1));
+        }
         self.calibrate_compute(&rec);
         let last = self.problem.last();
         let served = if rec.bytes_up > 0 {
@@ -1397,6 +1408,8 @@ impl AdaptiveDevice {
             delivered_ms: None,
             cpu_ms: None,
             cpu_to_send_ms: None,
+            page_faults: None,
+            preempted: None,
             discarded_bytes,
             sizing_encodes,
         };
@@ -1962,6 +1975,19 @@ fn process_cpu() -> Option<Duration> {
         // SAFETY: `ts` is ours and of the type the call writes.
         let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
         (ok == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// This process's minor page faults and involuntary context switches so far.
+fn process_usage() -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        // SAFETY: `usage` is ours and of the type the call writes.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        (ok == 0).then(|| (usage.ru_minflt.max(0) as u64, usage.ru_nivcsw.max(0) as u64))
     }
     #[cfg(not(unix))]
     None

@@ -145,6 +145,12 @@ async fn a_close_call_between_two_jpeg_qualities_costs_one_encode() {
     let (rec, out) = device.frame(0, input, Instant::now()).await;
     assert!(out.contains_key("logits"));
     assert_eq!(rec.sizing_encodes, 1, "{rec:?}");
+    // The device's own cost of the frame is on record (CPU time: at least the encode).
+    #[cfg(unix)]
+    assert!(
+        rec.cpu_ms.is_some_and(|c| c > 0.0) && rec.cpu_to_send_ms.is_some() && rec.page_faults.is_some(),
+        "{rec:?}"
+    );
     assert_eq!((rec.cut, rec.codec, rec.bytes_up), (0, Some(jpeg), actual), "{rec:?}");
 }
 
