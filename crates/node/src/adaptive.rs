@@ -1318,12 +1318,12 @@ impl AdaptiveDevice {
         self.frames += 1;
         // The input, kept to measure what it would cost in a content-dependent codec.
         let kept = (!self.sized_at_input().is_empty()).then(|| inputs.clone());
-        let (cpu0, usage0) = (process_cpu(), process_usage());
-        let (mut rec, outputs) = self.frame_inner(k, inputs, release).await;
-        rec.cpu_ms = cpu_ms_since(cpu0);
-        if let (Some(a), Some(b)) = (usage0, process_usage()) {
-            rec.page_faults = Some(b.0.saturating_sub(a.0));
-            rec.preempted = Some(b.1.saturating_sub(a.1));
+        let used_before = Usage::now();
+        let (mut rec, outputs) = self.frame_inner(k, inputs, release, used_before).await;
+        if let Some(used) = used_before.and_then(|u| u.since()) {
+            rec.cpu_ms = Some(used.cpu_ms());
+            rec.page_faults = Some(used.page_faults);
+            rec.preempted = Some(used.preempted);
         }
         self.calibrate_compute(&rec);
         let last = self.problem.last();
@@ -1344,8 +1344,14 @@ impl AdaptiveDevice {
         (rec, outputs)
     }
 
-    async fn frame_inner(&mut self, k: usize, inputs: TensorMap, release: Instant) -> (AdaptiveRecord, TensorMap) {
-        let cpu0 = process_cpu();
+    /// [`frame`](Self::frame) itself; `used_before`: the process's usage as the frame began.
+    async fn frame_inner(
+        &mut self,
+        k: usize,
+        inputs: TensorMap,
+        release: Instant,
+        used_before: Option<Usage>,
+    ) -> (AdaptiveRecord, TensorMap) {
         self.harvest(false).await;
         let start = Instant::now();
         self.estimates.expire(start);
@@ -1492,7 +1498,7 @@ impl AdaptiveDevice {
                 let pace = pace_race(delivery, bytes, hold, cancel.clone(), &delivered, race);
                 tokio::pin!(pace);
                 rec.send_ms = Some(self.ms_since_epoch(t));
-                rec.cpu_to_send_ms = cpu_ms_since(cpu0);
+                rec.cpu_to_send_ms = used_before.and_then(|u| u.since()).map(|u| u.cpu_ms());
                 let give_up_at = t + self.config.timeout;
                 let mut call = Box::pin(async move { endpoints.infer(&req, give_up_at).await });
                 let first = match hedge_after {
@@ -1967,35 +1973,49 @@ async fn race_trigger(due: Duration, watch: Option<(UploadWatch, StallWatch)>) -
     }
 }
 
-/// The CPU time this process has used so far (all threads), where the platform tells.
-fn process_cpu() -> Option<Duration> {
-    #[cfg(unix)]
-    {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is ours and of the type the call writes.
-        let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-        (ok == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-    }
-    #[cfg(not(unix))]
-    None
+/// What this process has used so far (all threads), where the platform tells: CPU time, minor
+/// page faults and involuntary context switches.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    page_faults: u64,
+    preempted: u64,
 }
 
-/// This process's minor page faults and involuntary context switches so far.
-fn process_usage() -> Option<(u64, u64)> {
-    #[cfg(unix)]
-    {
-        // SAFETY: `usage` is ours and of the type the call writes.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-        (ok == 0).then(|| (usage.ru_minflt.max(0) as u64, usage.ru_nivcsw.max(0) as u64))
+impl Usage {
+    fn now() -> Option<Usage> {
+        #[cfg(unix)]
+        {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: `ts` and `usage` are ours and of the types the calls write.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let ok = unsafe {
+                libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) == 0
+                    && libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0
+            };
+            ok.then(|| Usage {
+                cpu: Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                page_faults: usage.ru_minflt.max(0) as u64,
+                preempted: usage.ru_nivcsw.max(0) as u64,
+            })
+        }
+        #[cfg(not(unix))]
+        None
     }
-    #[cfg(not(unix))]
-    None
-}
 
-/// Process CPU time used since `start` (a [`process_cpu`] reading), ms.
-fn cpu_ms_since(start: Option<Duration>) -> Option<f64> {
-    start.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e3)
+    /// What was used from this reading until now.
+    fn since(&self) -> Option<Usage> {
+        let now = Usage::now()?;
+        Some(Usage {
+            cpu: now.cpu.saturating_sub(self.cpu),
+            page_faults: now.page_faults.saturating_sub(self.page_faults),
+            preempted: now.preempted.saturating_sub(self.preempted),
+        })
+    }
+
+    fn cpu_ms(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e3
+    }
 }
 
 fn placement(plan: &Plan) -> (Option<usize>, Option<Codec>) {
