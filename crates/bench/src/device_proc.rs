@@ -285,7 +285,8 @@ async fn serve(
         hedge: setup.hedge,
         fleet: false,
     };
-    {
+    // The racing thread `prepare` warms, for every adaptive run (a fresh one would race cold).
+    let racer = {
         let direct = EdgeClient::connect(&setup.edge.to_string(), 64 << 20).await.map_err(|e| dev(&e))?;
         let warm = AdaptiveDevice::new(
             engine.clone(),
@@ -301,7 +302,8 @@ async fn serve(
             .map_err(|e| dev(&e))?
             .map_err(|e| dev(&e))?;
         warm.warm_server(&direct).await.map_err(|e| dev(&e))?;
-    }
+        warm.racer()
+    };
     send(out, &FromDevice::Ready { profile }).await.map_err(|e| dev(&e))?;
 
     while let Some(line) = lines.next_line().await.map_err(|e| dev(&e))? {
@@ -318,7 +320,8 @@ async fn serve(
         }
         let mut device = AdaptiveDevice::new(engine.clone(), graph.clone(), Some(client), p, run.strategy, config)
             .map_err(|e| dev(&e))?
-            .with_epoch(origin);
+            .with_epoch(origin)
+            .with_racer(racer.clone());
         let first = origin + Duration::from_secs_f64(run.lead_ms / 1e3);
         if run.bootstrap && run.strategy == Strategy::Adaptive {
             // Never past the first release: on a slow trace the probe alone can take longer

@@ -778,8 +778,9 @@ pub struct AdaptiveDevice {
     sent_report: Option<(DeviceReport, Instant)>,
     /// Frames started so far.
     frames: usize,
-    /// The thread the device races the server on, kept warm between races.
-    racer: crate::priority::IdleWorker,
+    /// The thread the device races the server on, kept warm between races (shared with other
+    /// devices of the process by [`AdaptiveDevice::with_racer`]).
+    racer: Arc<crate::priority::IdleWorker>,
     /// The thread that measures content-dependent sizes off the link (see "Payload sizes").
     sizer: crate::priority::IdleWorker,
     /// Content-dependent payload sizes being measured off the link: per codec at cut 0, the
@@ -921,7 +922,7 @@ impl AdaptiveDevice {
             recommendation_text: None,
             sent_report: None,
             frames: 0,
-            racer: crate::priority::IdleWorker::new("cleave-race"),
+            racer: Arc::new(crate::priority::IdleWorker::new("cleave-race")),
             sizer: crate::priority::IdleWorker::new("cleave-size"),
             size_probe: None,
             size_seen: HashMap::new(),
@@ -932,6 +933,20 @@ impl AdaptiveDevice {
     pub fn with_epoch(mut self, epoch: Instant) -> Self {
         self.epoch = epoch;
         self
+    }
+
+    /// Races on `racer`'s thread instead of a thread of its own: a process that makes several
+    /// devices in turn (`cleave bench trace` runs one per strategy) keeps the thread that
+    /// [`AdaptiveDevice::prepare`] warmed. A thread's first tract runs are slower (see
+    /// [`crate::priority::IdleWorker`]), and a device made after `prepare` would race cold.
+    pub fn with_racer(mut self, racer: Arc<crate::priority::IdleWorker>) -> Self {
+        self.racer = racer;
+        self
+    }
+
+    /// The thread this device races on (see [`AdaptiveDevice::with_racer`]).
+    pub fn racer(&self) -> Arc<crate::priority::IdleWorker> {
+        self.racer.clone()
     }
 
     /// The cuts this device may run at.
