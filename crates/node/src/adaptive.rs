@@ -63,7 +63,8 @@
 //! the estimated rate if longer; plus an RTT before the first acknowledgement) mean the link is
 //! not carrying them. A frame sent into an outage then costs about the stall time plus its local
 //! latency however long the answer was predicted to take. (`--hedge race-due` is the same device
-//! without the watch, for comparison.) Starting with the
+//! without the watch, for comparison; [`Hedge::Eager`], `--hedge eager`, starts the race as
+//! the request is sent.) Starting with the
 //! request would cap it at the local latency alone, but measured side by side on the ATT and
 //! TMobile LTE traces, with the device and the edge on one 2-core machine, a race running from
 //! the start slowed the edge's reported compute by 10% to 2× while it ran (they share the
@@ -625,6 +626,11 @@ pub enum Hedge {
     /// As [`Hedge::Race`], but without watching the socket: never before the answer is due (no
     /// stall watch) and never held (no delivery seen). For comparing the two side by side.
     RaceDue,
+    /// As [`Hedge::Race`], but the tail starts as the request is sent (held, as with
+    /// [`Hedge::Race`], while a delivered request's answer is due): a frame sent into an outage
+    /// costs about its local latency, and every sent frame costs the device the tail's compute
+    /// until its request is delivered.
+    Eager,
     /// Once the answer is late by twice the predicted remote time (+20 ms): local compute
     /// only for frames that are already late.
     Late,
@@ -638,9 +644,10 @@ impl std::str::FromStr for Hedge {
         match s {
             "race" => Ok(Hedge::Race),
             "race-due" => Ok(Hedge::RaceDue),
+            "eager" => Ok(Hedge::Eager),
             "late" => Ok(Hedge::Late),
             "off" => Ok(Hedge::Off),
-            _ => Err(format!("unknown hedge policy `{s}` (race, race-due, late or off)")),
+            _ => Err(format!("unknown hedge policy `{s}` (race, race-due, eager, late or off)")),
         }
     }
 }
@@ -650,6 +657,7 @@ impl std::fmt::Display for Hedge {
         f.write_str(match self {
             Hedge::Race => "race",
             Hedge::RaceDue => "race-due",
+            Hedge::Eager => "eager",
             Hedge::Late => "late",
             Hedge::Off => "off",
         })
@@ -1197,6 +1205,13 @@ impl AdaptiveDevice {
                 Some(StallCap::for_estimate(est)),
             ),
             Hedge::RaceDue => decide_racing(problem, est, &self.estimates.up_samples(), self.config.down_bps, None),
+            Hedge::Eager => decide_racing(
+                problem,
+                est,
+                &self.estimates.up_samples(),
+                self.config.down_bps,
+                Some(StallCap { quiet_ms: 0.0, after_ms: 0.0 }),
+            ),
             Hedge::Late | Hedge::Off => decide(problem, est, self.config.down_bps),
         }
     }
@@ -1466,6 +1481,7 @@ impl AdaptiveDevice {
         // once the answer is late (see "Racing the server" in the module docs).
         let hedge_after = match (self.strategy, self.config.hedge, predicted_ms) {
             (Strategy::Adaptive, Hedge::Race | Hedge::RaceDue, _) => Some(race_at),
+            (Strategy::Adaptive, Hedge::Eager, _) => Some(Duration::ZERO),
             (Strategy::Adaptive, Hedge::Late, Some(p)) => {
                 let remote = (p - self.problem.device_ms[cut]).max(1.0);
                 Some(Duration::from_secs_f64((2.0 * remote + 20.0) / 1e3))
@@ -1492,7 +1508,7 @@ impl AdaptiveDevice {
                 // Racing, the upload is watched from the socket: a stalled link starts the race
                 // before the answer is due (see "Racing the server").
                 let watch = match self.config.hedge {
-                    Hedge::Race => self.upload_watch().map(|w| {
+                    Hedge::Race | Hedge::Eager => self.upload_watch().map(|w| {
                         let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
                         (w, StallWatch::new(estimate.up_bps, rtt, STALL_FLOOR))
                     }),
@@ -1531,7 +1547,7 @@ impl AdaptiveDevice {
                 let outcome = match first {
                     Some(r) => Outcome::remote(r),
                     None => {
-                        let raced = matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue);
+                        let raced = matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue | Hedge::Eager);
                         let _ = raced_at.set(Instant::now());
                         rec.race_ms = Some(t.elapsed().as_secs_f64() * 1e3);
                         let won = {

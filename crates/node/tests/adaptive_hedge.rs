@@ -93,11 +93,16 @@ fn racing_config(slowdown: f64) -> AdaptiveConfig {
 /// whole-model time is about 300 ms (by the profile; the sleep scales the compute measured at
 /// run time), far more than a loopback round trip. Deadline 60 s.
 async fn slow_racing_device() -> (Bed, AdaptiveDevice) {
+    slow_device(Hedge::Race).await
+}
+
+/// [`slow_racing_device`] with another hedging policy.
+async fn slow_device(hedge: Hedge) -> (Bed, AdaptiveDevice) {
     let bed = bed().await;
     let whole_ms = bed.edge.prefix()[bed.graph.last_cut()].max(0.01);
     let slowdown = (300.0 / whole_ms).max(2.0);
     let client = EdgeClient::connect(&bed.proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let config = racing_config(slowdown);
+    let config = AdaptiveConfig { hedge, ..racing_config(slowdown) };
     let device =
         common::ready_device(bed.engine.clone(), bed.graph.clone(), &client, bed.problem.clone(), config).await;
     (bed, device)
@@ -132,6 +137,32 @@ async fn a_raced_frame_costs_its_local_latency_and_loses_when_the_link_is_up() {
     assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
     // About the local latency, not the 60 s deadline.
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// `eager`: the tail starts as the request is sent, not after a stall or at the due time. With
+/// the link up the server still answers first; with the link silent the race had started at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_device_races_from_the_moment_it_sends() {
+    let (bed, mut device) = slow_device(Hedge::Eager).await;
+    let Bed { proxy, graph, .. } = &bed;
+    let mut remote = 0;
+    for k in 0..5 {
+        let (rec, out) = device.frame(k, common::input(graph, k as u64), Instant::now()).await;
+        assert!(out.contains_key("logits"), "frame {k}: {:?}", out.keys());
+        assert_eq!(rec.cut, 0, "frame {k}: {rec:?}");
+        let raced = rec.race_ms.expect("an eager device races every sent frame");
+        assert!(raced < 50.0, "frame {k}: the race started {raced:.0} ms after sending");
+        remote += usize::from(rec.status == FrameStatus::Remote);
+    }
+    // The server answers in a few ms; the device's own tail needs ≥ 300 ms.
+    assert!(remote >= 4, "only {remote} of 5 frames were answered by the server with the link up");
+
+    proxy.handle().blackhole(true);
+    let (rec, out) = device.frame(5, common::input(graph, 5), Instant::now()).await;
+    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
+    assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
+    assert!(rec.race_ms.is_some_and(|r| r < 50.0), "{rec:?}");
 }
 
 /// After a frame whose race the device won, its call still open, the link comes back: the

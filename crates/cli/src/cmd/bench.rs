@@ -124,8 +124,9 @@ pub struct TraceArgs {
 
     /// When the adaptive device computes the tail itself while a request is out (`race`: once
     /// the answer is due, or earlier once the upload stalls, at the lowest CPU priority, counted
-    /// on by the decision; `race-due`: the same, never before the answer is due; `late`: once
-    /// the answer is late by twice that; `off`).
+    /// on by the decision; `race-due`: the same, never before the answer is due; `eager`: as
+    /// `race`, but from the moment the request is sent; `late`: once the answer is late by
+    /// twice that; `off`).
     /// See `cleave run --help`. Fixed strategies never hedge. Several, comma-separated (e.g.
     /// `race,late`): the first is `adaptive`, each other one runs after it as
     /// `adaptive-hedge-<policy>`, side by side on the same trace and frames.

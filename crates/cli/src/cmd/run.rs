@@ -170,7 +170,9 @@ pub struct Args {
     /// on that cap, so a frame never costs more than its local latency plus that wait however
     /// long the link stalls (costs device energy on late frames); earlier when the device's
     /// socket shows the upload stalled (bytes queued, none acknowledged for 100 ms or more);
-    /// `race-due`: as `race` without watching the socket; `late`: once the answer is
+    /// `race-due`: as `race` without watching the socket; `eager`: as `race`, but the tail
+    /// starts as the request is sent (a stalled frame costs about its local latency; every sent
+    /// frame costs the device CPU until its request is delivered); `late`: once the answer is
     /// late by twice the predicted remote time + 20 ms, not counted on; `off`: wait for the
     /// server until --timeout.
     #[arg(long, value_name = "POLICY", default_value = "race")]
