@@ -1,6 +1,6 @@
 //! Criterion bench: one tract run of a whole model on the calling thread (warm), on a fresh
-//! thread per run (how the adaptive device started its race before `IdleWorker`), and on a
-//! long-lived [`cleave_node::priority::IdleWorker`]. Only the run itself is timed.
+//! thread per run (how the adaptive device started its race before `Worker`), and on a
+//! long-lived [`cleave_node::priority::Worker::idle`]. Only the run itself is timed.
 //!
 //! `cargo bench -p cleave-bench --bench race_thread`; resnet50-light is added when `../shared` is
 //! present. To see it under a device's CPU quota, start the bench inside a cgroup with a CFS quota.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cleave_engine::{Engine, EngineConfig, TensorMap, random_input};
 use cleave_graph::build::zoo;
 use cleave_graph::{InputShapes, ModelGraph};
-use cleave_node::priority::IdleWorker;
+use cleave_node::priority::Worker;
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 
@@ -36,7 +36,7 @@ fn bench_model(c: &mut Criterion, name: &str, graph: ModelGraph) {
     group.bench_function("fresh thread", |b| {
         b.iter_custom(|n| (0..n).map(|_| std::thread::spawn(t.clone()).join().unwrap()).sum::<Duration>())
     });
-    let worker = IdleWorker::new("cleave-bench-idle");
+    let worker = Worker::idle("cleave-bench-idle");
     let t = timed.clone();
     group.bench_function("idle worker", |b| {
         b.iter_custom(|n| (0..n).map(|_| worker.run(t.clone()).unwrap().blocking_recv().unwrap()).sum::<Duration>())

@@ -285,8 +285,8 @@ async fn serve(
         hedge: setup.hedge,
         fleet: false,
     };
-    // The racing thread `prepare` warms, for every adaptive run (a fresh one would race cold).
-    let racer = {
+    // The threads `prepare` warms, for every run (fresh ones would start cold).
+    let threads = {
         let direct = EdgeClient::connect(&setup.edge.to_string(), 64 << 20).await.map_err(|e| dev(&e))?;
         let warm = AdaptiveDevice::new(
             engine.clone(),
@@ -302,7 +302,7 @@ async fn serve(
             .map_err(|e| dev(&e))?
             .map_err(|e| dev(&e))?;
         warm.warm_server(&direct).await.map_err(|e| dev(&e))?;
-        warm.racer()
+        warm.threads()
     };
     send(out, &FromDevice::Ready { profile }).await.map_err(|e| dev(&e))?;
 
@@ -321,7 +321,7 @@ async fn serve(
         let mut device = AdaptiveDevice::new(engine.clone(), graph.clone(), Some(client), p, run.strategy, config)
             .map_err(|e| dev(&e))?
             .with_epoch(origin)
-            .with_racer(racer.clone());
+            .with_threads(threads.clone());
         let first = origin + Duration::from_secs_f64(run.lead_ms / 1e3);
         if run.bootstrap && run.strategy == Strategy::Adaptive {
             // Never past the first release: on a slow trace the probe alone can take longer

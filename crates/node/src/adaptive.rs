@@ -786,16 +786,39 @@ pub struct AdaptiveDevice {
     sent_report: Option<(DeviceReport, Instant)>,
     /// Frames started so far.
     frames: usize,
-    /// The thread the device races the server on, kept warm between races (shared with other
-    /// devices of the process by [`AdaptiveDevice::with_racer`]).
-    racer: Arc<crate::priority::IdleWorker>,
+    /// The threads the device computes and races on, kept warm between frames.
+    threads: DeviceThreads,
     /// The thread that measures content-dependent sizes off the link (see "Payload sizes").
-    sizer: crate::priority::IdleWorker,
+    sizer: crate::priority::Worker,
     /// Content-dependent payload sizes being measured off the link: per codec at cut 0, the
     /// bytes or why it could not be encoded.
     size_probe: Option<tokio::sync::oneshot::Receiver<Vec<(Codec, Result<u64, String>)>>>,
     /// The frame at which each content-dependent (cut, codec) size was last observed.
     size_seen: HashMap<(usize, Codec), usize>,
+}
+
+/// The long-lived threads an [`AdaptiveDevice`] computes on: its heads and the tails it runs
+/// after a failed call (`compute`, default priority), and the tails it races the server with
+/// (`race`, lowest priority; see "Racing the server"). Clones share the threads.
+#[derive(Debug, Clone)]
+pub struct DeviceThreads {
+    compute: Arc<crate::priority::Worker>,
+    race: Arc<crate::priority::Worker>,
+}
+
+impl DeviceThreads {
+    pub fn new() -> DeviceThreads {
+        DeviceThreads {
+            compute: Arc::new(crate::priority::Worker::normal("cleave-compute")),
+            race: Arc::new(crate::priority::Worker::idle("cleave-race")),
+        }
+    }
+}
+
+impl Default for DeviceThreads {
+    fn default() -> Self {
+        DeviceThreads::new()
+    }
 }
 
 /// How a sent frame ended.
@@ -930,8 +953,8 @@ impl AdaptiveDevice {
             recommendation_text: None,
             sent_report: None,
             frames: 0,
-            racer: Arc::new(crate::priority::IdleWorker::new("cleave-race")),
-            sizer: crate::priority::IdleWorker::new("cleave-size"),
+            threads: DeviceThreads::new(),
+            sizer: crate::priority::Worker::idle("cleave-size"),
             size_probe: None,
             size_seen: HashMap::new(),
         })
@@ -943,18 +966,18 @@ impl AdaptiveDevice {
         self
     }
 
-    /// Races on `racer`'s thread instead of a thread of its own: a process that makes several
-    /// devices in turn (`cleave bench trace` runs one per strategy) keeps the thread that
-    /// [`AdaptiveDevice::prepare`] warmed. A thread's first tract runs are slower (see
-    /// [`crate::priority::IdleWorker`]), and a device made after `prepare` would race cold.
-    pub fn with_racer(mut self, racer: Arc<crate::priority::IdleWorker>) -> Self {
-        self.racer = racer;
+    /// Computes and races on `threads` instead of threads of its own: a process that makes
+    /// several devices in turn (`cleave bench trace` makes one per strategy) keeps the threads
+    /// that [`AdaptiveDevice::prepare`] warmed. A thread's first tract runs are slower (see
+    /// [`crate::priority`]), and a device made after `prepare` would start cold.
+    pub fn with_threads(mut self, threads: DeviceThreads) -> Self {
+        self.threads = threads;
         self
     }
 
-    /// The thread this device races on (see [`AdaptiveDevice::with_racer`]).
-    pub fn racer(&self) -> Arc<crate::priority::IdleWorker> {
-        self.racer.clone()
+    /// The threads this device computes and races on (see [`AdaptiveDevice::with_threads`]).
+    pub fn threads(&self) -> DeviceThreads {
+        self.threads.clone()
     }
 
     /// The cuts this device may run at.
@@ -970,9 +993,10 @@ impl AdaptiveDevice {
         &self.estimates
     }
 
-    /// Compiles every head (and exit part) this device may run, so that switching costs nothing;
-    /// a racing device also compiles its local tails and runs the whole model twice on its
-    /// racing thread, so the first race does not start cold.
+    /// Compiles every head (and exit part) this device may run, so that switching costs nothing,
+    /// and runs the whole model once on its compute thread; a racing device also compiles its
+    /// local tails and runs the whole model twice on its racing thread. So neither the first
+    /// frame nor the first race starts on a cold thread.
     pub fn prepare(&self) -> Result<(), AdaptiveError> {
         let mut parts: BTreeSet<(usize, usize)> = self.candidate_cuts().into_iter().map(|c| (0, c)).collect();
         if self.strategy == Strategy::Adaptive {
@@ -995,33 +1019,38 @@ impl AdaptiveDevice {
                 message: e.to_string(),
             })?;
         }
-        if self.strategy == Strategy::Adaptive && self.config.hedge != Hedge::Off {
-            self.warm_racer();
-        }
+        self.warm_threads(self.strategy == Strategy::Adaptive && self.config.hedge != Hedge::Off);
         Ok(())
     }
 
-    /// Runs the whole model twice on the racing thread, so that the first race does not pay for
-    /// a cold thread (see [`crate::priority::IdleWorker`]). Best effort: a failure here will
-    /// show, with its reason, in the race that meets it.
-    fn warm_racer(&self) {
+    /// Runs the whole model on the device's threads so that its first frames do not pay for cold
+    /// ones (see [`crate::priority`]): once on the compute thread, and for a racing device twice
+    /// on the racing thread. Best effort: a failure here will show, with its reason, in the frame
+    /// that meets it.
+    fn warm_threads(&self, race: bool) {
         let Ok(part) = self.engine.part(&self.graph, 0, self.graph.last_cut()) else { return };
         let env: TensorMap = self.boundaries[0].iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
-        let engine = self.engine.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let started = self.racer.run(move || {
-            let _ = tx.send((0..2).try_for_each(|_| engine.run(&part, &env).map(drop)));
-        });
-        // A blocking wait, like the compiles above; the worker answers or drops `tx`.
-        let outcome = match started {
-            Err(e) => e.to_string(),
-            Ok(_) => match rx.recv() {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "the racing thread stopped".to_string(),
-            },
-        };
-        tracing::debug!("warming the racing thread: {outcome}");
+        let mut runs = vec![(&self.threads.compute, 1, "compute")];
+        if race {
+            runs.push((&self.threads.race, 2, "racing"));
+        }
+        for (worker, times, name) in runs {
+            let (engine, part, env) = (self.engine.clone(), part.clone(), env.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let started = worker.run(move || {
+                let _ = tx.send((0..times).try_for_each(|_| engine.run(&part, &env).map(drop)));
+            });
+            // A blocking wait, like the compiles in `prepare`; the worker answers or drops `tx`.
+            let outcome = match started {
+                Err(e) => e.to_string(),
+                Ok(_) => match rx.recv() {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "the thread stopped".to_string(),
+                },
+            };
+            tracing::debug!("warming the {name} thread: {outcome}");
+        }
     }
 
     /// Sends one request per candidate cut (random boundary tensors) to `client`, so that the
@@ -1449,16 +1478,19 @@ impl AdaptiveDevice {
             discarded_bytes,
             sizing_encodes,
         };
-        // The head, on a blocking thread, then the emulated slowdown.
+        // The head, on the device's compute thread, then the emulated slowdown.
         let head = {
             let (engine, graph, inputs) = (self.engine.clone(), self.graph.clone(), inputs.clone());
             let exit = exit.clone();
-            tokio::task::spawn_blocking(move || run_head(&engine, &graph, &inputs, cut, exit.as_ref())).await
+            self.threads.compute.run(move || run_head(&engine, &graph, &inputs, cut, exit.as_ref()))
+        };
+        let head = match head {
+            Ok(rx) => rx.await.map_err(|_| "the device's compute thread stopped".to_string()),
+            Err(e) => Err(format!("starting the head: {e}")),
         };
         let (env, exited, compute) = match head {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return self.failed(rec, release, e),
-            Err(e) => return self.failed(rec, release, e.to_string()),
+            Ok(Err(e)) | Err(e) => return self.failed(rec, release, e),
         };
         self.slow_down(compute).await;
         rec.head_compute_ms = compute.as_secs_f64() * 1e3;
@@ -1847,12 +1879,9 @@ impl AdaptiveDevice {
             .map_err(|e| e.to_string())?;
             Ok::<_, String>((out, t0.elapsed()))
         };
-        let r = if background {
-            let rx = self.racer.run(work).map_err(|e| format!("starting the local tail: {e}"))?;
-            rx.await.map_err(|_| "the local tail's thread stopped".to_string())??
-        } else {
-            tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())??
-        };
+        let worker = if background { &self.threads.race } else { &self.threads.compute };
+        let rx = worker.run(work).map_err(|e| format!("starting the local tail: {e}"))?;
+        let r = rx.await.map_err(|_| "the local tail's thread stopped".to_string())??;
         self.slow_down(r.1).await;
         Ok(r.0)
     }

@@ -6,11 +6,13 @@
 //! only when no normal thread of the same CPU cgroup is runnable; within a CFS quota it also
 //! yields the quota to them), falling back to nice 19. Elsewhere this does nothing.
 //!
-//! [`IdleWorker`] keeps one such thread alive and hands it jobs. A fresh thread for each race
+//! [`Worker::idle`] keeps one such thread alive and hands it jobs. A fresh thread for each race
 //! ran resnet50-light's tract plan 16 % slower than a thread that had run it before (62.4 vs
 //! 53.8 ms, `cargo bench -p cleave-bench --bench race_thread`; no difference on the small
 //! built-in model): what a thread builds up over its first runs (its allocations and buffers)
-//! is lost with it.
+//! is lost with it. [`Worker::normal`] is the same at the default priority, for the device's own
+//! compute: a pool such as tokio's blocking threads hands consecutive frames to different
+//! threads, and each new one pays that again.
 
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -35,20 +37,27 @@ pub fn lowest_for_this_thread() {
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// One long-lived thread at the lowest CPU priority ([`lowest_for_this_thread`]) that runs the
-/// jobs given to it one at a time, in order. The thread starts with the first job and ends when
-/// the worker is dropped; a job that panics loses only its own answer, and a thread that died
-/// is replaced at the next job.
+/// One long-lived thread that runs the jobs given to it one at a time, in order: at the lowest
+/// CPU priority ([`Worker::idle`], see [`lowest_for_this_thread`]) or at the default one
+/// ([`Worker::normal`]). The thread starts with the first job and ends when the worker is
+/// dropped; a job that panics loses only its own answer, and a thread that died is replaced at
+/// the next job.
 #[derive(Debug)]
-pub struct IdleWorker {
+pub struct Worker {
     name: String,
+    idle: bool,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
 }
 
-impl IdleWorker {
-    /// A worker whose thread (started on demand) is called `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        IdleWorker { name: name.into(), tx: Mutex::new(None) }
+impl Worker {
+    /// A worker whose thread (started on demand, called `name`) runs at the lowest priority.
+    pub fn idle(name: impl Into<String>) -> Self {
+        Worker { name: name.into(), idle: true, tx: Mutex::new(None) }
+    }
+
+    /// A worker whose thread (started on demand, called `name`) keeps the default priority.
+    pub fn normal(name: impl Into<String>) -> Self {
+        Worker { name: name.into(), idle: false, tx: Mutex::new(None) }
     }
 
     /// Queues `job`; its result arrives on the returned channel (closed without a value if the
@@ -71,8 +80,11 @@ impl IdleWorker {
                 }
             }
             let (sender, jobs) = mpsc::channel::<Job>();
+            let idle = self.idle;
             std::thread::Builder::new().name(self.name.clone()).spawn(move || {
-                lowest_for_this_thread();
+                if idle {
+                    lowest_for_this_thread();
+                }
                 for job in jobs {
                     // A panicking job drops its result sender; the thread carries on.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
@@ -100,9 +112,21 @@ mod tests {
     }
 
     #[test]
+    fn only_an_idle_worker_lowers_its_thread() {
+        let policy = |w: super::Worker| {
+            // SAFETY: a query of the calling (worker) thread.
+            w.run(|| unsafe { libc::sched_getscheduler(0) }).unwrap().blocking_recv().unwrap()
+        };
+        // Root or not, SCHED_IDLE is allowed to anyone; the fallback (nice 19) keeps the class.
+        let idle = policy(super::Worker::idle("cleave-test-idle"));
+        assert!(idle == libc::SCHED_IDLE || idle == libc::SCHED_OTHER, "{idle}");
+        assert_eq!(policy(super::Worker::normal("cleave-test-normal")), libc::SCHED_OTHER);
+    }
+
+    #[test]
     fn an_idle_worker_runs_jobs_in_order_on_one_thread_and_survives_a_panic() {
-        let w = super::IdleWorker::new("cleave-test-idle");
-        let id = |w: &super::IdleWorker| w.run(|| std::thread::current().id()).unwrap().blocking_recv().unwrap();
+        let w = super::Worker::idle("cleave-test-idle");
+        let id = |w: &super::Worker| w.run(|| std::thread::current().id()).unwrap().blocking_recv().unwrap();
         let first = id(&w);
         let panicked = w.run(|| -> u32 { panic!("a job that panics") }).unwrap().blocking_recv();
         assert!(panicked.is_err(), "a panicking job yields no value");
