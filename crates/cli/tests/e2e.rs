@@ -221,7 +221,7 @@ fn adaptive_run_answers_every_frame_and_writes_records() {
     );
     assert!(stdout.contains("10 frames: "), "{stdout}");
     // No frame fell back for a failure. A race the device's own tail won (it starts with the
-    // request; `--hedge race`, the default) is timing, not failure: on this tiny model the
+    // request; `--hedge eager`, the default) is timing, not failure: on this tiny model the
     // local tail takes a few ms, and a loaded test machine may answer later than that.
     let won_race = |e: &str| e.starts_with("raced") || e.starts_with("hedged");
     let failed: Vec<&&str> =

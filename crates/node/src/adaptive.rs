@@ -45,37 +45,37 @@
 //!
 //! ## Racing the server
 //! A link can go silent for seconds (cellular traces do), and no estimator sees that coming: a
-//! frame sent just before an outage waits it out. So by default ([`Hedge::Race`]) the device
-//! also computes the tail itself, on a thread in the lowest CPU class ([`crate::priority`]:
-//! `SCHED_IDLE`; one thread for the device's life, run twice on the whole model in
-//! [`AdaptiveDevice::prepare`]: a fresh thread per race ran resnet50-light's tract plan 16 %
-//! slower, `cargo bench -p cleave-bench --bench race_thread`), and the frame takes whichever
-//! answer comes first. The idle-class thread yields to the runtime that handles the answer and
-//! to the next frame's head (within a CPU quota too: it only gets quota time no normal thread
-//! wants). A frame therefore costs at most about its local latency plus the race's start,
-//! whatever the link does, and the planner's choice only has to be right when the link is up.
+//! frame sent just before an outage waits it out. So by default the device also computes the
+//! tail itself, on a thread in the lowest CPU class ([`crate::priority`]: `SCHED_IDLE`; one
+//! thread for the device's life, run twice on the whole model in [`AdaptiveDevice::prepare`]: a
+//! fresh thread per race ran resnet50-light's tract plan 16 % slower, `cargo bench -p
+//! cleave-bench --bench race_thread`), and the frame takes whichever answer comes first. The
+//! idle-class thread yields to the runtime that handles the answer and to the next frame's head
+//! (within a CPU quota too: it only gets quota time no normal thread wants). A frame therefore
+//! costs at most about its local latency plus the race's start, whatever the link does, and the
+//! planner's choice only has to be right when the link is up.
 //!
-//! When the race starts: **once the answer is due**, i.e. the plan's predicted remote time
-//! after sending, so a frame costs at most its local latency plus that; **or earlier, once the
+//! When the race starts: **by default ([`Hedge::Eager`]) as the request is sent**, so a frame
+//! sent into an outage costs about its local latency. [`Hedge::Race`] starts it **once the
+//! answer is due**, i.e. the plan's predicted remote time after sending, **or earlier, once the
 //! upload stalls**: the device reads its own socket every 10 ms ([`crate::upload`]: the bytes
 //! the far end has acknowledged, the bytes still in the send queue), and bytes waiting while
 //! the acknowledged count has not moved for [`STALL_FLOOR`] (100 ms, or four packet times at
 //! the estimated rate if longer; plus an RTT before the first acknowledgement) mean the link is
-//! not carrying them. A frame sent into an outage then costs about the stall time plus its local
-//! latency however long the answer was predicted to take. (`--hedge race-due` is the same device
-//! without the watch, for comparison; [`Hedge::Eager`], `--hedge eager`, starts the race as
-//! the request is sent.) Starting with the
-//! request would cap it at the local latency alone, but measured side by side on the ATT and
-//! TMobile LTE traces, with the device and the edge on one 2-core machine, a race running from
-//! the start slowed the edge's reported compute by 10% to 2× while it ran (they share the
-//! machine's cores and caches, which a real device and edge do not), and the adaptive device
-//! ended slower than the static choice it was making anyway. Starting when the answer is due
-//! keeps the device off the CPU while a server that keeps the plan's promise computes; a
-//! phone's energy is spared too. What racing costs is device energy: the tail runs on every
-//! frame whose answer is late, until the server answers: then the tail stops at its next
-//! operator ([`cleave_engine::Engine::run_cancellable`]), so a late answer costs the device only
-//! the operators run meanwhile. If the call fails instead, the tail already running is the
-//! fallback. The decision knows the cap ([`decide_racing`]). With
+//! not carrying them; a frame sent into an outage then costs the stall time (120–190 ms on the
+//! ATT trace) plus its local latency. (`--hedge race-due` is `race` without the watch.) Side by
+//! side on the four real traces (`docs/TRACES.md`, the round at `3bb0d26`) eager was within 10 %
+//! of the hindsight oracle where race was 11–23 % behind it on the outage traces, and as fast on
+//! the steady ones. An earlier version started every race with the request and was slower than
+//! the static choice on the LTE trace: before the hold below, the tail kept the device's CPU
+//! while the answer arrived, and the bench's device raced on a cold thread.
+//!
+//! What racing costs is device energy. With eager, every sent frame runs the tail until its
+//! request is delivered (then the hold below pauses it): 14 ms of CPU a frame against 7 with
+//! race on resnet50-light over the LTE trace, against 77 for computing it at home. With race,
+//! only frames whose answer is late. Either way the tail stops at its next operator once the
+//! server answers ([`cleave_engine::Engine::run_cancellable`]), and if the call fails the tail
+//! already running is the fallback. The decision knows the cap ([`decide_racing`]). With
 //! [`Hedge::Late`] the tail starts only once the answer is late by twice the predicted remote
 //! time (+20 ms), for a device that must save energy; [`Hedge::Off`] waits until the deadline.
 //! Fixed strategies never hedge. A frame answered by its own tail is marked `local-fallback`
@@ -482,7 +482,8 @@ pub fn remote_ms(plan: &Plan) -> f64 {
 /// costs an offload at most `local + r` in this mean, and the frames around it, where the link
 /// works, still count. With `stall` (a device that watches its upload) a sample slow enough to
 /// be a stopped link costs at most the local latency plus the watch's time instead
-/// ([`StallCap`]). Device-only is scored as
+/// ([`StallCap`]; an eager device, [`Hedge::Eager`], passes a zero cap: its tail starts with the
+/// request, so every sample costs at most the local latency). Device-only is scored as
 /// [`decide`] scores it. With a single sample the prior ([`DEFAULT_UP_BPS`]) counts as a second
 /// one. Falls back to [`decide`] for objectives other than latency (racing does not save
 /// energy) and before any sample. `predicted.total_ms` and `objective` of the
@@ -621,15 +622,15 @@ pub enum Hedge {
     ///
     /// Earlier when the upload stalls: bytes wait in the device's send queue and the
     /// acknowledged count has not moved for a while ([`crate::upload`]).
-    #[default]
     Race,
     /// As [`Hedge::Race`], but without watching the socket: never before the answer is due (no
     /// stall watch) and never held (no delivery seen). For comparing the two side by side.
     RaceDue,
-    /// As [`Hedge::Race`], but the tail starts as the request is sent (held, as with
-    /// [`Hedge::Race`], while a delivered request's answer is due): a frame sent into an outage
-    /// costs about its local latency, and every sent frame costs the device the tail's compute
-    /// until its request is delivered.
+    /// The tail starts as the request is sent, held (as with [`Hedge::Race`]) while a
+    /// delivered request's answer is due: a frame sent into an outage costs about its local
+    /// latency, and every sent frame costs the device the tail's compute until its request is
+    /// delivered. The default.
+    #[default]
     Eager,
     /// Once the answer is late by twice the predicted remote time (+20 ms): local compute
     /// only for frames that are already late.

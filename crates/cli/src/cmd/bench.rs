@@ -122,15 +122,15 @@ pub struct TraceArgs {
     #[arg(long, default_value = "30s", value_parser = crate::cmd::duration)]
     pub max_backlog: std::time::Duration,
 
-    /// When the adaptive device computes the tail itself while a request is out (`race`: once
-    /// the answer is due, or earlier once the upload stalls, at the lowest CPU priority, counted
-    /// on by the decision; `race-due`: the same, never before the answer is due; `eager`: as
-    /// `race`, but from the moment the request is sent; `late`: once the answer is late by
-    /// twice that; `off`).
+    /// When the adaptive device computes the tail itself while a request is out, at the lowest
+    /// CPU priority, taking whichever answer comes first (`eager`: as the request is sent;
+    /// `race`: once the answer is due, or earlier once the upload stalls; `race-due`: once the
+    /// answer is due; all three counted on by the decision; `late`: once the answer is late by
+    /// twice the predicted time; `off`).
     /// See `cleave run --help`. Fixed strategies never hedge. Several, comma-separated (e.g.
     /// `race,late`): the first is `adaptive`, each other one runs after it as
     /// `adaptive-hedge-<policy>`, side by side on the same trace and frames.
-    #[arg(long, value_name = "POLICY", value_delimiter = ',', default_value = "race")]
+    #[arg(long, value_name = "POLICY", value_delimiter = ',', default_value = "eager")]
     pub hedge: Vec<cleave_node::adaptive::Hedge>,
 
     /// Run every strategy N times, in rounds (each round runs all of them once, so that a slow

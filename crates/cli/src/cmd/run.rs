@@ -165,17 +165,16 @@ pub struct Args {
     pub device_slowdown: f64,
 
     /// With --cut adaptive: when the device computes the tail itself while a request is out;
-    /// the frame takes whichever answer comes first. `race`: once the answer is due (the plan's
-    /// predicted remote time), on a lowest-priority thread, and the per-frame decision counts
-    /// on that cap, so a frame never costs more than its local latency plus that wait however
-    /// long the link stalls (costs device energy on late frames); earlier when the device's
-    /// socket shows the upload stalled (bytes queued, none acknowledged for 100 ms or more);
-    /// `race-due`: as `race` without watching the socket; `eager`: as `race`, but the tail
-    /// starts as the request is sent (a stalled frame costs about its local latency; every sent
-    /// frame costs the device CPU until its request is delivered); `late`: once the answer is
-    /// late by twice the predicted remote time + 20 ms, not counted on; `off`: wait for the
-    /// server until --timeout.
-    #[arg(long, value_name = "POLICY", default_value = "race")]
+    /// the frame takes whichever answer comes first, and the tail runs on a lowest-priority
+    /// thread. `eager`: as the request is sent, so a link that stalls costs a frame about its
+    /// local latency (every sent frame costs device CPU until its request is delivered; once it
+    /// is, the tail pauses while the answer is due); `race`: once the answer is due (the plan's
+    /// predicted remote time), or earlier when the device's socket shows the upload stalled
+    /// (bytes queued, none acknowledged for 100 ms or more), which spends less device energy;
+    /// `race-due`: as `race` without watching the socket; `late`: once the answer is late by
+    /// twice the predicted remote time + 20 ms, not counted on; `off`: wait for the server
+    /// until --timeout.
+    #[arg(long, value_name = "POLICY", default_value = "eager")]
     pub hedge: Hedge,
 
     /// With --cut adaptive: join the fleet of an edge started with `cleave serve --coordinate`.
