@@ -50,34 +50,6 @@ enum Command {
     Bench(cmd::bench::Bench),
 }
 
-/// Lets glibc's allocator keep the memory an inference frees for the next one, instead of
-/// returning it to the OS and faulting it in again (each fault also zeroes a page).
-///
-/// By default glibc serves large blocks (a feature map, an im2col buffer) with their own
-/// `mmap`, unmapped on free, until frees have raised its threshold, and trims the heap's free
-/// top. On a device under a CPU quota that cost shows: in `cleave bench trace` runs of
-/// resnet50-light on the ATT trace, three device-only frames took 1700–5700 minor page faults
-/// and 94–128 ms of CPU, against 66–74 ms for the others (`--records`: `page_faults`,
-/// `cpu_ms`). So the mmap threshold is fixed at glibc's largest (32 MiB) and the trim
-/// threshold at 1 GiB: a process keeps its peak heap, as a server should. In the next run of
-/// the same bench every device-only frame took 1 page fault.
-/// `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment wins.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        for (var, param, value) in [
-            ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 32 << 20),
-            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 1 << 30),
-        ] {
-            if std::env::var_os(var).is_none() {
-                // SAFETY: mallopt only sets allocator parameters; called before any thread
-                // starts.
-                unsafe { libc::mallopt(param, value) };
-            }
-        }
-    }
-}
-
 fn main() -> ExitCode {
     // A panic inside the inference engine is caught and reported as a one-line error; don't
     // also print the panic message. Any other panic is a bug and prints as usual.
@@ -87,7 +59,6 @@ fn main() -> ExitCode {
             default_hook(info);
         }
     }));
-    keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
