@@ -62,11 +62,11 @@
 //! the far end has acknowledged, the bytes still in the send queue), and bytes waiting while
 //! the acknowledged count has not moved for [`STALL_FLOOR`] (100 ms, or four packet times at
 //! the estimated rate if longer; plus an RTT before the first acknowledgement) mean the link is
-//! not carrying them; a frame sent into an outage then costs the stall time (120–190 ms on the
-//! ATT trace) plus its local latency. (`--hedge race-due` is `race` without the watch.) Side by
-//! side on the four real traces (`docs/TRACES.md`, the round at `3bb0d26`) eager was within 10 %
-//! of the hindsight oracle where race was 11–23 % behind it on the outage traces, and as fast on
-//! the steady ones. An earlier version started every race with the request and was slower than
+//! not carrying them; a frame sent into an outage then costs the stall time (118–179 ms on the
+//! ATT and UMTS traces) plus its local latency. (`--hedge race-due` is `race` without the
+//! watch.) Side by side on the four real traces (`docs/TRACES.md`, the round at `3bb0d26`), on
+//! the two with outages eager was 5–11 % behind the hindsight oracle where race was 11–23 %
+//! behind it, and on the two steady ones 2–6 % where race was 4–24 %. An earlier version started every race with the request and was slower than
 //! the static choice on the LTE trace: before the hold below, the tail kept the device's CPU
 //! while the answer arrived, and the bench's device raced on a cold thread.
 //!

@@ -108,8 +108,8 @@ async fn slow_device(hedge: Hedge) -> (Bed, AdaptiveDevice) {
     (bed, device)
 }
 
-/// The default policy, `race`: the device's own tail starts with the request, at the lowest
-/// priority. With the link up the server still answers first (the race must not slow it down);
+/// `race`: the device's own tail starts once the answer is due or the upload stalls, at the
+/// lowest priority. With the link up the server still answers first (the race must not slow it down);
 /// with the link silent the frame costs its local latency, not twice the predicted remote time
 /// plus that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
