@@ -81,6 +81,26 @@
 //! Fixed strategies never hedge. A frame answered by its own tail is marked `local-fallback`
 //! with the reason.
 //!
+//! **What a local answer costs.** A sent frame that its own tail answers has paid for more
+//! than the tail: the head and the encoding before sending, and a tail on the idle-class thread
+//! runs slower than a device-only frame on the compute thread (it yields to every other thread
+//! that wakes on its CPU, and it is held while the answer looks on its way). On PP-OCR det at
+//! 15 % of a core, the tails of such frames alone took 0.99–1.28× the median device-only frame
+//! of the same run, after 22–40 ms spent before sending (the records of `bench trace`,
+//! `docs/TRACES.md`'s command). And the device-only time they were compared with is a profile,
+//! which an adaptive device that never computes a frame at home never corrects. Scoring these
+//! answers as the profile's device-only time could make an offload into a dead link look no
+//! worse than staying home. So:
+//! - each local answer to a sent frame (from the frame's start, less the race's start delay
+//!   after sending, which the decision adds per policy) is compared with the profile's
+//!   device-only time, and [`decide_racing`] caps a sent frame at that time × the ratios (the
+//!   median of the last 9; before 3, their mean with the current device-only prediction
+//!   counting as one);
+//! - a race that was never held ran from its start to the answer: its time calibrates the
+//!   device's compute like a head's does ("Compute as measured").
+//!
+//! The record's `local_answer_ms` and `device_only_ms` say what the decision used.
+//!
 //! **The race holds while the answer is on its way.** Once the device's socket says the whole
 //! request has been acknowledged ([`crate::upload::UploadProgress::delivered_since`]), the
 //! server has it, and the answer should follow within the plan's server, downlink and
@@ -118,8 +138,9 @@
 //! runs the same head slower, and a busy server runs tails slower than its profile. So each
 //! frame's measured head time (including any emulated slowdown) and the server's reported
 //! compute time are compared with what the problem predicted for that cut, and the median of
-//! the last 9 ratios (from 3 on) rescales the problem's device and server compute. Early-exited
-//! and locally completed frames are left out: they ran different parts.
+//! the last 9 ratios (from 3 on) rescales the problem's device and server compute, and so does
+//! a racing tail that ran unheld to the answer (against the profile's time for that tail).
+//! Early-exited frames and tails run after a failed call are left out.
 //!
 //! ## Payload sizes
 //! The planner's bytes per (cut, codec) are exact for element-wise codecs but only a prior for
@@ -485,7 +506,9 @@ pub fn remote_ms(plan: &Plan) -> f64 {
 /// ([`StallCap`]; an eager device, [`Hedge::Eager`], passes a zero cap: its tail starts with the
 /// request, so every sample costs at most the local latency). Device-only is scored as
 /// [`decide`] scores it. With a single sample the prior ([`DEFAULT_UP_BPS`]) counts as a second
-/// one. Falls back to [`decide`] for objectives other than latency (racing does not save
+/// one. `local_answer_ms` is what a sent frame answered by the device's own tail costs from the
+/// frame's start when the tail starts as the request is sent (see "What a local answer costs"
+/// in the module docs); `None`: the device-only time. Falls back to [`decide`] for objectives other than latency (racing does not save
 /// energy) and before any sample. `predicted.total_ms` and `objective` of the
 /// returned plan are the raced expectation.
 pub fn decide_racing(
@@ -494,6 +517,7 @@ pub fn decide_racing(
     samples_bps: &[f64],
     down_bps: Option<f64>,
     stall: Option<StallCap>,
+    local_answer_ms: Option<f64>,
 ) -> Result<Plan, PlanError> {
     let mut usable: Vec<f64> = samples_bps.iter().copied().filter(|s| s.is_finite() && *s > 0.0).collect();
     if problem.objective != Objective::Latency || usable.is_empty() {
@@ -507,7 +531,7 @@ pub fn decide_racing(
         usable.push(DEFAULT_UP_BPS);
     }
     let last = problem.last();
-    let local_ms = problem.device_ms[last];
+    let local_ms = local_answer_ms.filter(|l| l.is_finite() && *l > 0.0).unwrap_or(problem.device_ms[last]);
     let planner = Planner::new(problem)?;
     let plans = planner.alternatives(&conditions(est, est.up_bps, down_bps), usize::MAX)?;
     let raced = |plan: &Plan| -> f64 {
@@ -738,6 +762,14 @@ pub struct AdaptiveRecord {
     /// sizes"): 0 or 1.
     #[serde(default)]
     pub sizing_encodes: u32,
+    /// A racing device: what the decision expected a sent frame answered by the device's own
+    /// tail to cost, ms from the frame's start (see "What a local answer costs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_answer_ms: Option<f64>,
+    /// What the decision predicted for computing the whole frame on the device, ms (the
+    /// problem's device time, as calibrated so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_only_ms: Option<f64>,
 }
 
 /// What a concurrent side task measured: a ping (an empty call: its round trip and the
@@ -778,6 +810,9 @@ pub struct AdaptiveDevice {
     /// Recent measured / profiled compute ratios (see "Compute as measured").
     device_ratios: RecentRatios,
     server_ratios: RecentRatios,
+    /// Recent local answers to sent frames against the profile's device-only time (see "What a
+    /// local answer costs").
+    fallback_ratios: RecentRatios,
     /// Smoothed server compute this device's frames cost, ms per frame (0 for frames it keeps):
     /// its own share of the server's reported utilization.
     own_server_ms: f64,
@@ -866,6 +901,12 @@ impl RecentRatios {
         }
     }
 
+    /// The ratio to use when `prior` is what to expect without samples: before 3 samples the
+    /// mean of the samples and the prior (which counts as one), then [`Self::factor`].
+    fn factor_with_prior(&self, prior: f64) -> f64 {
+        self.factor().unwrap_or_else(|| (prior + self.0.iter().sum::<f64>()) / (1 + self.0.len()) as f64)
+    }
+
     /// The median ratio, once 3 samples exist.
     fn factor(&self) -> Option<f64> {
         if self.0.len() < 3 {
@@ -949,6 +990,7 @@ impl AdaptiveDevice {
             base_server_ms,
             device_ratios: RecentRatios::default(),
             server_ratios: RecentRatios::default(),
+            fallback_ratios: RecentRatios::default(),
             own_server_ms: 0.0,
             recommendation: None,
             recommendation_text: None,
@@ -1167,13 +1209,29 @@ impl AdaptiveDevice {
 
     /// Feeds a frame's measured compute back into the problem (see "Compute as measured").
     fn calibrate_compute(&mut self, rec: &AdaptiveRecord) {
-        if rec.exit.is_some() || rec.status == FrameStatus::LocalFallback {
-            return; // the head ran a different part; the local tail is not the server's
+        if rec.exit.is_some() {
+            return; // the head ran a different part
         }
         let last = self.base_device_ms.len() - 1;
-        self.device_ratios.push(rec.head_ms, self.base_device_ms[rec.cut]);
-        if let Some(c) = rec.compute_ms {
-            self.server_ratios.push(c, self.base_server_ms[last] - self.base_server_ms[rec.cut]);
+        match (rec.status, rec.race_ms, rec.send_ms) {
+            // A sent frame the device's own tail answered (see "What a local answer costs").
+            (FrameStatus::LocalFallback, Some(race), Some(send)) => {
+                let since_start = rec.total_ms - (rec.start_ms - rec.release_ms);
+                self.fallback_ratios.push(since_start - race, self.base_device_ms[last]);
+                // A tail never held ran from its start to the answer: a measure of the
+                // device's compute, like a head.
+                if rec.delivered_ms.is_none() {
+                    let tail = rec.total_ms - (send - rec.release_ms) - race;
+                    self.device_ratios.push(tail, self.base_device_ms[last] - self.base_device_ms[rec.cut]);
+                }
+            }
+            (FrameStatus::LocalFallback, ..) => return, // the local tail ran after a failure
+            _ => {
+                self.device_ratios.push(rec.head_ms, self.base_device_ms[rec.cut]);
+                if let Some(c) = rec.compute_ms {
+                    self.server_ratios.push(c, self.base_server_ms[last] - self.base_server_ms[rec.cut]);
+                }
+            }
         }
         if let Some(f) = self.device_ratios.factor() {
             for (d, b) in self.problem.device_ms.iter_mut().zip(&self.base_device_ms) {
@@ -1185,6 +1243,19 @@ impl AdaptiveDevice {
                 *d = b * f;
             }
         }
+    }
+
+    /// What a sent frame answered by the device's own tail should cost, ms from the frame's
+    /// start with the tail starting as the request is sent (see "What a local answer costs"):
+    /// the profile's device-only time × the recent ratios, the current device-only prediction
+    /// counting as one while there are fewer than 3.
+    fn local_answer_ms(&self) -> f64 {
+        let last = self.problem.last();
+        let base = self.base_device_ms[last];
+        if base <= 0.0 {
+            return self.problem.device_ms[last];
+        }
+        base * self.fallback_ratios.factor_with_prior(self.problem.device_ms[last] / base)
     }
 
     /// When a racing device starts its own tail after sending, at the latest: once the answer is
@@ -1227,20 +1298,17 @@ impl AdaptiveDevice {
     /// [`Self::decide`] in `problem` (the device's, or a copy with this frame's sizes).
     fn decide_in(&self, problem: &Problem, est: &Estimate) -> Result<Plan, PlanError> {
         match self.config.hedge {
-            Hedge::Race => decide_racing(
+            Hedge::Race | Hedge::RaceDue | Hedge::Eager => decide_racing(
                 problem,
                 est,
                 &self.estimates.up_samples(),
                 self.config.down_bps,
-                Some(StallCap::for_estimate(est)),
-            ),
-            Hedge::RaceDue => decide_racing(problem, est, &self.estimates.up_samples(), self.config.down_bps, None),
-            Hedge::Eager => decide_racing(
-                problem,
-                est,
-                &self.estimates.up_samples(),
-                self.config.down_bps,
-                Some(StallCap { quiet_ms: 0.0, after_ms: 0.0 }),
+                match self.config.hedge {
+                    Hedge::Race => Some(StallCap::for_estimate(est)),
+                    Hedge::Eager => Some(StallCap { quiet_ms: 0.0, after_ms: 0.0 }),
+                    _ => None,
+                },
+                Some(self.local_answer_ms()),
             ),
             Hedge::Late | Hedge::Off => decide(problem, est, self.config.down_bps),
         }
@@ -1429,6 +1497,14 @@ impl AdaptiveDevice {
                 self.follow_fleet(&estimate, p)
             }) {
                 Ok((p, followed)) => {
+                    tracing::debug!(
+                        "frame {k}: cut {} scored {:.0} ms; samples {:?} bit/s, device-only {:.0} ms, a local answer {:.0} ms",
+                        p.cuts[0],
+                        p.predicted.total_ms,
+                        self.estimates.up_samples(),
+                        self.problem.device_ms[self.problem.last()],
+                        self.local_answer_ms()
+                    );
                     fleet_note = followed.map(|f| (self.recommendation_text.clone(), f));
                     let exit = match (&p.exit, p.exit_threshold) {
                         (Some(name), Some(threshold)) => Some(ExitPolicy { name: name.clone(), threshold }),
@@ -1478,6 +1554,10 @@ impl AdaptiveDevice {
             preempted: None,
             discarded_bytes,
             sizing_encodes,
+            local_answer_ms: (self.strategy == Strategy::Adaptive
+                && matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue | Hedge::Eager))
+            .then(|| self.local_answer_ms()),
+            device_only_ms: Some(self.problem.device_ms[self.problem.last()]),
         };
         // The head, on the device's compute thread, then the emulated slowdown.
         let head = {
@@ -2289,9 +2369,9 @@ mod tests {
         let slow = 0.1e6; // 10 KB in 800 ms: offloading is slower than computing locally
         let e = est(0.1);
         assert_eq!(decide(&p, &e, None).unwrap().cuts[0], last, "the point decision goes home");
-        let one = decide_racing(&p, &e, &[slow], None, None).unwrap();
+        let one = decide_racing(&p, &e, &[slow], None, None, None).unwrap();
         assert!(one.cuts[0] < last, "one slow sample: {one:?}");
-        assert_eq!(decide_racing(&p, &e, &[slow, slow], None, None).unwrap().cuts[0], last, "two slow samples");
+        assert_eq!(decide_racing(&p, &e, &[slow, slow], None, None, None).unwrap().cuts[0], last, "two slow samples");
     }
 
     /// Racing caps what an offload can cost at the local latency, so one outage sample among
@@ -2308,7 +2388,7 @@ mod tests {
         let harmonic = samples.len() as f64 / samples.iter().map(|s| 1.0 / s).sum::<f64>();
         let e = Estimate { up_bps: harmonic, ..est(1.0) };
         assert_eq!(decide(&p, &e, None).unwrap().cuts[0], last, "the point decision goes home");
-        let raced = decide_racing(&p, &e, &samples, None, None).unwrap();
+        let raced = decide_racing(&p, &e, &samples, None, None, None).unwrap();
         assert!(raced.cuts[0] < last, "{raced:?}");
         // The outage sample costs at most the local 800 ms plus the wait for the answer; the
         // four good ones well under 800 ms: the mean is under device-only's 800 ms.
@@ -2316,12 +2396,12 @@ mod tests {
 
         let bad = [0.05e6; 5];
         let e = Estimate { up_bps: 0.05e6, ..est(1.0) };
-        assert_eq!(decide_racing(&p, &e, &bad, None, None).unwrap().cuts[0], last);
+        assert_eq!(decide_racing(&p, &e, &bad, None, None, None).unwrap().cuts[0], last);
         // Before any sample, and for an energy objective, it is the point decision.
         let e = Estimate { up_bps: harmonic, ..est(1.0) };
-        assert_eq!(decide_racing(&p, &e, &[], None, None).unwrap(), decide(&p, &e, None).unwrap());
+        assert_eq!(decide_racing(&p, &e, &[], None, None, None).unwrap(), decide(&p, &e, None).unwrap());
         p.objective = Objective::Energy;
-        assert_eq!(decide_racing(&p, &e, &samples, None, None).unwrap(), decide(&p, &e, None).unwrap());
+        assert_eq!(decide_racing(&p, &e, &samples, None, None, None).unwrap(), decide(&p, &e, None).unwrap());
     }
 
     /// With the stall watch, an offload into a link that stops costs the local latency plus the
@@ -2337,16 +2417,49 @@ mod tests {
         let samples = [0.05e6, 0.05e6, 0.05e6, 20e6, 20e6];
         let harmonic = samples.len() as f64 / samples.iter().map(|s| 1.0 / s).sum::<f64>();
         let e = Estimate { up_bps: harmonic, ..est(1.0) };
-        let due = decide_racing(&p, &e, &samples, None, None).unwrap();
+        let due = decide_racing(&p, &e, &samples, None, None, None).unwrap();
         assert_eq!(due.cuts[0], last, "racing when due: {due:?}");
         let cap = StallCap { quiet_ms: 100.0, after_ms: 150.0 };
-        let watched = decide_racing(&p, &e, &samples, None, Some(cap)).unwrap();
+        let watched = decide_racing(&p, &e, &samples, None, Some(cap), None).unwrap();
         assert!(watched.cuts[0] < last, "{watched:?}");
         assert!(watched.predicted.total_ms < 800.0, "{}", watched.predicted.total_ms);
         // A slow link that keeps moving (a packet every 24 ms) is not a stall.
         assert_eq!(cap.race_after_ms(0.5e6, 900.0), 900.0);
         assert_eq!(cap.race_after_ms(0.05e6, 900.0), 150.0);
         assert_eq!(cap.race_after_ms(0.05e6, 120.0), 120.0);
+    }
+
+    /// An eager device that sends into a link that stopped in four of its last five transfers
+    /// is capped at its local latency on those four: worth it while a local answer costs what
+    /// device-only does, not once its own answers to sent frames have taken 25 % longer.
+    #[test]
+    fn a_local_answer_slower_than_device_only_makes_a_doubtful_offload_cost_more() {
+        let mut p = toy_problem();
+        for d in &mut p.device_ms {
+            *d *= 10.0; // whole model 800 ms on the device
+        }
+        let last = p.last();
+        let samples = [0.05e6, 0.05e6, 0.05e6, 0.05e6, 20e6];
+        let e = Estimate { up_bps: 5.0 / samples.iter().map(|s| 1.0 / s).sum::<f64>(), ..est(1.0) };
+        let eager = Some(StallCap { quiet_ms: 0.0, after_ms: 0.0 });
+        let cheap = decide_racing(&p, &e, &samples, None, eager, None).unwrap();
+        assert!(cheap.cuts[0] < last, "{cheap:?}");
+        let slow = decide_racing(&p, &e, &samples, None, eager, Some(1000.0)).unwrap();
+        assert_eq!(slow.cuts[0], last, "{slow:?}");
+        // A cost that is no number is ignored.
+        assert_eq!(decide_racing(&p, &e, &samples, None, eager, Some(f64::NAN)).unwrap(), cheap);
+    }
+
+    /// Before 3 samples the prior counts as one; from 3 on it is the median.
+    #[test]
+    fn fallback_ratios_start_from_the_prior() {
+        let mut r = RecentRatios::default();
+        assert_eq!(r.factor_with_prior(1.0), 1.0);
+        r.push(130.0, 100.0);
+        assert!((r.factor_with_prior(1.0) - 1.15).abs() < 1e-9);
+        r.push(110.0, 100.0);
+        r.push(200.0, 100.0);
+        assert!((r.factor_with_prior(1.0) - 1.3).abs() < 1e-9);
     }
 
     #[test]

@@ -163,6 +163,11 @@ async fn an_eager_device_races_from_the_moment_it_sends() {
     assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
     assert!(out.contains_key("logits"), "the frame still has its answer: {:?}", out.keys());
     assert!(rec.race_ms.is_some_and(|r| r < 50.0), "{rec:?}");
+    // That was the first local answer to a sent frame: the decision had nothing to go on but
+    // the device-only prediction, and the next one counts what it cost.
+    assert_eq!(rec.local_answer_ms, rec.device_only_ms, "{rec:?}");
+    let (next, _) = device.frame(6, common::input(graph, 6), Instant::now()).await;
+    assert!(next.local_answer_ms.is_some_and(|l| Some(l) != rec.local_answer_ms), "{next:?}");
 }
 
 /// After a frame whose race the device won, its call still open, the link comes back: the
