@@ -2194,6 +2194,15 @@ mod tests {
     use super::*;
     use cleave_plan::build::tests_support::toy_problem;
 
+    /// The toy problem on a device 10× slower: the whole model takes 800 ms there.
+    fn slow_toy_problem() -> Problem {
+        let mut p = toy_problem();
+        for d in &mut p.device_ms {
+            *d *= 10.0;
+        }
+        p
+    }
+
     fn est(mbps: f64) -> Estimate {
         Estimate { up_bps: mbps * 1e6, rtt_ms: 40.0, server_queue_ms: 0.0, measured: true }
     }
@@ -2360,10 +2369,7 @@ mod tests {
     /// two keep the device home.
     #[test]
     fn one_slow_first_sample_does_not_send_a_racing_device_home() {
-        let mut p = toy_problem();
-        for d in &mut p.device_ms {
-            *d *= 10.0; // whole model 800 ms on the device
-        }
+        let mut p = slow_toy_problem();
         p.bytes[0] = vec![40_000, 20_000, 10_000]; // a small input: 10 KB at int8
         let last = p.last();
         let slow = 0.1e6; // 10 KB in 800 ms: offloading is slower than computing locally
@@ -2379,10 +2385,7 @@ mod tests {
     /// mean; a link that is bad in every sample still does.
     #[test]
     fn a_racing_device_is_not_sent_home_by_one_outage_sample() {
-        let mut p = toy_problem();
-        for d in &mut p.device_ms {
-            *d *= 10.0; // whole model 800 ms on the device
-        }
+        let mut p = slow_toy_problem();
         let last = p.last();
         let samples = [0.05e6, 20e6, 20e6, 20e6, 20e6];
         let harmonic = samples.len() as f64 / samples.iter().map(|s| 1.0 / s).sum::<f64>();
@@ -2409,10 +2412,7 @@ mod tests {
     /// device that races only when the answer is due at home, and no longer one that watches.
     #[test]
     fn the_stall_watch_caps_what_an_outage_sample_costs() {
-        let mut p = toy_problem();
-        for d in &mut p.device_ms {
-            *d *= 10.0; // whole model 800 ms on the device
-        }
+        let p = slow_toy_problem();
         let last = p.last();
         let samples = [0.05e6, 0.05e6, 0.05e6, 20e6, 20e6];
         let harmonic = samples.len() as f64 / samples.iter().map(|s| 1.0 / s).sum::<f64>();
@@ -2434,10 +2434,7 @@ mod tests {
     /// device-only does, not once its own answers to sent frames have taken 25 % longer.
     #[test]
     fn a_local_answer_slower_than_device_only_makes_a_doubtful_offload_cost_more() {
-        let mut p = toy_problem();
-        for d in &mut p.device_ms {
-            *d *= 10.0; // whole model 800 ms on the device
-        }
+        let p = slow_toy_problem();
         let last = p.last();
         let samples = [0.05e6, 0.05e6, 0.05e6, 0.05e6, 20e6];
         let e = Estimate { up_bps: 5.0 / samples.iter().map(|s| 1.0 / s).sum::<f64>(), ..est(1.0) };
