@@ -508,9 +508,9 @@ pub fn remote_ms(plan: &Plan) -> f64 {
 /// [`decide`] scores it. With a single sample the prior ([`DEFAULT_UP_BPS`]) counts as a second
 /// one. `local_answer_ms` is what a sent frame answered by the device's own tail costs from the
 /// frame's start when the tail starts as the request is sent (see "What a local answer costs"
-/// in the module docs); `None`: the device-only time. Falls back to [`decide`] for objectives other than latency (racing does not save
-/// energy) and before any sample. `predicted.total_ms` and `objective` of the
-/// returned plan are the raced expectation.
+/// in the module docs); `None`: the device-only time. Falls back to [`decide`] for objectives
+/// other than latency (racing does not save energy) and before any sample. `predicted.total_ms`
+/// and `objective` of the returned plan are the raced expectation.
 pub fn decide_racing(
     problem: &Problem,
     est: &Estimate,
