@@ -663,6 +663,14 @@ pub enum Hedge {
     Off,
 }
 
+impl Hedge {
+    /// Whether the device's tail races the server on a thread of its own, which the decision
+    /// counts on ([`decide_racing`]); [`Hedge::Late`] and [`Hedge::Off`] only fall back.
+    pub fn races(self) -> bool {
+        matches!(self, Hedge::Race | Hedge::RaceDue | Hedge::Eager)
+    }
+}
+
 impl std::str::FromStr for Hedge {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -1554,9 +1562,8 @@ impl AdaptiveDevice {
             preempted: None,
             discarded_bytes,
             sizing_encodes,
-            local_answer_ms: (self.strategy == Strategy::Adaptive
-                && matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue | Hedge::Eager))
-            .then(|| self.local_answer_ms()),
+            local_answer_ms: (self.strategy == Strategy::Adaptive && self.config.hedge.races())
+                .then(|| self.local_answer_ms()),
             device_only_ms: Some(self.problem.device_ms[self.problem.last()]),
         };
         // The head, on the device's compute thread, then the emulated slowdown.
@@ -1660,7 +1667,7 @@ impl AdaptiveDevice {
                 let outcome = match first {
                     Some(r) => Outcome::remote(r),
                     None => {
-                        let raced = matches!(self.config.hedge, Hedge::Race | Hedge::RaceDue | Hedge::Eager);
+                        let raced = self.config.hedge.races();
                         let _ = raced_at.set(Instant::now());
                         rec.race_ms = Some(t.elapsed().as_secs_f64() * 1e3);
                         let won = {
