@@ -67,7 +67,7 @@ impl Command {
 /// off the top of each arena. A device computes on two threads (its heads and its racing tail,
 /// [`cleave_node::adaptive::DeviceThreads`]), while others encode, send and receive. In `bench
 /// trace` runs of PP-OCR det (640 × 480) at 15 % of a core, the first frames of a run and the
-/// first race that ran to the end took 6400–22800 minor page faults each (up to 180 ms of CPU
+/// first race that ran to the end took 6400–19200 minor page faults each (up to 138 ms of CPU
 /// where a frame computed at home takes about 90, i.e. hundreds of ms of latency). With one
 /// arena, blocks up to 32 MiB (glibc's largest threshold) from the heap, and trimming only past
 /// 1 GiB of free top, the same run on the ATT trace (`--hedge eager`) had 0 faults on every
