@@ -122,7 +122,11 @@ pub struct RunStrategy {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FromDevice {
     Ready {
+        /// The device's profile, fitted to the whole model timed on its compute thread.
         profile: Profile,
+        /// The device-only time of the profile as measured operator by operator, before the
+        /// fit, ms.
+        profiled_whole_ms: f64,
     },
     /// One frame is answered (for live progress; the record comes with `Done`).
     Frame {
@@ -272,8 +276,8 @@ async fn serve(
     .await
     .map_err(|e| dev(&e))?
     .map_err(|e| dev(&e))?;
-    let profile = if setup.slowdown > 1.0 { measured.scaled(setup.slowdown, "device") } else { measured };
-    let base = problem(&graph, &profile, &setup.edge_profile, &setup.codecs, &cuts);
+    let mut profile = if setup.slowdown > 1.0 { measured.scaled(setup.slowdown, "device") } else { measured };
+    let mut base = problem(&graph, &profile, &setup.edge_profile, &setup.codecs, &cuts);
     let frames = load_frames(&graph, &setup.source, setup.frames).map_err(|e| dev(&e))?;
     let config = AdaptiveConfig {
         model_name: "m".into(),
@@ -285,10 +289,12 @@ async fn serve(
         hedge: setup.hedge,
         fleet: false,
     };
-    // The threads `prepare` warms, for every run (fresh ones would start cold).
-    let threads = {
+    // The threads `prepare` warms, for every run (fresh ones would start cold). The device's
+    // compute is then fitted to the whole model timed on them (see "Compute as measured" in
+    // `cleave_node::adaptive`), and every run plans with the fitted profile.
+    let (threads, fit) = {
         let direct = EdgeClient::connect(&setup.edge.to_string(), 64 << 20).await.map_err(|e| dev(&e))?;
-        let warm = AdaptiveDevice::new(
+        let mut warm = AdaptiveDevice::new(
             engine.clone(),
             graph.clone(),
             Some(direct.clone()),
@@ -297,14 +303,23 @@ async fn serve(
             config.clone(),
         )
         .map_err(|e| dev(&e))?;
-        let warm = tokio::task::spawn_blocking(move || warm.prepare().map(|_| warm))
-            .await
-            .map_err(|e| dev(&e))?
-            .map_err(|e| dev(&e))?;
+        let (warm, fit) = tokio::task::spawn_blocking(move || {
+            warm.prepare()?;
+            let fit = warm.fit_device_to_measured()?;
+            Ok::<_, adaptive::AdaptiveError>((warm, fit))
+        })
+        .await
+        .map_err(|e| dev(&e))?
+        .map_err(|e| dev(&e))?;
         warm.warm_server(&direct).await.map_err(|e| dev(&e))?;
-        warm.threads()
+        (warm.threads(), fit)
     };
-    send(out, &FromDevice::Ready { profile }).await.map_err(|e| dev(&e))?;
+    let (profiled_whole_ms, fitted_whole_ms) = fit;
+    if profiled_whole_ms > 0.0 && fitted_whole_ms > 0.0 {
+        profile = profile.scaled(fitted_whole_ms / profiled_whole_ms, "device");
+        base = problem(&graph, &profile, &setup.edge_profile, &setup.codecs, &cuts);
+    }
+    send(out, &FromDevice::Ready { profile, profiled_whole_ms }).await.map_err(|e| dev(&e))?;
 
     while let Some(line) = lines.next_line().await.map_err(|e| dev(&e))? {
         let run: RunStrategy = serde_json::from_str(&line).map_err(|e| dev(&format!("bad run message: {e}")))?;

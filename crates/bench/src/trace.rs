@@ -140,6 +140,11 @@ pub struct DeviceSpeed {
     pub measured_ratio: Option<f64>,
     pub device_whole_ms: Option<f64>,
     pub edge_whole_ms: Option<f64>,
+    /// The device-only time the planner started from: the whole model timed on the device's
+    /// compute thread before the first frame (the profile is scaled to it).
+    pub planned_device_whole_ms: f64,
+    /// The same from the operator-by-operator profile, before that fit.
+    pub profiled_device_whole_ms: f64,
 }
 
 /// One strategy's results.
@@ -401,8 +406,8 @@ pub async fn run(
             hedge: opts.hedge,
         })
         .await?;
-    let device_profile = match device.recv().await? {
-        FromDevice::Ready { profile } => profile,
+    let (device_profile, profiled_whole_ms) = match device.recv().await? {
+        FromDevice::Ready { profile, profiled_whole_ms } => (profile, profiled_whole_ms),
         other => return Err(TraceBenchError::Device(format!("unexpected answer {other:?}"))),
     };
     let problem = device_proc::problem(&graph, &device_profile, &edge_profile, &codecs, &cand);
@@ -509,6 +514,8 @@ pub async fn run(
             measured_ratio: d.zip(e).map(|(d, e)| d / e),
             device_whole_ms: d,
             edge_whole_ms: e,
+            planned_device_whole_ms: problem.device_ms[problem.last()],
+            profiled_device_whole_ms: profiled_whole_ms,
         }
     };
 
@@ -1018,6 +1025,10 @@ impl TraceReport {
             ds.measured_ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
             ds.device_whole_ms.map_or("n/a".into(), |v| format!("{v:.1}")),
             ds.edge_whole_ms.map_or("n/a".into(), |v| format!("{v:.1}")),
+        );
+        s += &format!(
+            "device profile: whole model {:.1} ms as timed before the first frame ({:.1} ms operator by operator)\n",
+            ds.planned_device_whole_ms, ds.profiled_device_whole_ms
         );
         s += &format!(
             "{:<18} {:>10} {:>10} {:>10} {:>12} {:>7} {:>9} {:>11}  {}\n",

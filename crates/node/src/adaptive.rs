@@ -142,6 +142,16 @@
 //! a racing tail that ran unheld to the answer (against the profile's time for that tail).
 //! Early-exited frames and tails run after a failed call are left out.
 //!
+//! That corrects the device only through heads, and a device that keeps choosing cut 0 has
+//! none worth timing. Yet the profile, timed operator by operator, can be far from what the
+//! whole model costs when it runs as one part: under a CPU quota every operator's timing also
+//! catches the throttling around it. In `cleave bench trace` at 15 % of a core, the profile's
+//! device-only time against the median device-only frame of the same run was 0.97–1.28× (the
+//! eight runs of the round in `docs/TRACES.md`; 859 against 673 ms for PP-OCR det). So a device
+//! whose profile was measured where it runs calls [`AdaptiveDevice::fit_device_to_measured`]
+//! after `prepare`: the whole model, timed on the compute thread as a device-only frame runs
+//! it, sets the scale of the device's compute, and the profile keeps only its shape.
+//!
 //! ## Payload sizes
 //! The planner's bytes per (cut, codec) are exact for element-wise codecs but only a prior for
 //! JPEG, whose size depends on the picture. After each encode, the payload bytes of the chosen
@@ -243,6 +253,8 @@ pub enum AdaptiveError {
     Compile { from: usize, to: usize, message: String },
     #[error("warming the server's tail at cut {cut}: {message}")]
     Warm { cut: usize, message: String },
+    #[error("measuring the whole model on the device: {message}")]
+    Measure { message: String },
 }
 
 /// What the planner is told about the link and the server for one frame.
@@ -593,6 +605,10 @@ impl StallCap {
         if packet_ms >= self.quiet_ms { due_ms.min(self.after_ms) } else { due_ms }
     }
 }
+
+/// How many timed whole-model runs [`AdaptiveDevice::fit_device_to_measured`] takes the median
+/// of.
+pub const MEASURE_RUNS: usize = 3;
 
 /// A content-dependent payload size is measured again after this many frames (when it matters).
 pub const SIZE_REFRESH_FRAMES: usize = 8;
@@ -1079,29 +1095,76 @@ impl AdaptiveDevice {
     /// on the racing thread. Best effort: a failure here will show, with its reason, in the frame
     /// that meets it.
     fn warm_threads(&self, race: bool) {
-        let Ok(part) = self.engine.part(&self.graph, 0, self.graph.last_cut()) else { return };
-        let env: TensorMap = self.boundaries[0].iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
         let mut runs = vec![(&self.threads.compute, 1, "compute")];
         if race {
             runs.push((&self.threads.race, 2, "racing"));
         }
         for (worker, times, name) in runs {
-            let (engine, part, env) = (self.engine.clone(), part.clone(), env.clone());
-            let (tx, rx) = std::sync::mpsc::channel();
-            let started = worker.run(move || {
-                let _ = tx.send((0..times).try_for_each(|_| engine.run(&part, &env).map(drop)));
-            });
-            // A blocking wait, like the compiles in `prepare`; the worker answers or drops `tx`.
-            let outcome = match started {
-                Err(e) => e.to_string(),
-                Ok(_) => match rx.recv() {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "the thread stopped".to_string(),
-                },
-            };
-            tracing::debug!("warming the {name} thread: {outcome}");
+            if let Err(e) = self.time_whole_model(worker, times) {
+                tracing::debug!("warming the {name} thread: {e}");
+            }
         }
+    }
+
+    /// Runs the whole model `times` times on `worker` (random input), and says how long each run
+    /// took, ms of wall time.
+    fn time_whole_model(&self, worker: &crate::priority::Worker, times: usize) -> Result<Vec<f64>, String> {
+        let part = self.engine.part(&self.graph, 0, self.graph.last_cut()).map_err(|e| e.to_string())?;
+        let env: TensorMap = self.boundaries[0].iter().map(|s| (s.name.clone(), random_input(s, 0))).collect();
+        let engine = self.engine.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        worker
+            .run(move || {
+                let timed = (0..times)
+                    .map(|_| {
+                        let t = Instant::now();
+                        engine.run(&part, &env).map(|_| t.elapsed().as_secs_f64() * 1e3)
+                    })
+                    .collect::<Result<Vec<f64>, _>>();
+                let _ = tx.send(timed.map_err(|e| e.to_string()));
+            })
+            .map_err(|e| e.to_string())?;
+        // A blocking wait, like the compiles in `prepare`; the worker answers or drops `tx`.
+        rx.recv().map_err(|_| "the thread stopped".to_string())?
+    }
+
+    /// Measures the whole model on the device's compute thread, as a device-only frame runs it
+    /// ([`MEASURE_RUNS`] runs after [`AdaptiveDevice::prepare`] warmed the thread; their median,
+    /// times the emulated slowdown), and rescales the problem's device compute to it: the
+    /// profile keeps the shape (what each cut's head costs relative to the whole), the
+    /// measurement gives the scale (see "Compute as measured"). Returns the device-only time
+    /// the problem said before and the one it says now, ms.
+    ///
+    /// For a problem whose device profile was measured on this machine (or on nothing
+    /// better): a profile brought from the real target device describes that device, and this
+    /// would replace its scale with the scale of the machine it runs on. Fails without
+    /// changing anything when the model cannot run.
+    pub fn fit_device_to_measured(&mut self) -> Result<(f64, f64), AdaptiveError> {
+        let last = self.problem.last();
+        let before = self.problem.device_ms[last];
+        let mut runs = self
+            .time_whole_model(&self.threads.compute, MEASURE_RUNS)
+            .map_err(|message| AdaptiveError::Measure { message })?;
+        runs.sort_by(f64::total_cmp);
+        let measured = runs[runs.len() / 2] * self.config.device_slowdown;
+        let base = self.base_device_ms[last];
+        if !(base > 0.0 && measured > 0.0) {
+            return Ok((before, before));
+        }
+        let f = measured / base;
+        self.base_device_ms.iter_mut().for_each(|d| *d *= f);
+        self.problem.device_ms.iter_mut().for_each(|d| *d *= f);
+        tracing::info!(
+            "device compute fitted to the whole model measured on the compute thread: {measured:.1} ms, the \
+             profile said {base:.1} ms (×{f:.2})"
+        );
+        Ok((before, self.problem.device_ms[last]))
+    }
+
+    /// The planning problem as the device now sees it (device and server compute as corrected
+    /// so far, payload sizes as learned).
+    pub fn problem(&self) -> &Problem {
+        &self.problem
     }
 
     /// Sends one request per candidate cut (random boundary tensors) to `client`, so that the

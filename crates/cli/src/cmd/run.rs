@@ -650,7 +650,7 @@ async fn run_adaptive(
         Arc::new(Engine::new(EngineConfig { threads: args.threads, cache_capacity: 4 * candidates.len() + 16 }));
     let epoch = Instant::now();
     let epoch_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
-    let device =
+    let mut device =
         AdaptiveDevice::with_endpoints(engine, graph.clone(), Some(endpoints), problem, Strategy::Adaptive, config)?
             .with_epoch(epoch);
     let cuts = device.candidate_cuts();
@@ -662,7 +662,18 @@ async fn run_adaptive(
             args.device_slowdown
         );
     }
-    let mut device = tokio::task::spawn_blocking(move || device.prepare().map(|_| device)).await??;
+    // A profile measured here: its scale from the whole model as a frame runs it (see "Compute as
+    // measured" in `cleave_node::adaptive`). A profile from a file describes its own device.
+    let measured_here = args.device_profile.is_none();
+    let (mut device, fit) = tokio::task::spawn_blocking(move || {
+        device.prepare()?;
+        let fit = if measured_here { Some(device.fit_device_to_measured()?) } else { None };
+        Ok::<_, adaptive::AdaptiveError>((device, fit))
+    })
+    .await??;
+    if let (Some((before, after)), false) = (fit, args.json) {
+        eprintln!("device: whole model {after:.1} ms as timed now (the profile said {before:.1})");
+    }
     device.warm_server(&client).await?;
     device.bootstrap().await;
     let mut records_out = match &args.records {
