@@ -27,6 +27,7 @@ fn bench_trace_reports_every_strategy() {
     assert!(o.status.success(), "{stderr}\n{stdout}");
     eprintln!("{stdout}\n(took {:.1} s)", t0.elapsed().as_secs_f64());
     assert!(stdout.contains("measured device/edge ratio"), "the output states the speed method: {stdout}");
+    assert!(stdout.contains("device profile: whole model"), "the output states the fitted device time: {stdout}");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let list = v.as_array().expect("a list of strategies");
     let names: Vec<&str> = list.iter().map(|s| s["strategy"].as_str().unwrap()).collect();
@@ -42,6 +43,11 @@ fn bench_trace_reports_every_strategy() {
         }
         assert!(s["bytes_up"].as_u64().is_some());
         assert_eq!(s["device_speed"]["slowdown"], 4.0);
+        // The planner's device time, fitted before the first frame, and the profile's.
+        for f in ["planned_device_whole_ms", "profiled_device_whole_ms"] {
+            let x = s["device_speed"][f].as_f64().unwrap_or_else(|| panic!("{} has no device_speed.{f}", s["strategy"]));
+            assert!(x > 0.0, "{}: {f} = {x}", s["strategy"]);
+        }
     }
     assert_eq!(get("device-only")["bytes_up"], 0);
     // Cut 0 in fp32 sends the 1×3×32×32 input as is, every frame.
