@@ -147,7 +147,7 @@
 //! whole model costs when it runs as one part: under a CPU quota every operator's timing also
 //! catches the throttling around it. In `cleave bench trace` at 15 % of a core, the profile's
 //! device-only time against the median device-only frame of the same run was 0.97–1.28× (the
-//! eight runs of the round in `docs/TRACES.md`; 859 against 673 ms for PP-OCR det). So a device
+//! eight runs of the round at `1fd6897` in `docs/TRACES.md`; 859 against 673 ms for PP-OCR det). So a device
 //! whose profile was measured where it runs calls [`AdaptiveDevice::fit_device_to_measured`]
 //! after `prepare`: the whole model, timed on the compute thread as a device-only frame runs
 //! it, sets the scale of the device's compute, and the profile keeps only its shape.

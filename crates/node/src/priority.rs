@@ -3,8 +3,11 @@
 //! The adaptive device races the server with its own tail (see [`crate::adaptive`]). That work
 //! must only use CPU time nothing else wants, or it would slow the very answer it races, and the
 //! next frame's head. On Linux the racing thread is put in the `SCHED_IDLE` class (it runs
-//! only when no normal thread of the same CPU cgroup is runnable; within a CFS quota it also
-//! yields the quota to them), falling back to nice 19. Elsewhere this does nothing.
+//! only when no normal thread of the same CPU cgroup is runnable on its CPU), falling back to
+//! nice 19. Elsewhere this does nothing. The class counts only on the thread's own CPU: a
+//! process under a CFS quota whose threads run on several CPUs shares one quota among them, and
+//! there the race still takes quota the others then wait for (`docs/TRACES.md`, the round at
+//! `bd40553`: the tokio threads waited about 3× longer per timeslice while a race ran).
 //!
 //! [`Worker::idle`] keeps one such thread alive and hands it jobs. A fresh thread for each race
 //! ran resnet50-light's tract plan 16 % slower than a thread that had run it before (62.4 vs
