@@ -607,8 +607,8 @@ impl StallCap {
 }
 
 /// How many timed whole-model runs [`AdaptiveDevice::fit_device_to_measured`] takes the median
-/// of.
-pub const MEASURE_RUNS: usize = 3;
+/// of (after one more untimed run).
+pub const MEASURE_RUNS: usize = 5;
 
 /// A content-dependent payload size is measured again after this many frames (when it matters).
 pub const SIZE_REFRESH_FRAMES: usize = 8;
@@ -1129,8 +1129,8 @@ impl AdaptiveDevice {
     }
 
     /// Measures the whole model on the device's compute thread, as a device-only frame runs it
-    /// ([`MEASURE_RUNS`] runs after [`AdaptiveDevice::prepare`] warmed the thread; their median,
-    /// times the emulated slowdown), and rescales the problem's device compute to it: the
+    /// (one untimed run, then [`MEASURE_RUNS`] timed runs; their median, times the emulated
+    /// slowdown), and rescales the problem's device compute to it: the
     /// profile keeps the shape (what each cut's head costs relative to the whole), the
     /// measurement gives the scale (see "Compute as measured"). Returns the device-only time
     /// the problem said before and the one it says now, ms.
@@ -1142,9 +1142,11 @@ impl AdaptiveDevice {
     pub fn fit_device_to_measured(&mut self) -> Result<(f64, f64), AdaptiveError> {
         let last = self.problem.last();
         let before = self.problem.device_ms[last];
-        let mut runs = self
-            .time_whole_model(&self.threads.compute, MEASURE_RUNS)
+        // One more run first, not timed: the thread has run the model only once (`prepare`).
+        let timed = self
+            .time_whole_model(&self.threads.compute, 1 + MEASURE_RUNS)
             .map_err(|message| AdaptiveError::Measure { message })?;
+        let mut runs = timed[1..].to_vec();
         runs.sort_by(f64::total_cmp);
         let measured = runs[runs.len() / 2] * self.config.device_slowdown;
         let base = self.base_device_ms[last];
@@ -1156,7 +1158,7 @@ impl AdaptiveDevice {
         self.problem.device_ms.iter_mut().for_each(|d| *d *= f);
         tracing::info!(
             "device compute fitted to the whole model measured on the compute thread: {measured:.1} ms, the \
-             profile said {base:.1} ms (×{f:.2})"
+             profile said {base:.1} ms (×{f:.2}); runs {timed:.1?} ms, the first not counted"
         );
         Ok((before, self.problem.device_ms[last]))
     }
