@@ -4,10 +4,11 @@
 //! must only use CPU time nothing else wants, or it would slow the very answer it races, and the
 //! next frame's head. On Linux the racing thread is put in the `SCHED_IDLE` class (it runs
 //! only when no normal thread of the same CPU cgroup is runnable on its CPU), falling back to
-//! nice 19. Elsewhere this does nothing. The class counts only on the thread's own CPU: a
-//! process under a CFS quota whose threads run on several CPUs shares one quota among them, and
-//! there the race still takes quota the others then wait for (`docs/TRACES.md`, the round at
-//! `bd40553`: the tokio threads waited about 3× longer per timeslice while a race ran).
+//! nice 19. Elsewhere this does nothing. Under a CFS quota the class does not shield the
+//! others fully: the race uses the quota whenever they sleep, and a thread that wakes into a
+//! throttled period waits for the next one, whatever its class (`docs/TRACES.md`, the round at
+//! `bd40553`: the tokio threads waited about 3× longer per timeslice while a race ran, and
+//! longer still with the whole process kept on one CPU). A really slower CPU has no such wait.
 //!
 //! [`Worker::idle`] keeps one such thread alive and hands it jobs. A fresh thread for each race
 //! ran resnet50-light's tract plan 16 % slower than a thread that had run it before (62.4 vs
