@@ -45,7 +45,8 @@ fn bench_trace_reports_every_strategy() {
         assert_eq!(s["device_speed"]["slowdown"], 4.0);
         // The planner's device time, fitted before the first frame, and the profile's.
         for f in ["planned_device_whole_ms", "profiled_device_whole_ms"] {
-            let x = s["device_speed"][f].as_f64().unwrap_or_else(|| panic!("{} has no device_speed.{f}", s["strategy"]));
+            let x =
+                s["device_speed"][f].as_f64().unwrap_or_else(|| panic!("{} has no device_speed.{f}", s["strategy"]));
             assert!(x > 0.0, "{}: {f} = {x}", s["strategy"]);
         }
     }
