@@ -147,10 +147,11 @@
 //! whole model costs when it runs as one part: under a CPU quota every operator's timing also
 //! catches the throttling around it. In `cleave bench trace` at 15 % of a core, the profile's
 //! device-only time against the median device-only frame of the same run was 0.97–1.28× (the
-//! eight runs of the round at `1fd6897` in `docs/TRACES.md`; 859 against 673 ms for PP-OCR det). So a device
-//! whose profile was measured where it runs calls [`AdaptiveDevice::fit_device_to_measured`]
-//! after `prepare`: the whole model, timed on the compute thread as a device-only frame runs
-//! it, sets the scale of the device's compute, and the profile keeps only its shape.
+//! eight runs of the round at `1fd6897` in `docs/TRACES.md`; 859 against 673 ms for PP-OCR
+//! det). So a device whose profile was measured where it runs calls
+//! [`AdaptiveDevice::fit_device_to_measured`] after `prepare`: the whole model, timed on the
+//! compute thread as a device-only frame runs it, sets the scale of the device's compute, and
+//! the profile keeps only its shape.
 //!
 //! ## Payload sizes
 //! The planner's bytes per (cut, codec) are exact for element-wise codecs but only a prior for
@@ -1130,10 +1131,10 @@ impl AdaptiveDevice {
 
     /// Measures the whole model on the device's compute thread, as a device-only frame runs it
     /// (one untimed run, then [`MEASURE_RUNS`] timed runs; their median, times the emulated
-    /// slowdown), and rescales the problem's device compute to it: the
-    /// profile keeps the shape (what each cut's head costs relative to the whole), the
-    /// measurement gives the scale (see "Compute as measured"). Returns the device-only time
-    /// the problem said before and the one it says now, ms.
+    /// slowdown), and rescales the problem's device compute to it: the profile keeps the shape
+    /// (what each cut's head costs relative to the whole), the measurement gives the scale (see
+    /// "Compute as measured"). Returns the device-only time the problem said before and the one
+    /// it says now, ms.
     ///
     /// For a problem whose device profile was measured on this machine (or on nothing
     /// better): a profile brought from the real target device describes that device, and this
