@@ -37,7 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,8 @@ pub struct Cancel(Arc<CancelState>);
 struct CancelState {
     cancelled: AtomicBool,
     operators: AtomicUsize,
+    /// How long runs have waited in pauses, ns.
+    paused_ns: AtomicU64,
     /// Until when the next operator waits (`None`: it does not).
     paused_until: Mutex<Option<Instant>>,
     wake: Condvar,
@@ -200,8 +202,26 @@ impl Cancel {
         self.0.operators.load(Ordering::Relaxed)
     }
 
-    /// Whether the next operator may start; counts it when it may.
+    /// How long runs holding this flag have waited in pauses so far (summed over runs): a
+    /// run's wall time less this is what it computed.
+    pub fn paused(&self) -> Duration {
+        Duration::from_nanos(self.0.paused_ns.load(Ordering::Relaxed))
+    }
+
+    /// Whether the next operator may start; counts it when it may, and the time it was held.
     fn admit(&self) -> bool {
+        let from = Instant::now();
+        let admitted = self.wait_out_pause();
+        let waited = from.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+        self.0.paused_ns.fetch_add(waited, Ordering::Relaxed);
+        if admitted {
+            self.0.operators.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Waits while a pause is in force; `false` once cancelled.
+    fn wait_out_pause(&self) -> bool {
         let mut until = self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.is_cancelled() {
@@ -212,12 +232,9 @@ impl Cancel {
                 Some(t) if now < t => {
                     until = self.0.wake.wait_timeout(until, t - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
-                _ => break,
+                _ => return true,
             }
         }
-        drop(until);
-        self.0.operators.fetch_add(1, Ordering::Relaxed);
-        true
     }
 }
 
@@ -686,6 +703,8 @@ mod tests {
         held.resume();
         assert!(!held.is_paused());
         assert_eq!(t.join().unwrap().unwrap(), expected);
+        // The wait is counted, so that callers can tell it from compute.
+        assert!(held.paused() >= Duration::from_millis(50), "{:?}", held.paused());
 
         // Cancelled while paused: it stops without running an operator.
         let stopped = Cancel::new();
@@ -703,6 +722,11 @@ mod tests {
         assert_eq!(run(&lapsed).join().unwrap().unwrap(), expected);
         assert!(Instant::now() >= until);
         assert!(!lapsed.is_paused());
+        assert!(
+            lapsed.paused() > Duration::from_millis(10) && lapsed.paused() < Duration::from_millis(500),
+            "{:?}",
+            lapsed.paused()
+        );
     }
 
     #[test]
