@@ -238,7 +238,7 @@ use crate::convert::{shared_bytes, to_tensor};
 use crate::device::{ExitPolicy, FrameStatus};
 use crate::failover::{Endpoints, FailoverConfig};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
-use crate::upload::{StallWatch, UploadProgress, UploadWatch};
+use crate::upload::{StallWatch, UploadProgress, UploadWatch, UploadYield};
 
 /// Uplink assumed before any measurement, bit/s.
 pub const DEFAULT_UP_BPS: f64 = 1e6;
@@ -619,6 +619,16 @@ impl StallCap {
         StallCap { quiet_ms: quiet, after_ms: quiet + estimate.rtt_ms.max(0.0) }
     }
 
+    /// The cap for an eager device ([`Hedge::Eager`]) with `estimate`: its race yields to an
+    /// upload the link carries ([`UploadYield`]), so on a link that stops as the frame is sent
+    /// it starts once the first acknowledgement is a window late (the RTT plus the window); on
+    /// one that keeps moving, when the answer is due (about when the upload runs late).
+    pub fn yielding(estimate: &Estimate) -> StallCap {
+        let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
+        let window = UploadYield::new(estimate.up_bps, rtt, YIELD_FLOOR, Duration::MAX).window().as_secs_f64() * 1e3;
+        StallCap { quiet_ms: window, after_ms: window + estimate.rtt_ms.max(0.0) }
+    }
+
     /// When the race starts, ms after sending, on a link at `sample_bps` with the answer `due_ms`
     /// after sending.
     pub fn race_after_ms(&self, sample_bps: f64, due_ms: f64) -> f64 {
@@ -780,6 +790,15 @@ pub struct AdaptiveRecord {
     /// Whether that was because the upload stalled (`false`: the answer was due).
     #[serde(default)]
     pub race_stalled: Option<bool>,
+    /// How many of the tail's operators the race had started when the frame was answered
+    /// (`None`: no race, or an engine that does not count). Few on a frame the server answered
+    /// means the race kept off the CPU while the request and its answer were on their way.
+    #[serde(default)]
+    pub race_operators: Option<usize>,
+    /// How long the race waited, in all, before its operators: yielding to the upload, then
+    /// held while the answer was on its way (see "Racing the server"), ms.
+    #[serde(default)]
+    pub race_paused_ms: Option<f64>,
     /// When the device's socket saw the whole request acknowledged, ms after sending (a
     /// racing device that watches its upload): its own tail is held from then until the answer
     /// is late (see "Racing the server").
@@ -1312,10 +1331,11 @@ impl AdaptiveDevice {
             (FrameStatus::LocalFallback, Some(race), Some(send)) => {
                 let since_start = rec.total_ms - (rec.start_ms - rec.release_ms);
                 self.fallback_ratios.push(since_start - race, self.base_device_ms[last]);
-                // A tail never held ran from its start to the answer: a measure of the
-                // device's compute, like a head.
+                // A tail never held ran from its start to the answer, less what it yielded to
+                // the upload: a measure of the device's compute, like a head.
                 if rec.delivered_ms.is_none() {
-                    let tail = rec.total_ms - (send - rec.release_ms) - race;
+                    let yielded = rec.race_paused_ms.unwrap_or(0.0);
+                    let tail = rec.total_ms - (send - rec.release_ms) - race - yielded;
                     self.device_ratios.push(tail, self.base_device_ms[last] - self.base_device_ms[rec.cut]);
                 }
             }
@@ -1399,7 +1419,7 @@ impl AdaptiveDevice {
                 self.config.down_bps,
                 match self.config.hedge {
                     Hedge::Race => Some(StallCap::for_estimate(est)),
-                    Hedge::Eager => Some(StallCap { quiet_ms: 0.0, after_ms: 0.0 }),
+                    Hedge::Eager => Some(StallCap::yielding(est)),
                     _ => None,
                 },
                 Some(self.local_answer_ms()),
@@ -1583,8 +1603,8 @@ impl AdaptiveDevice {
         let mut fleet_note = None;
         let mut encoded = None;
         let mut sizing_encodes = 0;
-        let (cut, codec, exit, predicted_ms, race_at, answer_after) = match self.strategy {
-            Strategy::Fixed { cut, codec } => (cut, codec, None, None, Duration::ZERO, Duration::ZERO),
+        let (cut, codec, exit, predicted_ms, race_at, answer_after, upload_ms) = match self.strategy {
+            Strategy::Fixed { cut, codec } => (cut, codec, None, None, Duration::ZERO, Duration::ZERO, 0.0),
             Strategy::Adaptive => match self.decide(&estimate).map(|p| {
                 let (p, n, e) = self.settle_sizes(k, &estimate, &inputs, p);
                 (sizing_encodes, encoded) = (n, e);
@@ -1607,11 +1627,11 @@ impl AdaptiveDevice {
                     let race_at = Self::race_start(&p);
                     let answer_after = Duration::from_secs_f64(answer_after_upload_ms(&p) / 1e3);
                     let codec = p.codecs.first().copied().unwrap_or(Codec::Fp32);
-                    (p.cuts[0], codec, exit, Some(p.predicted.total_ms), race_at, answer_after)
+                    (p.cuts[0], codec, exit, Some(p.predicted.total_ms), race_at, answer_after, p.predicted.uplink_ms)
                 }
                 Err(e) => {
                     tracing::warn!("frame {k}: planning failed ({e}); computing on the device");
-                    (last, Codec::Fp32, None, None, Duration::ZERO, Duration::ZERO)
+                    (last, Codec::Fp32, None, None, Duration::ZERO, Duration::ZERO, 0.0)
                 }
             },
         };
@@ -1641,6 +1661,8 @@ impl AdaptiveDevice {
             error: None,
             race_ms: None,
             race_stalled: None,
+            race_operators: None,
+            race_paused_ms: None,
             delivered_ms: None,
             cpu_ms: None,
             cpu_to_send_ms: None,
@@ -1735,7 +1757,19 @@ impl AdaptiveDevice {
                     (self.problem.device_ms[self.problem.last()] - self.problem.device_ms[cut]).max(0.0) / 1e3,
                 );
                 let race = RaceClock { started: &raced_at, tail: tail_time };
-                let pace = pace_race(delivery, bytes, hold, cancel.clone(), &delivered, race);
+                // Until then, the race yields to an upload the link is carrying, up to when the
+                // upload should be done.
+                let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
+                let upload_due =
+                    Duration::from_secs_f64(upload_ms.max(0.0) / 1e3).mul_f64(PAUSE_SLACK) + PAUSE_EXTRA + rtt;
+                let mut yielding = UploadYield::new(estimate.up_bps, rtt, YIELD_FLOOR, upload_due);
+                if let Some((_, base)) = &delivery
+                    && let Some(until) = yielding.observe(Duration::ZERO, *base)
+                {
+                    cancel.pause_until(t + until);
+                }
+                let pacing = Pacing { sent: t, hold, yielding };
+                let pace = pace_race(delivery, bytes, pacing, cancel.clone(), &delivered, race);
                 tokio::pin!(pace);
                 rec.send_ms = Some(self.ms_since_epoch(t));
                 rec.cpu_to_send_ms = used_before.and_then(|u| u.since()).map(|u| u.cpu_ms());
@@ -1780,6 +1814,8 @@ impl AdaptiveDevice {
                             }
                         };
                         cancel.resume();
+                        rec.race_operators = Some(cancel.operators());
+                        rec.race_paused_ms = Some(cancel.paused().as_secs_f64() * 1e3);
                         match won {
                             Err(remote) => remote,
                             Ok(Err(_)) => Outcome::remote(call.await),
@@ -2062,7 +2098,9 @@ impl AdaptiveDevice {
                 None => engine.run(&part, &env),
             }
             .map_err(|e| e.to_string())?;
-            Ok::<_, String>((out, t0.elapsed()))
+            // What it computed: a pause (see "Racing the server") is not compute to slow down.
+            let paused = cancel.as_ref().map_or(Duration::ZERO, Cancel::paused);
+            Ok::<_, String>((out, t0.elapsed().saturating_sub(paused)))
         };
         let worker = if background { &self.threads.race } else { &self.threads.compute };
         let rx = worker.run(work).map_err(|e| format!("starting the local tail: {e}"))?;
@@ -2141,6 +2179,10 @@ pub fn plausible_rates(est_bps: f64, samples_bps: &[f64]) -> Vec<f64> {
 const PAUSE_SLACK: f64 = 1.5;
 const PAUSE_EXTRA: Duration = Duration::from_millis(20);
 
+/// What a racing tail waits without an acknowledgement, beyond four packets' time, before it
+/// stops yielding to its upload ([`UploadYield`]): two of the socket's readings.
+const YIELD_FLOOR: Duration = Duration::from_millis(20);
+
 /// What a sent frame's answer should take once its request is delivered: the server's queue and
 /// compute (and the cloud's), the answer's way back and a round trip (the acknowledgement may
 /// come before the last bytes reach the server), ms.
@@ -2163,34 +2205,50 @@ impl RaceClock<'_> {
     }
 }
 
-/// Paces a racing device's tail (see "Racing the server"), beside the request: once the
-/// device's socket says the whole request of `payload` bytes has been acknowledged since
-/// `delivery`'s baseline, the server has it and the answer should follow in about the
-/// predicted time, so `cancel` holds the tail (running or yet to start) before its next
-/// operator until `hold` after that; a later answer lets it go on. A tail that `race` says
-/// should be done before the hold would end is not held. It records when the request was
-/// delivered, in `delivered`. Without readings it does nothing. Never completes: it runs
-/// beside the call.
+/// How [`pace_race`] paces a tail: the request was sent at `sent`; the tail yields to the upload
+/// as `yielding` says, and is held for `hold` once the request is delivered.
+struct Pacing {
+    sent: Instant,
+    hold: Duration,
+    yielding: UploadYield,
+}
+
+/// Paces a racing device's tail (see "Racing the server"), beside the request. While the link
+/// carries the request (`pacing.yielding`), `cancel` holds the tail (running or yet to start)
+/// before its next operator. Once the device's socket says the whole request of `payload` bytes
+/// has been acknowledged since `delivery`'s baseline, the server has it and the answer should
+/// follow in about the predicted time, so the tail is held until `pacing.hold` after that; a
+/// later answer lets it go on. A tail that `race` says should be done before the hold would end is
+/// not held. It records when the request was delivered, in `delivered`. Without readings it
+/// does nothing. Never completes: it runs beside the call.
 async fn pace_race(
     delivery: Option<(UploadWatch, UploadProgress)>,
     payload: u64,
-    hold: Duration,
+    pacing: Pacing,
     cancel: Cancel,
     delivered: &OnceLock<Instant>,
     race: RaceClock<'_>,
 ) -> std::convert::Infallible {
+    let Pacing { sent, hold, mut yielding } = pacing;
     if let Some((watch, base)) = delivery {
         loop {
             match watch.progress() {
                 Some(p) if p.delivered_since(base, payload) => {
                     let now = Instant::now();
-                    if !race.done_within(now, hold) {
+                    if race.done_within(now, hold) {
+                        cancel.resume();
+                    } else {
                         cancel.pause_until(now + hold);
                     }
                     let _ = delivered.set(now);
                     break;
                 }
-                Some(_) => tokio::time::sleep(STALL_POLL).await,
+                Some(p) => {
+                    if let Some(until) = yielding.observe(sent.elapsed(), p) {
+                        cancel.pause_until(sent + until);
+                    }
+                    tokio::time::sleep(STALL_POLL).await
+                }
                 None => break,
             }
         }

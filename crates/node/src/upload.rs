@@ -196,6 +196,63 @@ impl StallWatch {
     }
 }
 
+/// Decides, from the same readings, while a racing device's tail should yield to its own
+/// upload: as long as the link is carrying the request, the server will have it soon and the
+/// tail would only take CPU from the threads sending it and reading the answer (see "Racing the
+/// server" in [`crate::adaptive`]). The upload counts as moving for `window` after each reading
+/// whose acknowledged count moved (or that had nothing queued: the device is still writing),
+/// and, before the first acknowledgement, for an RTT more; never past `cap` after sending, the
+/// time by which the upload should have been done. Pure, like [`StallWatch`].
+#[derive(Clone, Debug)]
+pub struct UploadYield {
+    window: Duration,
+    grace: Duration,
+    cap: Duration,
+    last: Option<u64>,
+    moved_at: Option<Duration>,
+}
+
+impl UploadYield {
+    /// The window is four packets' time at `up_bps` plus `slack`: acknowledgements come in
+    /// bursts, as the receiver reopens its window a few packets at a time (on a 1 Mbit/s link
+    /// behind the bench's trace proxy, 4–6 KB every 45–56 ms as read every 10 ms), and a
+    /// working link has acknowledged something within it. Past it, or at an unknown rate, the
+    /// upload has stopped moving.
+    pub fn new(up_bps: f64, rtt: Duration, slack: Duration, cap: Duration) -> UploadYield {
+        let packets = if up_bps > 0.0 {
+            Duration::from_secs_f64((4.0 * 1500.0 * 8.0 / up_bps).min(3600.0)).min(cap)
+        } else {
+            Duration::ZERO
+        };
+        UploadYield { window: packets + slack, grace: rtt, cap, last: None, moved_at: None }
+    }
+
+    /// How long after the last movement the upload still counts as moving.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Takes the reading at `at` after sending (the first is the baseline) and returns until when,
+    /// after sending, the tail should yield: `None` once the upload has stopped moving for the
+    /// window or the cap has passed.
+    pub fn observe(&mut self, at: Duration, p: UploadProgress) -> Option<Duration> {
+        match self.last {
+            None => self.last = Some(p.acked),
+            Some(a) if p.acked != a || p.pending == 0 => {
+                self.last = Some(p.acked);
+                self.moved_at = Some(at);
+            }
+            Some(_) => {}
+        }
+        let until = match self.moved_at {
+            Some(t) => t + self.window,
+            None => self.grace + self.window,
+        }
+        .min(self.cap);
+        (until > at).then_some(until)
+    }
+}
+
 /// A connector for [`tonic`] channels that registers each new connection's socket with an
 /// [`UploadWatch`]. Plain TCP as tonic's own (TLS, when configured, goes on top of it).
 #[derive(Clone, Debug)]
@@ -352,6 +409,45 @@ mod tests {
         // 0.2 Mbit/s: a packet every 60 ms, so 240 ms.
         assert_eq!(StallWatch::new(0.2e6, MS(40), MS(100)).quiet(), MS(240));
         assert_eq!(StallWatch::new(0.0, MS(40), MS(100)).quiet(), MS(100));
+    }
+
+    #[test]
+    fn the_race_yields_while_the_upload_moves() {
+        // 2 Mbit/s: 4 packets are 24 ms, plus 20; the upload is due by 300 ms.
+        let mut y = UploadYield::new(2e6, MS(40), MS(20), MS(300));
+        // Before the first acknowledgement: an RTT and a window.
+        assert_eq!(y.observe(MS(0), p(1000, 0)), Some(MS(84)));
+        assert_eq!(y.observe(MS(10), p(1000, 20_000)), Some(MS(84)));
+        // Acknowledgements move: a window from each.
+        assert_eq!(y.observe(MS(30), p(4000, 17_000)), Some(MS(74)));
+        assert_eq!(y.observe(MS(50), p(5500, 15_500)), Some(MS(94)));
+        // They stop: the race runs once the window has passed.
+        assert_eq!(y.observe(MS(90), p(5500, 15_500)), Some(MS(94)));
+        assert_eq!(y.observe(MS(100), p(5500, 15_500)), None);
+        // They move again: it yields again.
+        assert_eq!(y.observe(MS(110), p(7000, 14_000)), Some(MS(154)));
+        // Never past the cap.
+        assert_eq!(y.observe(MS(290), p(20_000, 1000)), Some(MS(300)));
+        assert_eq!(y.observe(MS(300), p(20_500, 500)), None);
+    }
+
+    #[test]
+    fn an_upload_that_never_moves_lets_the_race_run_after_the_first_window() {
+        // An outage from the start: nothing is acknowledged. At 8 Mbit/s 4 packets are 6 ms.
+        let mut y = UploadYield::new(8e6, MS(40), MS(20), MS(300));
+        assert_eq!(y.observe(MS(0), p(0, 0)), Some(MS(66)));
+        assert_eq!(y.observe(MS(10), p(0, 30_000)), Some(MS(66)));
+        assert_eq!(y.observe(MS(66), p(0, 30_000)), None);
+        // Nothing queued yet is the device still writing: that counts as moving.
+        let mut y = UploadYield::new(8e6, MS(40), MS(20), MS(300));
+        y.observe(MS(0), p(0, 0));
+        assert_eq!(y.observe(MS(100), p(0, 0)), Some(MS(126)));
+        // A slow link gets a longer window: 0.2 Mbit/s is a packet every 60 ms.
+        let mut y = UploadYield::new(0.2e6, MS(40), MS(20), MS(900));
+        assert_eq!(y.observe(MS(0), p(0, 0)), Some(MS(300)));
+        // An unknown rate: the slack alone.
+        let mut y = UploadYield::new(0.0, MS(40), MS(20), MS(900));
+        assert_eq!(y.observe(MS(0), p(0, 0)), Some(MS(60)));
     }
 
     /// A connection on loopback whose accepting side has a 4 KiB receive buffer, so that most of

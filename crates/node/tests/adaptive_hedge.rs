@@ -203,6 +203,11 @@ async fn after_a_won_race_the_next_frames_are_answered_by_the_server() {
 /// every 12 ms), served behind a trace link, and a racing device whose whole model takes about
 /// 2 s (in the plan and, by sleeping, in fact), so that offloading wins while the link is up.
 async fn uplink_bed() -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
+    uplink_bed_with(Hedge::Race).await
+}
+
+/// [`uplink_bed`] with another hedging policy.
+async fn uplink_bed_with(hedge: Hedge) -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
     let tiny = common::serve_tiny_at(common::loopback_config(), 64).await;
     let graph = tiny.graph.clone();
     let link = LinkConfig::uplink(Trace::constant(1e6).unwrap());
@@ -217,7 +222,8 @@ async fn uplink_bed() -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevi
         .build();
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
     let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let device = common::ready_device(engine, graph.clone(), &client, problem, racing_config(slowdown)).await;
+    let config = AdaptiveConfig { hedge, ..racing_config(slowdown) };
+    let device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
     (tiny, proxy, graph, device)
 }
 
@@ -327,4 +333,32 @@ async fn a_held_race_still_answers_when_the_reply_is_lost_after_delivery() {
     assert!(delivered < rec.total_ms, "{rec:?}");
     // The local tail (about 2 s) plus the hold, not the 60 s deadline or the 12 s packet gap.
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// Regression (resnet50-light on the T-Mobile LTE trace from its 60th second, 2026-11-27): an
+/// eager device's tail ran while its request crossed a fast link, and on a device under a CPU
+/// quota it took the CPU from the threads sending the request and reading the answer: frame 1
+/// took 190 ms where the same request sent without a race took 118. While the link carries the
+/// request, the race now yields to it; here (a 0.4 s upload, a tail of a few ms of real compute)
+/// it must not have started a single operator when the server answers. When the link goes
+/// silent it runs, and the frame is answered locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_race_yields_while_the_link_carries_the_request() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed_with(Hedge::Eager).await;
+    let mut idle = 0;
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.status, FrameStatus::Remote, "frame {k}: {rec:?}");
+        assert!(rec.race_ms.is_some(), "an eager device races every sent frame: {rec:?}");
+        let ops = rec.race_operators.expect("tract counts the operators it starts");
+        idle += usize::from(ops == 0);
+    }
+    // A loaded machine may miss one reading of the socket, not most.
+    assert!(idle >= 2, "the race ran operators during the upload on {} of 3 frames", 3 - idle);
+
+    proxy.handle().blackhole(true);
+    let (rec, out) = device.frame(3, common::input(&graph, 3), Instant::now()).await;
+    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
+    assert!(out.contains_key("logits"), "{:?}", out.keys());
+    assert!(rec.race_operators.is_some_and(|n| n > 0), "{rec:?}");
 }
