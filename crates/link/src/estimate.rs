@@ -156,31 +156,6 @@ impl BandwidthEstimator {
         true
     }
 
-    /// A transfer of `bytes` that had still not arrived `elapsed` after it started, stamped
-    /// `at` (a right-censored sample: the link carried less than `bytes` in `elapsed`, so it ran
-    /// at most bytes / elapsed). It is kept, as a stall sample that leaves once a later transfer
-    /// runs the stall-recovery factor faster (see [`with_stall_recovery`](Self::with_stall_recovery)),
-    /// only when that bound is below the current estimate: above it, it says nothing the estimate
-    /// does not already allow. Admitted on the same terms as [`observe_at`](Self::observe_at);
-    /// not a prediction error (the true rate is unknown). Returns whether it was kept.
-    pub fn observe_unfinished_at(&mut self, at: Duration, bytes: u64, elapsed: Duration) -> bool {
-        let slow_small = bytes >= SLOW_SMALL_BYTES.min(self.min_bytes) && elapsed >= SLOW_SMALL_TIME;
-        if (bytes < self.min_bytes && !slow_small) || bytes == 0 {
-            return false;
-        }
-        let secs = elapsed.max(self.min_time).as_secs_f64();
-        let bound = bytes as f64 * 8.0 / secs;
-        if !(bound.is_finite() && self.estimate_bps().is_none_or(|e| bound < e)) {
-            return false;
-        }
-        let at = self.samples.back().map_or(at, |s| at.max(s.0));
-        push_bounded(&mut self.samples, (at, bound, self.recovery.is_some()), self.window);
-        while self.errors.len() > self.samples.len() {
-            self.errors.pop_front();
-        }
-        true
-    }
-
     /// Drops the samples that ended more than the age limit before `now` (same origin as
     /// [`observe_at`](Self::observe_at)), possibly all of them. Does nothing without a limit.
     pub fn expire(&mut self, now: Duration) {
@@ -531,34 +506,5 @@ mod tests {
         assert!((q - 50.0).abs() < 0.2, "{q}");
         assert!((l.expected_server_ms().unwrap() - 60.0).abs() < 0.2);
         assert!((l.expected_server_ms_with(2).unwrap() - 30.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn an_unfinished_transfer_bounds_the_estimate_from_above() {
-        let mut e = BandwidthEstimator::new(5, 16 * 1024, Duration::from_millis(1))
-            .with_stall_recovery(Duration::from_secs(1), 4.0);
-        // Two transfers at 8 Mbit/s.
-        for k in 0..2 {
-            assert!(e.observe_at(Duration::from_secs(k), 100_000, Duration::from_millis(100)));
-        }
-        // 20 kB not there after 0.5 s: at most 320 kbit/s.
-        assert!(e.observe_unfinished_at(Duration::from_secs(3), 20_000, Duration::from_millis(500)));
-        let est = e.estimate_bps().unwrap();
-        assert!(est < 1e6, "{est}");
-        assert_eq!(e.samples().last(), Some(320_000.0));
-        // A bound above what the estimate says adds nothing.
-        assert!(!e.observe_unfinished_at(Duration::from_secs(4), 100_000, Duration::from_millis(10)));
-        assert_eq!(e.estimate_bps(), Some(est));
-        // The link seen moving 4× faster than the bound: the bound goes, as a stall does.
-        assert!(e.observe_at(Duration::from_secs(5), 100_000, Duration::from_millis(100)));
-        assert!(e.samples().all(|s| s > 1e6), "{:?}", e.samples().collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn an_unfinished_transfer_with_nothing_known_is_the_estimate() {
-        let mut e = BandwidthEstimator::default();
-        assert!(!e.observe_unfinished_at(Duration::ZERO, 1_000, Duration::from_millis(500)), "too small");
-        assert!(e.observe_unfinished_at(Duration::ZERO, 50_000, Duration::from_secs(1)));
-        assert!((e.estimate_bps().unwrap() - 400_000.0).abs() < 1e-6, "{:?}", e.estimate_bps());
     }
 }

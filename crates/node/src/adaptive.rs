@@ -121,15 +121,7 @@
 //!
 //! The server's answer to such a frame is not thrown away: the call stays open until the next
 //! frame sends, and if the answer comes by then its transfer is a bandwidth sample like any
-//! other (so a device whose race keeps winning still learns that the link got slow). And when
-//! the device's own tail won while its socket still held unacknowledged bytes of the request,
-//! the link carried less than the request in that time: that bound is a sample at once, if it
-//! is below the estimate ([`LinkEstimates::observe_unfinished`]; a stall sample, which leaves
-//! when a later transfer is [`STALL_RECOVERY`] times faster). Without it, a frame sent into an
-//! outage that lasts past the next frame's send taught the device nothing, and the next frame
-//! was sent on the same estimate: PP-OCR det on the UMTS trace from its 60th second sent its
-//! first two frames on the 1 Mbit/s prior and answered both itself (733 and 888 ms, where
-//! device-only took 615). A call
+//! other (so a device whose race keeps winning still learns that the link got slow). A call
 //! still open when the next frame sends is dropped: it measures an outage that is still going
 //! on, and one such sample would dominate the harmonic mean long after the link recovered.
 //! Dropping the call stops what HTTP/2 still holds of the request, but not what the kernel's
@@ -369,18 +361,6 @@ impl LinkEstimates {
         // subtraction claim more than half of the call (at most 2× the naive rate).
         let wire = call.saturating_sub(base).max(call / 2);
         if self.bandwidth.observe_at(at, bytes, wire) { self.bandwidth.samples().last() } else { None }
-    }
-
-    /// A request of `bytes` (on the wire) whose upload had not been acknowledged `elapsed` after
-    /// it was sent, as of `at`: the link carried less than that in the time it had, the round
-    /// trip taken off as in [`LinkEstimates::observe_transfer`]. Returns the bound, bit/s, when
-    /// it was kept (see [`cleave_link::BandwidthEstimator::observe_unfinished_at`]: only below
-    /// the estimate, and as a stall sample).
-    pub fn observe_unfinished(&mut self, at: Instant, bytes: u64, elapsed: Duration) -> Option<f64> {
-        let at = self.since_origin(at);
-        let base = Duration::from_secs_f64(self.min_rtt_ms.unwrap_or(0.0) / 1e3);
-        let wire = elapsed.saturating_sub(base).max(elapsed / 2);
-        if self.bandwidth.observe_unfinished_at(at, bytes, wire) { self.bandwidth.samples().last() } else { None }
     }
 
     /// The recent uplink throughput samples, bit/s, oldest first.
@@ -1727,7 +1707,6 @@ impl AdaptiveDevice {
                 self.observe_size(cut, codec, *bytes);
             }),
         };
-        let mut watched = false;
         let outcome = match built {
             Err(e) => Outcome::Failed(e, None),
             Ok((mut req, bytes)) => {
@@ -1746,8 +1725,6 @@ impl AdaptiveDevice {
                 // The socket's counts as the request goes out, to see it delivered (the race
                 // pauses then; see "Racing the server").
                 let delivery = watch.as_ref().and_then(|(w, _)| Some((w.clone(), w.progress()?)));
-                // Whether `delivered` below can say that the upload did not finish.
-                watched = delivery.is_some();
                 let cancel = Cancel::new();
                 let delivered = OnceLock::new();
                 let raced_at = OnceLock::new();
@@ -1860,16 +1837,8 @@ impl AdaptiveDevice {
                     if raced { "raced" } else { "hedged" },
                     after.as_secs_f64() * 1e3
                 ));
-                // The server's answer, if it comes before the next frame sends, gives a sample
-                // (see `harvest`). If the socket says the upload had not even finished, that much
-                // is already known: the link ran at most the request's bytes over that time.
-                if watched && rec.delivered_ms.is_none() {
-                    let now = Instant::now();
-                    rec.sample_bps = self.estimates.observe_unfinished(now, wire_bytes(rec.bytes_up), after);
-                    if rec.sample_bps.is_some() {
-                        self.sampled(now.checked_sub(after).unwrap_or(now));
-                    }
-                }
+                // No bandwidth sample yet: the server's answer, if it comes before the next
+                // frame sends, gives one (see `harvest`); a wait cut short measures nothing.
                 outputs.extend(tail);
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)

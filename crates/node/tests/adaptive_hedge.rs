@@ -249,30 +249,6 @@ async fn a_stalled_upload_starts_the_race_before_the_answer_is_due() {
     );
 }
 
-/// Regression (PP-OCR det on the UMTS trace from its 60th second, 2026-11-27): frames 0 and 1
-/// were both sent into an outage and answered by the device's own tail (733 and 888 ms, where
-/// device-only took 615): the first taught the device nothing, because its request was still
-/// in the socket when the next frame sent. A race won while the socket still holds
-/// unacknowledged bytes of the request now bounds the link's rate at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_race_won_before_the_upload_finished_lowers_the_estimate() {
-    let (_tiny, proxy, graph, mut device) = uplink_bed().await;
-    for k in 0..3 {
-        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
-        assert_eq!(rec.status, FrameStatus::Remote, "frame {k}: {rec:?}");
-    }
-    let before = device.estimates().estimate().up_bps;
-    proxy.handle().blackhole(true);
-    let (rec, _) = device.frame(3, common::input(&graph, 3), Instant::now()).await;
-    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
-    assert_eq!(rec.delivered_ms, None, "{rec:?}");
-    let bound = rec.sample_bps.expect("the unfinished upload bounds the rate");
-    // The request (about 48 KiB) was not through after the device's own ~2 s answer.
-    let after = device.estimates().estimate().up_bps;
-    assert!(bound < before && after < before, "bound {bound:.0} bit/s, estimate {before:.0} → {after:.0}");
-    assert!(bound < 0.5e6, "{bound:.0} bit/s for a request stuck about 2 s");
-}
-
 /// Regression (resnet50-light on the ATT trace, 2026-11-27): frames 10 and 11 were sent into
 /// an outage and answered by the device; their requests stayed in its send queue, and frame 12
 /// crossed the uplink behind them, 639 ms where the link alone took 225. The bytes of an
