@@ -56,7 +56,8 @@
 //! planner's choice only has to be right when the link is up.
 //!
 //! When the race starts: **by default ([`Hedge::Eager`]) as the request is sent**, so a frame
-//! sent into an outage costs about its local latency. [`Hedge::Race`] starts it **once the
+//! sent into an outage costs about its local latency; **but it yields to an upload that
+//! moves** (below). [`Hedge::Race`] starts it **once the
 //! answer is due**, i.e. the plan's predicted remote time after sending, **or earlier, once the
 //! upload stalls**: the device reads its own socket every 10 ms ([`crate::upload`]: the bytes
 //! the far end has acknowledged, the bytes still in the send queue), and bytes waiting while
@@ -70,10 +71,10 @@
 //! the static choice on the LTE trace: before the hold below, the tail kept the device's CPU
 //! while the answer arrived, and the bench's device raced on a cold thread.
 //!
-//! What racing costs is device energy. With eager, every sent frame runs the tail until its
-//! request is delivered (then the hold below pauses it): 14 ms of CPU a frame against 7 with
-//! race on resnet50-light over the LTE trace, against 77 for computing it at home. With race,
-//! only frames whose answer is late. Either way the tail stops at its next operator once the
+//! What racing costs is device energy. Before the yield below, with eager every sent frame ran
+//! the tail until its request was delivered (then the hold below paused it): 14 ms of CPU a
+//! frame against 7 with race on resnet50-light over the LTE trace, against 77 for computing it
+//! at home. With race, only frames whose answer is late. Either way the tail stops at its next operator once the
 //! server answers ([`cleave_engine::Engine::run_cancellable`]), and if the call fails the tail
 //! already running is the fallback. The decision knows the cap ([`decide_racing`]). With
 //! [`Hedge::Late`] the tail starts only once the answer is late by twice the predicted remote
@@ -100,6 +101,19 @@
 //!   device's compute like a head's does ("Compute as measured").
 //!
 //! The record's `local_answer_ms` and `device_only_ms` say what the decision used.
+//!
+//! **The race yields while the link carries the request.** An eager tail that ran during the
+//! upload took, on a device under a CPU quota, the quota the threads sending the request and
+//! reading the answer needed (a quota is shared by all of the process's threads, whatever
+//! their class: [`crate::priority`]). From the 60th second of the T-Mobile LTE trace,
+//! resnet50-light's frame 1 took 190 ms where the same request sent without a race took 118.
+//! So while the socket's acknowledged count keeps moving, the tail waits before its next
+//! operator ([`UploadYield`]: until four packet times at the estimated rate plus 20 ms after
+//! the last movement, and an RTT more before the first; never past 1.5 × the predicted upload
+//! + 20 ms + an RTT, by when the upload is late, nor past a tenth of the tail's own time,
+//! [`YIELD_SHARE`], what it may cost a frame sent into a link that crawls). When the link
+//! stops, the tail runs within that window. The decision counts on it ([`StallCap::yielding`]). The record's
+//! `race_operators` says how far a race got, and `race_paused_ms` how long it waited.
 //!
 //! **The race holds while the answer is on its way.** Once the device's socket says the whole
 //! request has been acknowledged ([`crate::upload::UploadProgress::delivered_since`]), the
@@ -589,6 +603,9 @@ pub struct StallCap {
     /// When the race starts on a link that stops as the frame is sent, ms after sending: the
     /// quiet time plus the wait for the first acknowledgement.
     pub after_ms: f64,
+    /// When the race starts at the latest, whatever the link does, ms after sending (infinite:
+    /// no such bound).
+    pub most_ms: f64,
 }
 
 impl StallCap {
@@ -596,24 +613,27 @@ impl StallCap {
     pub fn for_estimate(estimate: &Estimate) -> StallCap {
         let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
         let quiet = StallWatch::new(estimate.up_bps, rtt, STALL_FLOOR).quiet().as_secs_f64() * 1e3;
-        StallCap { quiet_ms: quiet, after_ms: quiet + estimate.rtt_ms.max(0.0) }
+        StallCap { quiet_ms: quiet, after_ms: quiet + estimate.rtt_ms.max(0.0), most_ms: f64::INFINITY }
     }
 
-    /// The cap for an eager device ([`Hedge::Eager`]) with `estimate`: its race yields to an
-    /// upload the link carries ([`UploadYield`]), so on a link that stops as the frame is sent
-    /// it starts once the first acknowledgement is a window late (the RTT plus the window); on
-    /// one that keeps moving, when the answer is due (about when the upload runs late).
-    pub fn yielding(estimate: &Estimate) -> StallCap {
+    /// The cap for an eager device ([`Hedge::Eager`]) with `estimate` and a local tail of
+    /// `tail_ms`: its race yields to an upload the link carries ([`UploadYield`]), so on a link
+    /// that stops as the frame is sent it starts once the first acknowledgement is a window late
+    /// (the RTT plus the window); on one that keeps moving, when the answer is due; and in
+    /// either case by [`YIELD_SHARE`] of the tail's time.
+    pub fn yielding(estimate: &Estimate, tail_ms: f64) -> StallCap {
         let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
         let window = UploadYield::new(estimate.up_bps, rtt, YIELD_FLOOR, Duration::MAX).window().as_secs_f64() * 1e3;
-        StallCap { quiet_ms: window, after_ms: window + estimate.rtt_ms.max(0.0) }
+        let most_ms = (YIELD_SHARE * tail_ms).max(0.0);
+        StallCap { quiet_ms: window, after_ms: window + estimate.rtt_ms.max(0.0), most_ms }
     }
 
     /// When the race starts, ms after sending, on a link at `sample_bps` with the answer `due_ms`
     /// after sending.
     pub fn race_after_ms(&self, sample_bps: f64, due_ms: f64) -> f64 {
         let packet_ms = 1500.0 * 8.0 / sample_bps * 1e3;
-        if packet_ms >= self.quiet_ms { due_ms.min(self.after_ms) } else { due_ms }
+        let at = if packet_ms >= self.quiet_ms { due_ms.min(self.after_ms) } else { due_ms };
+        at.min(self.most_ms)
     }
 }
 
@@ -677,10 +697,11 @@ pub enum Hedge {
     /// As [`Hedge::Race`], but without watching the socket: never before the answer is due (no
     /// stall watch) and never held (no delivery seen). For comparing the two side by side.
     RaceDue,
-    /// The tail starts as the request is sent, held (as with [`Hedge::Race`]) while a
-    /// delivered request's answer is due: a frame sent into an outage costs about its local
-    /// latency, and every sent frame costs the device the tail's compute until its request is
-    /// delivered. The default.
+    /// The tail starts as the request is sent, but yields while the link carries the request
+    /// ([`UploadYield`]) and is held (as with [`Hedge::Race`]) while a delivered request's
+    /// answer is due: a frame sent into an outage costs about its local latency plus the first
+    /// acknowledgement's wait (an RTT and a few packet times), and a frame whose request and
+    /// answer flow costs the device almost nothing. The default.
     #[default]
     Eager,
     /// Once the answer is late by twice the predicted remote time (+20 ms): local compute
@@ -1399,7 +1420,7 @@ impl AdaptiveDevice {
                 self.config.down_bps,
                 match self.config.hedge {
                     Hedge::Race => Some(StallCap::for_estimate(est)),
-                    Hedge::Eager => Some(StallCap::yielding(est)),
+                    Hedge::Eager => Some(StallCap::yielding(est, problem.device_ms[problem.last()])),
                     _ => None,
                 },
                 Some(self.local_answer_ms()),
@@ -1738,7 +1759,8 @@ impl AdaptiveDevice {
                 // upload should be done.
                 let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
                 let upload_due =
-                    Duration::from_secs_f64(upload_ms.max(0.0) / 1e3).mul_f64(PAUSE_SLACK) + PAUSE_EXTRA + rtt;
+                    (Duration::from_secs_f64(upload_ms.max(0.0) / 1e3).mul_f64(PAUSE_SLACK) + PAUSE_EXTRA + rtt)
+                        .min(tail_time.mul_f64(YIELD_SHARE));
                 let mut yielding = UploadYield::new(estimate.up_bps, rtt, YIELD_FLOOR, upload_due);
                 if let Some((_, base)) = &delivery
                     && let Some(until) = yielding.observe(Duration::ZERO, *base)
@@ -2152,6 +2174,12 @@ const PAUSE_EXTRA: Duration = Duration::from_millis(20);
 /// stops yielding to its upload ([`UploadYield`]): two of the socket's readings.
 const YIELD_FLOOR: Duration = Duration::from_millis(20);
 
+/// The longest a racing tail yields to its upload, as a share of its own time: what the yield
+/// may cost a frame sent into a link that crawls. A tenth: on the driving traces, racing tails
+/// that yielded until the upload ran late (1.5 × its predicted time) answered outage frames
+/// 210–230 ms later than tails that did not yield.
+pub const YIELD_SHARE: f64 = 0.1;
+
 /// What a sent frame's answer should take once its request is delivered: the server's queue and
 /// compute (and the cloud's), the answer's way back and a round trip (the acknowledgement may
 /// come before the last bytes reach the server), ms.
@@ -2550,7 +2578,7 @@ mod tests {
         let e = Estimate { up_bps: harmonic, ..est(1.0) };
         let due = decide_racing(&p, &e, &samples, None, None, None).unwrap();
         assert_eq!(due.cuts[0], last, "racing when due: {due:?}");
-        let cap = StallCap { quiet_ms: 100.0, after_ms: 150.0 };
+        let cap = StallCap { quiet_ms: 100.0, after_ms: 150.0, most_ms: f64::INFINITY };
         let watched = decide_racing(&p, &e, &samples, None, Some(cap), None).unwrap();
         assert!(watched.cuts[0] < last, "{watched:?}");
         assert!(watched.predicted.total_ms < 800.0, "{}", watched.predicted.total_ms);
@@ -2558,6 +2586,10 @@ mod tests {
         assert_eq!(cap.race_after_ms(0.5e6, 900.0), 900.0);
         assert_eq!(cap.race_after_ms(0.05e6, 900.0), 150.0);
         assert_eq!(cap.race_after_ms(0.05e6, 120.0), 120.0);
+        // An eager device's race starts by its bound, whatever the link does.
+        let eager = StallCap { most_ms: 60.0, ..cap };
+        assert_eq!(eager.race_after_ms(0.5e6, 900.0), 60.0);
+        assert_eq!(eager.race_after_ms(0.05e6, 900.0), 60.0);
     }
 
     /// An eager device that sends into a link that stopped in four of its last five transfers
@@ -2569,7 +2601,7 @@ mod tests {
         let last = p.last();
         let samples = [0.05e6, 0.05e6, 0.05e6, 0.05e6, 20e6];
         let e = Estimate { up_bps: 5.0 / samples.iter().map(|s| 1.0 / s).sum::<f64>(), ..est(1.0) };
-        let eager = Some(StallCap { quiet_ms: 0.0, after_ms: 0.0 });
+        let eager = Some(StallCap { quiet_ms: 0.0, after_ms: 0.0, most_ms: 0.0 });
         let cheap = decide_racing(&p, &e, &samples, None, eager, None).unwrap();
         assert!(cheap.cuts[0] < last, "{cheap:?}");
         let slow = decide_racing(&p, &e, &samples, None, eager, Some(1000.0)).unwrap();

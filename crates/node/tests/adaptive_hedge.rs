@@ -203,14 +203,14 @@ async fn after_a_won_race_the_next_frames_are_answered_by_the_server() {
 /// every 12 ms), served behind a trace link, and a racing device whose whole model takes about
 /// 2 s (in the plan and, by sleeping, in fact), so that offloading wins while the link is up.
 async fn uplink_bed() -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
-    uplink_bed_with(Hedge::Race).await
+    uplink_bed_with(Hedge::Race, 1e6).await
 }
 
-/// [`uplink_bed`] with another hedging policy.
-async fn uplink_bed_with(hedge: Hedge) -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
+/// [`uplink_bed`] with another hedging policy and uplink rate, bit/s.
+async fn uplink_bed_with(hedge: Hedge, up_bps: f64) -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
     let tiny = common::serve_tiny_at(common::loopback_config(), 64).await;
     let graph = tiny.graph.clone();
-    let link = LinkConfig::uplink(Trace::constant(1e6).unwrap());
+    let link = LinkConfig::uplink(Trace::constant(up_bps).unwrap());
     let proxy = LinkProxy::start(tiny.server.grpc_addr, link).await.unwrap();
     let engine = Arc::new(Engine::new(EngineConfig::default()));
     let edge = common::edge_profile(&engine, &graph);
@@ -315,12 +315,13 @@ async fn a_held_race_still_answers_when_the_reply_is_lost_after_delivery() {
 /// eager device's tail ran while its request crossed a fast link, and on a device under a CPU
 /// quota it took the CPU from the threads sending the request and reading the answer: frame 1
 /// took 190 ms where the same request sent without a race took 118. While the link carries the
-/// request, the race now yields to it; here (a 0.4 s upload, a tail of a few ms of real compute)
-/// it must not have started a single operator when the server answers. When the link goes
-/// silent it runs, and the frame is answered locally.
+/// request, the race now yields to it, for at most a tenth of the tail's time; here (a 0.1 s
+/// upload at 4 Mbit/s, a tail of 2 s by the plan, a few ms of it real compute) it must not have
+/// started a single operator when the server answers. When the link goes silent it runs, and
+/// the frame is answered locally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eager_race_yields_while_the_link_carries_the_request() {
-    let (_tiny, proxy, graph, mut device) = uplink_bed_with(Hedge::Eager).await;
+    let (_tiny, proxy, graph, mut device) = uplink_bed_with(Hedge::Eager, 4e6).await;
     let mut idle = 0;
     for k in 0..3 {
         let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
@@ -337,4 +338,19 @@ async fn an_eager_race_yields_while_the_link_carries_the_request() {
     assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
     assert!(out.contains_key("logits"), "{:?}", out.keys());
     assert!(rec.race_operators.is_some_and(|n| n > 0), "{rec:?}");
+}
+
+/// The yield is bounded: on a link that crawls, a frame sent into it must not wait long for its
+/// own tail. Here the 0.4 s upload at 1 Mbit/s is longer than a tenth of the 2 s tail, so the
+/// race has run (all of the tiny model's operators) before the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_yields_for_at_most_a_tenth_of_its_tail() {
+    let (_tiny, _proxy, graph, mut device) = uplink_bed_with(Hedge::Eager, 1e6).await;
+    let mut ran = 0;
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.status, FrameStatus::Remote, "frame {k}: {rec:?}");
+        ran += usize::from(rec.race_operators.is_some_and(|n| n > 0));
+    }
+    assert!(ran >= 2, "the race ran on {ran} of 3 frames whose upload outlasted its bound");
 }
