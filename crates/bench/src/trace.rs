@@ -35,16 +35,20 @@
 //! Computed offline after the runs: for each frame in turn, every choice the adaptive device
 //! had (candidate cuts × codecs, and device-only) is simulated with the frame model above, and
 //! the one that answers the frame first is taken (greedy per frame, in hindsight). A choice's
-//! simulated latency is: wait for the previous frame + head + (when sent) the trace's exact
-//! transfer time for the request's bytes handed to an idle link when the head ends
-//! ([`Trace::transfer_ms`], i.e. the bandwidth the frame really had) + 2 × the one-way delay +
-//! the edge's compute + a fixed per-request cost. Bytes are those measured for that frame at
+//! simulated latency is: wait for the previous frame + head + (when sent) the time to build the
+//! request (encoding; the median per codec of what the runs took between the head's end and
+//! sending) + the trace's exact transfer time for the request's bytes handed to an idle link
+//! then ([`Trace::transfer_ms`], i.e. the bandwidth the frame really had) + 2 × the one-way
+//! delay + the edge's compute + a fixed per-request cost. Bytes are those measured for that frame at
 //! that choice when a run sent it so (JPEG sizes depend on the image), else the median measured
 //! at the choice, else the codec's estimate. Compute is measured: a cut's head and tail
 //! times are the medians observed at that cut in the runs, and for cuts no run used, the profile
 //! scaled by the median measured/profiled ratio of the runs. The fixed per-request cost is the
-//! median, per codec, over the sent frames, of what the frame took beyond its head, its ideal
-//! transfer, the delays and the edge's reported time (encoding, HTTP/2, decoding). The adaptive
+//! median, per codec, over the sent frames, of what the frame took beyond its head, its
+//! building, its ideal transfer, the delays and the edge's reported time (HTTP/2, decoding the
+//! answer). Until 2026-11-27 the request was handed to the link as the head ended, with the
+//! encoding counted in the fixed cost: on a bursty trace that moved the transfer up to 40 ms
+//! earlier than any run could send, and made the oracle optimistic. The adaptive
 //! device's hedging is not simulated: the oracle picks one place per frame. The adaptive
 //! device by default races the server with its own tail (`--hedge race`, see
 //! `cleave_node::adaptive`), so each of its sent frames costs about the smaller of the two
@@ -813,11 +817,17 @@ pub struct OracleModel {
     pub head_ms: Vec<f64>,
     /// Edge compute of the tail after each cut, ms.
     pub tail_ms: Vec<f64>,
-    /// What a sent frame costs beyond head, ideal transfer, delays and edge time, ms (the
-    /// median over every sent frame).
+    /// What a sent frame costs beyond head, building the request, ideal transfer, delays and
+    /// edge time, ms (the median over every sent frame): HTTP/2 and decoding the answer.
     pub fixed_ms: f64,
-    /// The same per codec (encoding costs differ: JPEG's is not negligible on a slow device).
+    /// The same per codec.
     pub fixed_by_codec: BTreeMap<Codec, f64>,
+    /// What a sent frame takes between its head's end and sending: encoding and building the
+    /// request, ms (the median over every sent frame). The request reaches the link only then.
+    pub pre_send_ms: f64,
+    /// The same per codec (JPEG's encoding is not negligible on a slow device: 20–40 ms for a
+    /// 640 × 480 page at 15 % of a core).
+    pub pre_send_by_codec: BTreeMap<Codec, f64>,
     /// Payload bytes measured per (frame, cut, codec) in the runs (content-dependent codecs
     /// such as JPEG), and their median per (cut, codec).
     pub frame_bytes: BTreeMap<(usize, usize, Codec), u64>,
@@ -846,8 +856,9 @@ impl OracleModel {
         let (dev, srv) = (device.prefix(), edge.prefix());
         let mut heads: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         let mut tails: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-        let (mut head_ratio, mut tail_ratio, mut fixed) = (vec![], vec![], vec![]);
+        let (mut head_ratio, mut tail_ratio, mut fixed, mut pre) = (vec![], vec![], vec![], vec![]);
         let mut fixed_codec: BTreeMap<Codec, Vec<f64>> = BTreeMap::new();
+        let mut pre_codec: BTreeMap<Codec, Vec<f64>> = BTreeMap::new();
         let mut frame_bytes = BTreeMap::new();
         let mut sizes: BTreeMap<(usize, Codec), Vec<f64>> = BTreeMap::new();
         let delay_ms = opts.delay.as_secs_f64() * 1e3;
@@ -867,16 +878,20 @@ impl OracleModel {
                 }
                 let start = opts.start_offset_ms + send.max(0.0) as u64;
                 let ideal = opts.trace.transfer_ms(start, wire(r.bytes_up)) as f64;
+                let before_send = (send - r.start_ms - r.head_ms).max(0.0);
                 let rest = r.total_ms
                     - (r.start_ms - r.release_ms)
                     - r.head_ms
+                    - before_send
                     - ideal
                     - 2.0 * delay_ms
                     - c
                     - r.queue_ms.unwrap_or(0.0);
                 fixed.push(rest.max(0.0));
+                pre.push(before_send);
                 if let Some(q) = r.codec {
                     fixed_codec.entry(q).or_default().push(rest.max(0.0));
+                    pre_codec.entry(q).or_default().push(before_send);
                     frame_bytes.insert((r.frame, r.cut, q), r.bytes_up);
                     sizes.entry((r.cut, q)).or_default().push(r.bytes_up as f64);
                 }
@@ -897,14 +912,22 @@ impl OracleModel {
             let m = median(&mut fixed);
             if m.is_finite() { m } else { 0.0 }
         };
-        let fixed_by_codec =
-            fixed_codec.into_iter().filter(|(_, v)| v.len() >= 3).map(|(q, mut v)| (q, median(&mut v))).collect();
+        let pre_send_ms = {
+            let m = median(&mut pre);
+            if m.is_finite() { m } else { 0.0 }
+        };
+        let by_codec = |m: BTreeMap<Codec, Vec<f64>>| -> BTreeMap<Codec, f64> {
+            m.into_iter().filter(|(_, v)| v.len() >= 3).map(|(q, mut v)| (q, median(&mut v))).collect()
+        };
+        let (fixed_by_codec, pre_send_by_codec) = (by_codec(fixed_codec), by_codec(pre_codec));
         let median_bytes = sizes.into_iter().map(|(k, mut v)| (k, median(&mut v) as u64)).collect();
         OracleModel {
             head_ms,
             tail_ms,
             fixed_ms,
             fixed_by_codec,
+            pre_send_ms,
+            pre_send_by_codec,
             frame_bytes,
             median_bytes,
             trace: opts.trace.clone(),
@@ -975,10 +998,11 @@ impl OracleModel {
             .copied()
             .unwrap_or(problem.bytes[c][q]);
         let fixed = self.fixed_by_codec.get(&codec).copied().unwrap_or(self.fixed_ms);
-        let t0 = self.start_offset_ms + head_end.max(0.0).ceil() as u64;
+        let send = head_end + self.pre_send_by_codec.get(&codec).copied().unwrap_or(self.pre_send_ms);
+        let t0 = self.start_offset_ms + send.max(0.0).ceil() as u64;
         let transfer =
-            self.trace.transfer_ms(t0, wire(bytes)) as f64 + (t0 as f64 - self.start_offset_ms as f64 - head_end);
-        (head_end + transfer + 2.0 * self.delay_ms + self.tail_ms[c] + fixed, Some(head_end), bytes)
+            self.trace.transfer_ms(t0, wire(bytes)) as f64 + (t0 as f64 - self.start_offset_ms as f64 - send);
+        (send + transfer + 2.0 * self.delay_ms + self.tail_ms[c] + fixed, Some(send), bytes)
     }
 }
 
@@ -1077,6 +1101,8 @@ mod tests {
             tail_ms: vec![8.0, 6.0, 2.0, 0.0],
             fixed_ms: 1.0,
             fixed_by_codec: BTreeMap::new(),
+            pre_send_ms: 0.0,
+            pre_send_by_codec: BTreeMap::new(),
             frame_bytes: BTreeMap::new(),
             median_bytes: BTreeMap::new(),
             trace,
@@ -1157,6 +1183,30 @@ mod tests {
         assert!((end - (60.0 + 7.0 + 20.0 + 2.0 + 1.0)).abs() < 1e-9, "{end}");
         // Device-only: the head alone.
         assert_eq!(m.finish(&p, 0, 3, None, 5.0).0, 85.0);
+        // The request reaches the link once it is built: 4 ms after the head at int8.
+        let m = OracleModel { pre_send_by_codec: BTreeMap::from([(p.codecs[2], 4.0)]), pre_send_ms: 50.0, ..m };
+        let (end, send, _) = m.finish(&p, 0, 2, Some(2), 0.0);
+        assert_eq!(send, Some(64.0));
+        assert!((end - (64.0 + 7.0 + 20.0 + 2.0 + 1.0)).abs() < 1e-9, "{end}");
+    }
+
+    /// Regression (PP-OCR det on the ATT trace from its 60th second, 2026-11-27): the oracle
+    /// handed a frame's request to the link as its head ended, while every run sent it only
+    /// after encoding it (about 35 ms of JPEG at 15 % of a core), and on a bursty trace those
+    /// milliseconds are worth a different transfer: frame 5 was 254 ms in the oracle where the
+    /// runs that sent it so took 371–377. A step from 96 Mbit/s to 0.12 at 100 ms: a request
+    /// whose head ends at 60 and which is built 50 ms later crosses at the slow rate.
+    #[test]
+    fn the_oracle_sends_when_the_request_is_built_not_when_the_head_ends() {
+        let mut runs: Vec<(u64, u32)> = (1..=100).map(|ms| (ms, 8)).collect();
+        runs.extend((200..=5000).step_by(100).map(|ms| (ms, 1)));
+        let t = Trace::from_runs(runs).unwrap();
+        let p = toy_problem();
+        let early = model(t.clone()).finish(&p, 0, 2, Some(2), 0.0).0;
+        let built_late = OracleModel { pre_send_ms: 50.0, ..model(t) }.finish(&p, 0, 2, Some(2), 0.0).0;
+        assert!(early < 100.0, "{early}");
+        // 7 packets at one per 100 ms from 200 ms on.
+        assert!(built_late > 800.0, "{built_late}");
     }
 
     #[test]
