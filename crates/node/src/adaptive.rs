@@ -111,8 +111,9 @@
 //! operator ([`UploadYield`]: until four packet times at the estimated rate plus 20 ms after
 //! the last movement, and an RTT more before the first; never past 1.5 × the predicted upload
 //! + 20 ms + an RTT, by when the upload is late, nor past a tenth of the tail's own time,
-//! [`YIELD_SHARE`], what it may cost a frame sent into a link that crawls). When the link
-//! stops, the tail runs within that window. The decision counts on it ([`StallCap::yielding`]). The record's
+//! [`YIELD_SHARE`], what it may cost a frame sent into a link that crawls; an upload predicted
+//! to take longer than that is not yielded to). When the link stops, the tail runs within that
+//! window. The decision counts on it ([`StallCap::yielding`]). The record's
 //! `race_operators` says how far a race got, and `race_paused_ms` how long it waited.
 //!
 //! **The race holds while the answer is on its way.** Once the device's socket says the whole
@@ -620,7 +621,8 @@ impl StallCap {
     /// `tail_ms`: its race yields to an upload the link carries ([`UploadYield`]), so on a link
     /// that stops as the frame is sent it starts once the first acknowledgement is a window late
     /// (the RTT plus the window); on one that keeps moving, when the answer is due; and in
-    /// either case by [`YIELD_SHARE`] of the tail's time.
+    /// either case by [`YIELD_SHARE`] of the tail's time (a request whose upload is predicted
+    /// longer than that is not yielded to, and races at once: the cap is pessimistic then).
     pub fn yielding(estimate: &Estimate, tail_ms: f64) -> StallCap {
         let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
         let window = UploadYield::new(estimate.up_bps, rtt, YIELD_FLOOR, Duration::MAX).window().as_secs_f64() * 1e3;
@@ -1756,11 +1758,15 @@ impl AdaptiveDevice {
                 );
                 let race = RaceClock { started: &raced_at, tail: tail_time };
                 // Until then, the race yields to an upload the link is carrying, up to when the
-                // upload should be done.
+                // upload should be done; only an upload predicted to fit in the bound.
                 let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
-                let upload_due =
-                    (Duration::from_secs_f64(upload_ms.max(0.0) / 1e3).mul_f64(PAUSE_SLACK) + PAUSE_EXTRA + rtt)
-                        .min(tail_time.mul_f64(YIELD_SHARE));
+                let upload = Duration::from_secs_f64(upload_ms.max(0.0) / 1e3);
+                let bound = tail_time.mul_f64(YIELD_SHARE);
+                let upload_due = if upload <= bound {
+                    (upload.mul_f64(PAUSE_SLACK) + PAUSE_EXTRA + rtt).min(bound)
+                } else {
+                    Duration::ZERO
+                };
                 let mut yielding = UploadYield::new(estimate.up_bps, rtt, YIELD_FLOOR, upload_due);
                 if let Some((_, base)) = &delivery
                     && let Some(until) = yielding.observe(Duration::ZERO, *base)
@@ -2177,7 +2183,9 @@ const YIELD_FLOOR: Duration = Duration::from_millis(20);
 /// The longest a racing tail yields to its upload, as a share of its own time: what the yield
 /// may cost a frame sent into a link that crawls. A tenth: on the driving traces, racing tails
 /// that yielded until the upload ran late (1.5 × its predicted time) answered outage frames
-/// 210–230 ms later than tails that did not yield.
+/// 210–230 ms later than tails that did not yield. An upload predicted to take longer than
+/// that is not yielded to at all: the yield could not cover it, and would only delay the race
+/// if the link stopped (bounded at a tenth, tails yielded 41–80 ms on outage frames).
 pub const YIELD_SHARE: f64 = 0.1;
 
 /// What a sent frame's answer should take once its request is delivered: the server's queue and
