@@ -167,8 +167,9 @@ pub struct Args {
     /// With --cut adaptive: when the device computes the tail itself while a request is out;
     /// the frame takes whichever answer comes first, and the tail runs on a lowest-priority
     /// thread. `eager`: as the request is sent, so a link that stalls costs a frame about its
-    /// local latency (every sent frame costs device CPU until its request is delivered; once it
-    /// is, the tail pauses while the answer is due); `race`: once the answer is due (the plan's
+    /// local latency (it waits while a request short enough to cross within a tenth of its time
+    /// is being acknowledged, and once a request is delivered it pauses while the answer is
+    /// due; otherwise a sent frame costs device CPU); `race`: once the answer is due (the plan's
     /// predicted remote time), or earlier when the device's socket shows the upload stalled
     /// (bytes queued, none acknowledged for 100 ms or more), which spends less device energy;
     /// `race-due`: as `race` without watching the socket; `late`: once the answer is late by
