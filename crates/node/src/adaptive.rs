@@ -624,8 +624,7 @@ impl StallCap {
     /// either case by [`YIELD_SHARE`] of the tail's time (a request whose upload is predicted
     /// longer than that is not yielded to, and races at once: the cap is pessimistic then).
     pub fn yielding(estimate: &Estimate, tail_ms: f64) -> StallCap {
-        let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
-        let window = UploadYield::new(estimate.up_bps, rtt, YIELD_FLOOR, Duration::MAX).window().as_secs_f64() * 1e3;
+        let window = UploadYield::window_for(estimate.up_bps, YIELD_FLOOR).as_secs_f64() * 1e3;
         let most_ms = (YIELD_SHARE * tail_ms).max(0.0);
         StallCap { quiet_ms: window, after_ms: window + estimate.rtt_ms.max(0.0), most_ms }
     }
@@ -700,10 +699,11 @@ pub enum Hedge {
     /// stall watch) and never held (no delivery seen). For comparing the two side by side.
     RaceDue,
     /// The tail starts as the request is sent, but yields while the link carries the request
-    /// ([`UploadYield`]) and is held (as with [`Hedge::Race`]) while a delivered request's
-    /// answer is due: a frame sent into an outage costs about its local latency plus the first
-    /// acknowledgement's wait (an RTT and a few packet times), and a frame whose request and
-    /// answer flow costs the device almost nothing. The default.
+    /// ([`UploadYield`], only a request predicted to cross within [`YIELD_SHARE`] of the tail's
+    /// time) and is held (as with [`Hedge::Race`]) while a delivered request's answer is due: a
+    /// frame sent into an outage costs about its local latency (plus, for such a short request,
+    /// the first acknowledgement's wait: an RTT and a few packet times), and a frame whose
+    /// request and answer flow costs the device almost nothing. The default.
     #[default]
     Eager,
     /// Once the answer is late by twice the predicted remote time (+20 ms): local compute
@@ -1738,11 +1738,11 @@ impl AdaptiveDevice {
                 let endpoints = self.remote.clone().expect("checked in new");
                 // Racing, the upload is watched from the socket: a stalled link starts the race
                 // before the answer is due (see "Racing the server").
+                let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
                 let watch = match self.config.hedge {
-                    Hedge::Race | Hedge::Eager => self.upload_watch().map(|w| {
-                        let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
-                        (w, StallWatch::new(estimate.up_bps, rtt, STALL_FLOOR))
-                    }),
+                    Hedge::Race | Hedge::Eager => {
+                        self.upload_watch().map(|w| (w, StallWatch::new(estimate.up_bps, rtt, STALL_FLOOR)))
+                    }
                     _ => None,
                 };
                 // The socket's counts as the request goes out, to see it delivered (the race
@@ -1759,7 +1759,6 @@ impl AdaptiveDevice {
                 let race = RaceClock { started: &raced_at, tail: tail_time };
                 // Until then, the race yields to an upload the link is carrying, up to when the
                 // upload should be done; only an upload predicted to fit in the bound.
-                let rtt = Duration::from_secs_f64(estimate.rtt_ms.max(0.0) / 1e3);
                 let upload = Duration::from_secs_f64(upload_ms.max(0.0) / 1e3);
                 let bound = tail_time.mul_f64(YIELD_SHARE);
                 let upload_due = if upload <= bound {

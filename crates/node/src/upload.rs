@@ -160,7 +160,7 @@ impl StallWatch {
     /// packets come in bursts and a working link can pause between them (see the module docs
     /// of [`crate::adaptive`]). Until the first acknowledgement after sending, `rtt` more.
     pub fn new(up_bps: f64, rtt: Duration, floor: Duration) -> StallWatch {
-        let packets = if up_bps > 0.0 { Duration::from_secs_f64(4.0 * 1500.0 * 8.0 / up_bps) } else { floor };
+        let packets = four_packets(up_bps).unwrap_or(floor);
         StallWatch { quiet: floor.max(packets).min(Duration::from_secs(10)), grace: rtt, last: None, moved_at: None }
     }
 
@@ -219,17 +219,12 @@ impl UploadYield {
     /// working link has acknowledged something within it. Past it, or at an unknown rate, the
     /// upload has stopped moving.
     pub fn new(up_bps: f64, rtt: Duration, slack: Duration, cap: Duration) -> UploadYield {
-        let packets = if up_bps > 0.0 {
-            Duration::from_secs_f64((4.0 * 1500.0 * 8.0 / up_bps).min(3600.0)).min(cap)
-        } else {
-            Duration::ZERO
-        };
-        UploadYield { window: packets + slack, grace: rtt, cap, last: None, moved_at: None }
+        UploadYield { window: Self::window_for(up_bps, slack), grace: rtt, cap, last: None, moved_at: None }
     }
 
-    /// How long after the last movement the upload still counts as moving.
-    pub fn window(&self) -> Duration {
-        self.window
+    /// How long after the last movement an upload at `up_bps` still counts as moving.
+    pub fn window_for(up_bps: f64, slack: Duration) -> Duration {
+        four_packets(up_bps).unwrap_or(Duration::ZERO) + slack
     }
 
     /// Takes the reading at `at` after sending (the first is the baseline) and returns until when,
@@ -251,6 +246,11 @@ impl UploadYield {
         .min(self.cap);
         (until > at).then_some(until)
     }
+}
+
+/// Four 1500-byte packets' time at `up_bps` (at most an hour); `None` at no known rate.
+fn four_packets(up_bps: f64) -> Option<Duration> {
+    (up_bps > 0.0).then(|| Duration::from_secs_f64((4.0 * 1500.0 * 8.0 / up_bps).min(3600.0)))
 }
 
 /// A connector for [`tonic`] channels that registers each new connection's socket with an
