@@ -134,11 +134,17 @@
 //! a frame whose answer is lost after delivery is answered by its tail that much later. The
 //! record's `delivered_ms` says when the socket saw the request delivered.
 //!
-//! The server's answer to such a frame is not thrown away: the call stays open until the next
-//! frame sends, and if the answer comes by then its transfer is a bandwidth sample like any
-//! other (so a device whose race keeps winning still learns that the link got slow). A call
-//! still open when the next frame sends is dropped: it measures an outage that is still going
-//! on, and one such sample would dominate the harmonic mean long after the link recovered.
+//! The call of a frame its own tail answered still tells the link's rate (so a device whose
+//! race keeps winning still learns that the link got slow): it stays open until the socket
+//! sees the request delivered, and that upload time is a bandwidth sample
+//! ([`LinkEstimates::observe_upload`]); then the call is dropped. It is not kept for the
+//! server's answer: PP-OCR det's is a 1.2 MB probability map, and a device that computed the
+//! next frame at home received and decoded it meanwhile, at 15 % of a core 27 ms of CPU (det
+//! on the ATT trace from its 60th second, frame 8: 847 ms at home where the device-only run's
+//! frame 8 took 660). Without readings of the socket, the answer is the sample, as before. A
+//! call still open when the next frame sends is dropped: it measures an outage that is still
+//! going on, and one such sample would dominate the harmonic mean long after the link
+//! recovered.
 //! Dropping the call stops what HTTP/2 still holds of the request, but not what the kernel's
 //! send queue already has: on the ATT trace, resnet50-light's frame 12 crossed the uplink
 //! behind the requests of frames 10 and 11, both answered by the device during an outage (639
@@ -376,6 +382,16 @@ impl LinkEstimates {
         // subtraction claim more than half of the call (at most 2× the naive rate).
         let wire = call.saturating_sub(base).max(call / 2);
         if self.bandwidth.observe_at(at, bytes, wire) { self.bandwidth.samples().last() } else { None }
+    }
+
+    /// One request of `payload` bytes that the sender's socket saw delivered (acknowledged in
+    /// full) `upload` after it was sent, at `at`. Unlike [`observe_transfer`](Self::observe_transfer)
+    /// nothing is subtracted: the time holds no server time, and the acknowledgement's way
+    /// back is a one-way delay at most, where the smallest round trip is two. Returns the
+    /// sample, bit/s, when it was used.
+    pub fn observe_upload(&mut self, at: Instant, payload: u64, upload: Duration) -> Option<f64> {
+        let at = self.since_origin(at);
+        if self.bandwidth.observe_at(at, wire_bytes(payload), upload) { self.bandwidth.samples().last() } else { None }
     }
 
     /// The recent uplink throughput samples, bit/s, oldest first.
@@ -837,6 +853,12 @@ pub struct AdaptiveRecord {
     /// problem's device time, as calibrated so far).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_only_ms: Option<f64>,
+    /// A bandwidth sample that the call of a frame answered by the device's own tail (this
+    /// one or an earlier one) gave during this frame, bit/s, and whether it was the request's
+    /// delivery as the socket saw it (`true`) or the server's late answer (see "Racing the
+    /// server").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub straggler_sample: Option<(f64, bool)>,
 }
 
 /// What a concurrent side task measured: a ping (an empty call: its round trip and the
@@ -863,9 +885,11 @@ pub struct AdaptiveDevice {
     model_outputs: Vec<String>,
     epoch: Instant,
     side: Option<JoinHandle<SideResult>>,
-    /// The server's answer to a frame the device's own tail already answered: (payload
-    /// bytes, response, when it came), for its bandwidth sample.
-    straggler: Option<JoinHandle<Option<(u64, TailResponse, Instant)>>>,
+    /// The call of a frame the device's own tail already answered, until it tells the link's
+    /// rate ([`Straggled`]).
+    straggler: Option<JoinHandle<Option<Straggled>>>,
+    /// The sample it gave, for the record: bit/s, and whether from the delivery.
+    straggler_sample: Option<(f64, bool)>,
     last_sample: Option<Instant>,
     last_rtt: Option<Instant>,
     last_release: Option<Instant>,
@@ -1049,6 +1073,7 @@ impl AdaptiveDevice {
             epoch: Instant::now(),
             side: None,
             straggler: None,
+            straggler_sample: None,
             last_sample: None,
             last_rtt: None,
             last_release: None,
@@ -1292,16 +1317,27 @@ impl AdaptiveDevice {
         }
         if self.straggler.as_ref().is_some_and(|h| h.is_finished())
             && let Some(h) = self.straggler.take()
-            && let Ok(Some((bytes, resp, ended))) = h.await
+            && let Ok(Some(straggled)) = h.await
         {
-            let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
-            self.estimates.observe_server(q, c);
-            self.observe_signal(&resp, false);
-            let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
-            if self.estimates.observe_transfer(ended, wire_bytes(bytes), resp.rpc, server).is_some() {
-                // It measured the link from when the frame was sent, possibly seconds ago
-                // across an outage: as news of the link now, it is that old.
-                self.sampled(ended.checked_sub(resp.rpc).unwrap_or(ended));
+            // Either measured the link from when the frame was sent, possibly seconds ago
+            // across an outage: as news of the link now, it is that old.
+            match straggled {
+                Straggled::Delivered { bytes, upload, at } => {
+                    if let Some(bps) = self.estimates.observe_upload(at, bytes, upload) {
+                        self.sampled(at.checked_sub(upload).unwrap_or(at));
+                        self.straggler_sample = Some((bps, true));
+                    }
+                }
+                Straggled::Answer { bytes, response: resp, at } => {
+                    let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
+                    self.estimates.observe_server(q, c);
+                    self.observe_signal(&resp, false);
+                    let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
+                    if let Some(bps) = self.estimates.observe_transfer(at, wire_bytes(bytes), resp.rpc, server) {
+                        self.sampled(at.checked_sub(resp.rpc).unwrap_or(at));
+                        self.straggler_sample = Some((bps, false));
+                    }
+                }
             }
         }
         let ready = self.side.as_ref().is_some_and(|h| wait || h.is_finished());
@@ -1582,6 +1618,7 @@ impl AdaptiveDevice {
         // that ended meanwhile (a ping held up by an outage) is collected first, or it would
         // keep the next one from starting.
         self.harvest(false).await;
+        rec.straggler_sample = self.straggler_sample.take();
         rec.probe_bytes = self.start_side(rec.bytes_up, &rec.estimate);
         if let Some(inputs) = kept {
             self.start_size_probe(inputs, &rec.estimate);
@@ -1676,6 +1713,7 @@ impl AdaptiveDevice {
             local_answer_ms: (self.strategy == Strategy::Adaptive && self.config.hedge.races())
                 .then(|| self.local_answer_ms()),
             device_only_ms: Some(self.problem.device_ms[self.problem.last()]),
+            straggler_sample: None,
         };
         // The head, on the device's compute thread, then the emulated slowdown.
         let head = {
@@ -1748,6 +1786,7 @@ impl AdaptiveDevice {
                 // The socket's counts as the request goes out, to see it delivered (the race
                 // pauses then; see "Racing the server").
                 let delivery = watch.as_ref().and_then(|(w, _)| Some((w.clone(), w.progress()?)));
+                let straggler_watch = delivery.clone();
                 let cancel = Cancel::new();
                 let delivered = OnceLock::new();
                 let raced_at = OnceLock::new();
@@ -1824,11 +1863,10 @@ impl AdaptiveDevice {
                             Err(remote) => remote,
                             Ok(Err(_)) => Outcome::remote(call.await),
                             Ok(Ok(tail)) => {
-                                // The server's answer may still come: keep the call until the
-                                // next frame sends, for its bandwidth sample.
-                                self.straggler = Some(tokio::spawn(async move {
-                                    call.await.ok().map(|a| (bytes, a.response, Instant::now()))
-                                }));
+                                // The call may still tell the link's rate: kept until it does,
+                                // or until the next frame sends.
+                                let seen = delivered.get().copied();
+                                self.straggler = Some(tokio::spawn(straggle(call, bytes, t, seen, straggler_watch)));
                                 Outcome::Hedged(tail, t.elapsed(), raced)
                             }
                         }
@@ -2258,6 +2296,52 @@ async fn pace_race(
         }
     }
     std::future::pending().await
+}
+
+/// What the call of a frame answered by the device's own tail told about the link.
+enum Straggled {
+    /// The device's socket saw the request of `bytes` delivered `upload` after it was sent,
+    /// at `at`; the call was dropped then.
+    Delivered { bytes: u64, upload: Duration, at: Instant },
+    /// The server's answer came first (no reading of the socket), at `at`.
+    Answer { bytes: u64, response: TailResponse, at: Instant },
+}
+
+/// Keeps the `call` of a frame whose own tail answered it (its request of `payload` bytes sent
+/// at `sent`) only until it tells the link's rate: once the socket says the request was
+/// delivered (at `delivered`, or as `delivery` sees it from its baseline), the call is dropped
+/// and its upload time is the sample; the server's answer, a 1.2 MB probability map for PP-OCR
+/// det, would otherwise be received and decoded by a device that may be computing its next
+/// frame at home (see "Racing the server"). Without readings of the socket, the answer is the
+/// sample. `None` when the call failed.
+async fn straggle<F>(
+    call: F,
+    payload: u64,
+    sent: Instant,
+    delivered: Option<Instant>,
+    delivery: Option<(UploadWatch, UploadProgress)>,
+) -> Option<Straggled>
+where
+    F: std::future::Future<Output = Result<crate::failover::Answer, crate::failover::Failed>>,
+{
+    let seen = async {
+        if let Some(at) = delivered {
+            return at;
+        }
+        let Some((watch, base)) = delivery else { return std::future::pending().await };
+        loop {
+            match watch.progress() {
+                Some(p) if p.delivered_since(base, payload) => return Instant::now(),
+                Some(_) => tokio::time::sleep(STALL_POLL).await,
+                None => return std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        at = seen => Some(Straggled::Delivered { bytes: payload, upload: at.saturating_duration_since(sent), at }),
+        a = call => a.ok().map(|a| Straggled::Answer { bytes: payload, response: a.response, at: Instant::now() }),
+    }
 }
 
 async fn race_trigger(due: Duration, watch: Option<(UploadWatch, StallWatch)>) -> bool {

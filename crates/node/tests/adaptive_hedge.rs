@@ -355,3 +355,35 @@ async fn a_race_yields_only_to_an_upload_shorter_than_a_tenth_of_its_tail() {
     }
     assert!(ran >= 2, "the race ran on {ran} of 3 frames whose upload outlasted its bound");
 }
+
+/// Regression (PP-OCR det on the ATT trace from its 60th second, 2026-11-27): frame 7's race
+/// won after its request had been delivered, and its call stayed open for the server's answer,
+/// a 1.2 MB probability map, as a bandwidth sample. Frame 8 stayed home, and the device
+/// received and decoded that answer while computing it: 847 ms where the device-only run's
+/// frame 8 took 660. The call now ends when the socket sees the request delivered, and the
+/// upload time is the sample. Here the downlink nearly stops (one packet every 12 s) after
+/// three frames, so no answer comes: the sample must come from the delivery, about the
+/// uplink's 1 Mbit/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_won_race_takes_its_sample_from_the_delivery_not_the_answer() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed().await;
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.status, FrameStatus::Remote, "frame {k}: {rec:?}");
+        assert_eq!(rec.straggler_sample, None, "frame {k}: no race was won: {rec:?}");
+    }
+    proxy.handle().rate_limit(Direction::Down, Some(1e3)).unwrap();
+    let mut samples = vec![];
+    for k in 3..5 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.status, FrameStatus::LocalFallback, "frame {k}: {rec:?}");
+        assert!(rec.delivered_ms.is_some(), "frame {k}: the uplink carried the request: {rec:?}");
+        samples.extend(rec.straggler_sample);
+    }
+    // Frame 3's sample, taken as frame 3 or 4 ended; frame 4's may come at frame 5.
+    let Some(&(bps, from_delivery)) = samples.first() else {
+        panic!("no sample from two won races whose requests were delivered")
+    };
+    assert!(from_delivery, "the sample came from an answer the downlink could not carry");
+    assert!((0.3e6..3e6).contains(&bps), "a 1 Mbit/s uplink measured at {:.2} Mbit/s", bps / 1e6);
+}
