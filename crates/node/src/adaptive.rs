@@ -40,8 +40,12 @@
 //! differs from the decision at the estimate — a probe goes out after the frame's answer, in the
 //! gap before the next frame, sized to take half the usual gap between releases (at most a
 //! quarter second) at the current estimate (16–128 KiB). A probe costs link time that a frame behind it waits for, so when no
-//! plausible bandwidth would change the choice, none is sent. Before a frame large enough to be
-//! measured is sent, any probe still on the link is awaited, so the frame's sample stays clean.
+//! plausible bandwidth would change the choice, none is sent. A frame does not wait for a probe
+//! or ping still out: their answers can be stuck behind an outage for seconds (a ping's, up to
+//! its 5 s timeout), and a frame that waited for them carried the outage past its end. What
+//! matters is the link: bytes of theirs still queued when a frame sends are dropped with the
+//! connection when draining them would take longer than a round trip (see "Racing the
+//! server").
 //!
 //! ## Racing the server
 //! A link can go silent for seconds (cellular traces do), and no estimator sees that coming: a
@@ -148,11 +152,19 @@
 //! Dropping the call stops what HTTP/2 still holds of the request, but not what the kernel's
 //! send queue already has: on the ATT trace, resnet50-light's frame 12 crossed the uplink
 //! behind the requests of frames 10 and 11, both answered by the device during an outage (639
-//! ms where the link alone took 225). So when a frame starts while the last frame's abandoned
-//! request still has bytes queued, and draining them at the estimated rate would take longer
-//! than a round trip (about what a new connection costs), the device drops the connection with
-//! them ([`crate::upload::UploadWatch::abort`]: a TCP reset that purges the queue) and the
-//! client reconnects at its next call. The record's `discarded_bytes` says how many.
+//! ms where the link alone took 225). So when a frame is about to send while bytes of calls it
+//! does not wait for are still queued (an abandoned request, a probe or a bootstrap probe cut
+//! short, all of them stuck behind an outage), and draining them at the estimated rate would
+//! take longer than a round trip (about what a new connection costs), the device drops the
+//! connection with them ([`crate::upload::UploadWatch::abort`]: a TCP reset that purges the
+//! queue), and with it any probe still out; the client reconnects for the frame. The record's
+//! `discarded_bytes` says how many. A frame that stays home drops nothing: a probe or an
+//! abandoned request still crossing is then the device's only news of the link. For the same
+//! reason no probe or ping is started while the last abandoned request is still undelivered:
+//! it would only queue behind it. Before this, on the EVDO trace from its 60th second,
+//! resnet50-light's frame 15 was sent while the 30 KB probe sent after frame 14 (answered by
+//! the device in an outage) still crossed: 762 ms where the static run sent the same request
+//! in 540, and frame 0 queued behind the bootstrap probe the same way, 872 against 445.
 //!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
@@ -667,6 +679,10 @@ pub const SIZE_REFRESH_FRAMES: usize = 8;
 /// frame first ([`AdaptiveDevice`]'s "Payload sizes").
 pub const FRAME_SIZE_SPREAD: f64 = 1.5;
 
+/// How long a frame waits, at most, for the client to see the connection it dropped with stale
+/// bytes go, before sending on a new one.
+const RECONNECT_WAIT: Duration = Duration::from_millis(50);
+
 /// Transfers smaller than this give no bandwidth sample (see [`cleave_link::BandwidthEstimator`]).
 const MIN_SAMPLE_BYTES: u64 = 16 * 1024;
 
@@ -837,8 +853,9 @@ pub struct AdaptiveRecord {
     pub page_faults: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempted: Option<u64>,
-    /// Bytes of an earlier frame's abandoned request still in the device's send queue when this
-    /// frame started, dropped with their connection (see "Racing the server").
+    /// Bytes of calls this frame did not wait for (an earlier frame's abandoned request, a probe)
+    /// still in the device's send queue when it sent, dropped with their connection (see
+    /// "Racing the server").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discarded_bytes: Option<u64>,
     /// Encodings of the input made to settle a close call before deciding (see "Payload
@@ -1319,26 +1336,7 @@ impl AdaptiveDevice {
             && let Some(h) = self.straggler.take()
             && let Ok(Some(straggled)) = h.await
         {
-            // Either measured the link from when the frame was sent, possibly seconds ago
-            // across an outage: as news of the link now, it is that old.
-            match straggled {
-                Straggled::Delivered { bytes, upload, at } => {
-                    if let Some(bps) = self.estimates.observe_upload(at, bytes, upload) {
-                        self.sampled(at.checked_sub(upload).unwrap_or(at));
-                        self.straggler_sample = Some((bps, true));
-                    }
-                }
-                Straggled::Answer { bytes, response: resp, at } => {
-                    let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
-                    self.estimates.observe_server(q, c);
-                    self.observe_signal(&resp, false);
-                    let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
-                    if let Some(bps) = self.estimates.observe_transfer(at, wire_bytes(bytes), resp.rpc, server) {
-                        self.sampled(at.checked_sub(resp.rpc).unwrap_or(at));
-                        self.straggler_sample = Some((bps, false));
-                    }
-                }
-            }
+            self.observe_straggled(straggled);
         }
         let ready = self.side.as_ref().is_some_and(|h| wait || h.is_finished());
         if !ready {
@@ -1355,6 +1353,30 @@ impl AdaptiveDevice {
                 && self.estimates.observe_transfer(ended, probe_wire_bytes(bytes), d, Duration::ZERO).is_some()
             {
                 self.sampled(ended.checked_sub(d).unwrap_or(ended));
+            }
+        }
+    }
+
+    /// Takes what the call of a frame answered by the device's own tail told about the link.
+    fn observe_straggled(&mut self, straggled: Straggled) {
+        // Either measured the link from when the frame was sent, possibly seconds ago across an
+        // outage: as news of the link now, it is that old.
+        match straggled {
+            Straggled::Delivered { bytes, upload, at } => {
+                if let Some(bps) = self.estimates.observe_upload(at, bytes, upload) {
+                    self.sampled(at.checked_sub(upload).unwrap_or(at));
+                    self.straggler_sample = Some((bps, true));
+                }
+            }
+            Straggled::Answer { bytes, response: resp, at } => {
+                let (q, c) = (resp.queue_ms.unwrap_or(0.0), resp.compute_ms.unwrap_or(0.0));
+                self.estimates.observe_server(q, c);
+                self.observe_signal(&resp, false);
+                let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
+                if let Some(bps) = self.estimates.observe_transfer(at, wire_bytes(bytes), resp.rpc, server) {
+                    self.sampled(at.checked_sub(resp.rpc).unwrap_or(at));
+                    self.straggler_sample = Some((bps, false));
+                }
             }
         }
     }
@@ -1419,23 +1441,32 @@ impl AdaptiveDevice {
         Duration::from_secs_f64(remote_ms(plan) / 1e3)
     }
 
-    /// Drops the bytes of the last frame's abandoned request (its answer came from the device)
-    /// that still wait in the send queue: they would cross the uplink ahead of this frame. Only
-    /// when draining them at the estimated rate would take longer than a round trip, about what
-    /// the new connection costs; the connection goes with them ([`UploadWatch::abort`]). Returns
-    /// the bytes dropped.
-    fn drop_stale_upload(&mut self, est: &Estimate) -> Option<u64> {
-        self.straggler.as_ref()?;
+    /// Drops the bytes still waiting in the send queue as a frame sends: they belong to calls it
+    /// does not wait for (the last frame's abandoned request, a probe, a bootstrap probe cut
+    /// short) and would cross the uplink ahead of it. Only when draining them at the estimated
+    /// rate would take longer than a round trip, about what the new connection costs; the
+    /// connection goes with them ([`UploadWatch::abort`]), and so do those calls; it returns
+    /// once the client has seen the connection go (at most [`RECONNECT_WAIT`]), so that the
+    /// frame's call opens a new one rather than meeting the reset. Returns the bytes dropped.
+    async fn drop_stale_upload(&mut self, est: &Estimate) -> Option<u64> {
         let watch = self.upload_watch()?;
         let pending = watch.progress()?.pending;
         let drain_ms = pending as f64 * 8.0 / est.up_bps.max(1.0) * 1e3;
         if pending == 0 || drain_ms <= est.rtt_ms {
             return None;
         }
-        if let Some(s) = self.straggler.take() {
-            s.abort();
+        let calls = [self.straggler.take().map(|h| h.abort_handle()), self.side.take().map(|h| h.abort_handle())];
+        calls.into_iter().flatten().for_each(|h| h.abort());
+        if !watch.abort() {
+            return None;
         }
-        watch.abort().then_some(pending)
+        let gone = async {
+            while watch.progress().is_some() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let _ = tokio::time::timeout(RECONNECT_WAIT, gone).await;
+        Some(pending)
     }
 
     /// The current connection's upload watch (`None` without a server).
@@ -1555,6 +1586,11 @@ impl AdaptiveDevice {
         if self.side.is_some() || self.strategy != Strategy::Adaptive {
             return 0;
         }
+        // Behind an abandoned request still undelivered, a probe or a ping would only measure
+        // its queue (and keep the next frame's request behind them); its delivery is the news.
+        if self.straggler.as_ref().is_some_and(|h| !h.is_finished()) {
+            return 0;
+        }
         let Some((_, client)) = self.remote.as_ref().and_then(|r| r.current()) else { return 0 };
         let now = Instant::now();
         let want_rtt = self.last_rtt.is_none_or(|t| now - t > Duration::from_secs(1));
@@ -1638,7 +1674,6 @@ impl AdaptiveDevice {
         let start = Instant::now();
         self.estimates.expire(start);
         let estimate = self.estimates.estimate();
-        let discarded_bytes = self.drop_stale_upload(&estimate);
         let last = self.graph.last_cut();
         let mut fleet_note = None;
         let mut encoded = None;
@@ -1675,7 +1710,6 @@ impl AdaptiveDevice {
                 }
             },
         };
-        let sends = if cut == last { 0 } else { self.problem.bytes[cut][self.codec_index(codec)] };
         let mut rec = AdaptiveRecord {
             frame: k,
             release_ms: self.ms_since_epoch(release),
@@ -1708,7 +1742,7 @@ impl AdaptiveDevice {
             cpu_to_send_ms: None,
             page_faults: None,
             preempted: None,
-            discarded_bytes,
+            discarded_bytes: None,
             sizing_encodes,
             local_answer_ms: (self.strategy == Strategy::Adaptive && self.config.hedge.races())
                 .then(|| self.local_answer_ms()),
@@ -1743,9 +1777,9 @@ impl AdaptiveDevice {
             rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
             return (rec, outputs);
         }
-        // Keep the link clean for this frame's sample: a probe still out is awaited (unless the
-        // frame is too small to give a sample; see the module docs).
-        self.harvest(sends >= MIN_SAMPLE_BYTES).await;
+        // Measurements that ended meanwhile; one still out is not waited for (its queued bytes
+        // are dropped below when they would delay this frame; see the module docs).
+        self.harvest(false).await;
         // Hedge (adaptive only): the device's own tail races the server, from the start or
         // once the answer is late (see "Racing the server" in the module docs).
         let hedge_after = match (self.strategy, self.config.hedge, predicted_ms) {
@@ -1757,7 +1791,9 @@ impl AdaptiveDevice {
             }
             _ => None,
         };
-        // A straggler of an earlier frame still on the link would delay this one: let it go.
+        // Bytes still queued for calls this frame does not wait for would cross the link ahead
+        // of it, and a straggler of an earlier frame still on the link would delay it: let them go.
+        rec.discarded_bytes = self.drop_stale_upload(&estimate).await;
         if let Some(s) = self.straggler.take() {
             s.abort();
         }
@@ -1864,9 +1900,13 @@ impl AdaptiveDevice {
                             Ok(Err(_)) => Outcome::remote(call.await),
                             Ok(Ok(tail)) => {
                                 // The call may still tell the link's rate: kept until it does,
-                                // or until the next frame sends.
-                                let seen = delivered.get().copied();
-                                self.straggler = Some(tokio::spawn(straggle(call, bytes, t, seen, straggler_watch)));
+                                // or until the next frame sends; delivered already, it has.
+                                if let Some(&at) = delivered.get() {
+                                    let upload = at.saturating_duration_since(t);
+                                    self.observe_straggled(Straggled::Delivered { bytes, upload, at });
+                                } else {
+                                    self.straggler = Some(tokio::spawn(straggle(call, bytes, t, straggler_watch)));
+                                }
                                 Outcome::Hedged(tail, t.elapsed(), raced)
                             }
                         }
@@ -2102,10 +2142,6 @@ impl AdaptiveDevice {
         }
     }
 
-    fn codec_index(&self, codec: Codec) -> usize {
-        self.problem.codecs.iter().position(|&c| c == codec).unwrap_or(0)
-    }
-
     async fn slow_down(&self, compute: Duration) {
         let extra = compute.mul_f64(self.config.device_slowdown - 1.0);
         if !extra.is_zero() {
@@ -2309,7 +2345,7 @@ enum Straggled {
 
 /// Keeps the `call` of a frame whose own tail answered it (its request of `payload` bytes sent
 /// at `sent`) only until it tells the link's rate: once the socket says the request was
-/// delivered (at `delivered`, or as `delivery` sees it from its baseline), the call is dropped
+/// delivered (as `delivery` sees it from its baseline), the call is dropped
 /// and its upload time is the sample; the server's answer, a 1.2 MB probability map for PP-OCR
 /// det, would otherwise be received and decoded by a device that may be computing its next
 /// frame at home (see "Racing the server"). Without readings of the socket, the answer is the
@@ -2318,16 +2354,12 @@ async fn straggle<F>(
     call: F,
     payload: u64,
     sent: Instant,
-    delivered: Option<Instant>,
     delivery: Option<(UploadWatch, UploadProgress)>,
 ) -> Option<Straggled>
 where
     F: std::future::Future<Output = Result<crate::failover::Answer, crate::failover::Failed>>,
 {
     let seen = async {
-        if let Some(at) = delivered {
-            return at;
-        }
         let Some((watch, base)) = delivery else { return std::future::pending().await };
         loop {
             match watch.progress() {

@@ -387,3 +387,34 @@ async fn a_won_race_takes_its_sample_from_the_delivery_not_the_answer() {
     assert!(from_delivery, "the sample came from an answer the downlink could not carry");
     assert!((0.3e6..3e6).contains(&bps), "a 1 Mbit/s uplink measured at {:.2} Mbit/s", bps / 1e6);
 }
+
+/// Regression (resnet50-light on the EVDO trace from its 60th second, 2026-11-27): the
+/// bootstrap probe, cut short at the first release by an outage, left its bytes in the send
+/// queue, and frame 0's request crossed the link behind them: 872 ms where the static run sent
+/// the same request in 445. (Frame 15 queued behind a probe the same way.) Bytes of calls a
+/// frame does not wait for are now dropped with their connection when it sends. Here the link
+/// goes silent with half of a bootstrap probe delivered, the bootstrap gives up, the link
+/// comes back, and the next frame must not queue behind the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_does_not_queue_behind_a_probe_cut_short() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed_with(Hedge::Eager, 1e6).await;
+    let (rec, _) = device.frame(0, common::input(&graph, 0), Instant::now()).await;
+    assert_eq!(rec.status, FrameStatus::Remote, "{rec:?}");
+    // Silence the link once 8 KiB of the probe have crossed (of 32 KiB: 0.26 s at 1 Mbit/s).
+    let handle = proxy.handle();
+    let base = handle.stats().up_bytes;
+    let silencer = tokio::spawn(async move {
+        while handle.stats().up_bytes < base + 8 * 1024 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        handle.blackhole(true);
+    });
+    device.bootstrap_until(Instant::now() + Duration::from_secs(3)).await;
+    assert!(silencer.is_finished(), "the probe never crossed 8 KiB");
+    proxy.handle().blackhole(false);
+    let (rec, out) = device.frame(1, common::input(&graph, 1), Instant::now()).await;
+    assert!(out.contains_key("logits"), "{:?}", out.keys());
+    assert_eq!(rec.status, FrameStatus::Remote, "the server answers on a new connection: {rec:?}");
+    let dropped = rec.discarded_bytes.expect("the probe's bytes were still queued");
+    assert!(dropped > 8 * 1024, "{rec:?}");
+}
