@@ -1311,8 +1311,8 @@ impl AdaptiveDevice {
         t.saturating_duration_since(self.epoch).as_secs_f64() * 1e3
     }
 
-    /// Takes a finished side task's measurements; with `wait`, waits for a running one.
-    async fn harvest(&mut self, wait: bool) {
+    /// Takes the measurements of side tasks that have finished (a running one is not waited for).
+    async fn harvest(&mut self) {
         if let Some(rx) = &mut self.size_probe {
             match rx.try_recv() {
                 Ok(sizes) => {
@@ -1338,7 +1338,7 @@ impl AdaptiveDevice {
         {
             self.observe_straggled(straggled);
         }
-        let ready = self.side.as_ref().is_some_and(|h| wait || h.is_finished());
+        let ready = self.side.as_ref().is_some_and(|h| h.is_finished());
         if !ready {
             return;
         }
@@ -1653,7 +1653,7 @@ impl AdaptiveDevice {
         // Measurements go out after the answer, into the gap before the next frame; a side task
         // that ended meanwhile (a ping held up by an outage) is collected first, or it would
         // keep the next one from starting.
-        self.harvest(false).await;
+        self.harvest().await;
         rec.straggler_sample = self.straggler_sample.take();
         rec.probe_bytes = self.start_side(rec.bytes_up, &rec.estimate);
         if let Some(inputs) = kept {
@@ -1670,7 +1670,7 @@ impl AdaptiveDevice {
         release: Instant,
         used_before: Option<Usage>,
     ) -> (AdaptiveRecord, TensorMap) {
-        self.harvest(false).await;
+        self.harvest().await;
         let start = Instant::now();
         self.estimates.expire(start);
         let estimate = self.estimates.estimate();
@@ -1779,7 +1779,7 @@ impl AdaptiveDevice {
         }
         // Measurements that ended meanwhile; one still out is not waited for (its queued bytes
         // are dropped below when they would delay this frame; see the module docs).
-        self.harvest(false).await;
+        self.harvest().await;
         // Hedge (adaptive only): the device's own tail races the server, from the start or
         // once the answer is late (see "Racing the server" in the module docs).
         let hedge_after = match (self.strategy, self.config.hedge, predicted_ms) {
@@ -2574,6 +2574,17 @@ mod tests {
     /// again (a stall sample: its transfer took over a second). Keeping it as the newest sample
     /// was worse: alone, it kept the device home for good (no probe, since nothing within 8× of
     /// 0.07 Mbit/s changed the decision).
+    #[test]
+    fn a_delivery_sample_is_the_upload_time_alone() {
+        // Unlike a call's sample, nothing is subtracted: no server time, no round trip.
+        let mut e = LinkEstimates::new();
+        e.observe_rtt(Duration::from_millis(50));
+        let payload = 100_000 - cleave_cost::link::DEFAULT_MESSAGE_OVERHEAD;
+        let bps = e.observe_upload(Instant::now(), payload, Duration::from_millis(800)).unwrap();
+        assert!((bps - 1e6).abs() < 1.0, "{bps}");
+        assert_eq!(e.up_samples(), vec![bps]);
+    }
+
     #[test]
     fn an_old_outage_sample_stops_ruling_the_estimate() {
         let t0 = Instant::now();
