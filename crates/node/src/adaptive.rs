@@ -37,9 +37,16 @@
 //! it measured: the late answer to a frame sent into an outage measured the link from when it
 //! was sent), **and the bandwidth matters** — the decision at an eighth or at eight times the
 //! estimate, or at the fastest recent sample or the 1 Mbit/s prior ([`plausible_rates`]),
-//! differs from the decision at the estimate — a probe goes out after the frame's answer, in the
-//! gap before the next frame, sized to take half the usual gap between releases (at most a
-//! quarter second) at the current estimate (16–128 KiB). A probe costs link time that a frame behind it waits for, so when no
+//! differs from the decision at the estimate — a probe goes out in the gap before the next
+//! frame, sized to take half the usual gap between releases (at most a quarter second) at the
+//! current estimate (16–128 KiB). The same holds after a frame whose request the device's own
+//! tail answered, however fresh its sample: that sample measured a link slow or stopped as the
+//! frame went out (PP-OCR det on the EVDO trace stayed home on frame 9, 1054 ms, on such a
+//! sample, where the link carried a JPEG in 346). The probe, and the round-trip ping, wait in
+//! the gap until twice their time at the estimate plus a round trip (and 100 ms) before the
+//! next release as the usual gap predicts it, so that the next decision gets the freshest news
+//! (a probe sent as the last frame ended reported the link as it was seconds before); one still
+//! waiting when a frame starts is cancelled. A probe costs link time that a frame behind it waits for, so when no
 //! plausible bandwidth would change the choice, none is sent. A frame does not wait for a probe
 //! or ping still out: their answers can be stuck behind an outage for seconds (a ping's, up to
 //! its 5 s timeout), and a frame that waited for them carried the outage past its end. What
@@ -269,6 +276,13 @@ use crate::upload::{StallWatch, UploadProgress, UploadWatch, UploadYield};
 pub const DEFAULT_UP_BPS: f64 = 1e6;
 /// Round trip assumed before any measurement, ms.
 pub const DEFAULT_RTT_MS: f64 = 100.0;
+/// A side task (ping, probe) waits until shortly before the next frame, but never longer than
+/// this after a frame, and never starts earlier than this before it, s.
+const MAX_SIDE_WAIT_S: f64 = 30.0;
+const MAX_SIDE_LEAD_S: f64 = 2.0;
+/// Slack a side task keeps before the next frame beyond twice its expected time.
+const SIDE_MARGIN: Duration = Duration::from_millis(100);
+
 /// Size of the bootstrap probe.
 pub const BOOTSTRAP_PROBE_BYTES: usize = 32 * 1024;
 
@@ -810,7 +824,8 @@ pub struct AdaptiveRecord {
     pub predicted_ms: Option<f64>,
     /// This frame's bandwidth sample, bit/s, when it gave one.
     pub sample_bps: Option<f64>,
-    /// Bytes of a bandwidth probe sent after this frame's answer.
+    /// Bytes of a bandwidth probe started after this frame's answer (it goes out shortly
+    /// before the next frame, see "Staying informed while computing locally").
     pub probe_bytes: u64,
     /// Fleet mode: the coordinating server's recommendation this frame was decided under
     /// (`CUT:CODEC`), and whether the device followed it.
@@ -853,6 +868,13 @@ pub struct AdaptiveRecord {
     pub page_faults: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempted: Option<u64>,
+    /// Of `cpu_ms`, what the device's compute and race threads used on jobs that ended during
+    /// the frame (its head, a local or racing tail), ms, and how often they were preempted
+    /// (Linux only): the rest is the runtime's (encoding, sending, reading, polling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_cpu_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_preempted: Option<u64>,
     /// Bytes of calls this frame did not wait for (an earlier frame's abandoned request, a probe)
     /// still in the device's send queue when it sent, dropped with their connection (see
     /// "Racing the server").
@@ -902,6 +924,10 @@ pub struct AdaptiveDevice {
     model_outputs: Vec<String>,
     epoch: Instant,
     side: Option<JoinHandle<SideResult>>,
+    /// When the side task sends (it waits until then, see "Staying informed").
+    side_sends_at: Option<Instant>,
+    /// What the compute and race threads had used when the last frame's record was made.
+    threads_seen: (Duration, u64),
     /// The call of a frame the device's own tail already answered, until it tells the link's
     /// rate ([`Straggled`]).
     straggler: Option<JoinHandle<Option<Straggled>>>,
@@ -956,6 +982,14 @@ impl DeviceThreads {
             compute: Arc::new(crate::priority::Worker::normal("cleave-compute")),
             race: Arc::new(crate::priority::Worker::idle("cleave-race")),
         }
+    }
+}
+
+impl DeviceThreads {
+    /// CPU time and preemptions of the jobs both threads finished so far.
+    fn used(&self) -> (Duration, u64) {
+        let (a, b) = (self.compute.used(), self.race.used());
+        (a.0 + b.0, a.1 + b.1)
     }
 }
 
@@ -1089,6 +1123,8 @@ impl AdaptiveDevice {
             model_outputs,
             epoch: Instant::now(),
             side: None,
+            side_sends_at: None,
+            threads_seen: (Duration::ZERO, 0),
             straggler: None,
             straggler_sample: None,
             last_sample: None,
@@ -1582,7 +1618,7 @@ impl AdaptiveDevice {
 
     /// Starts a round-trip measurement (at most once a second) and, when the frame sends too
     /// little to measure and the last sample is stale, a probe; both run while the head computes.
-    fn start_side(&mut self, sends: u64, estimate: &Estimate) -> u64 {
+    fn start_side(&mut self, sends: u64, answered_here: bool, estimate: &Estimate) -> u64 {
         if self.side.is_some() || self.strategy != Strategy::Adaptive {
             return 0;
         }
@@ -1595,7 +1631,8 @@ impl AdaptiveDevice {
         let now = Instant::now();
         let want_rtt = self.last_rtt.is_none_or(|t| now - t > Duration::from_secs(1));
         let stale = self.last_sample.is_none_or(|t| now - t > Duration::from_secs(2));
-        let probe = if self.config.probe && sends < MIN_SAMPLE_BYTES && stale && self.bandwidth_matters(estimate) {
+        let uninformed = (sends < MIN_SAMPLE_BYTES && stale) || answered_here;
+        let probe = if self.config.probe && uninformed && self.bandwidth_matters(estimate) {
             // Sized to half the gap before the next frame (at most a quarter second) at the
             // current estimate, so that it is usually off the link before the next frame sends.
             let window = (0.5 * self.frame_gap_s.unwrap_or(0.5)).min(0.25);
@@ -1614,7 +1651,21 @@ impl AdaptiveDevice {
             HashMap::new()
         };
         let model = self.config.model_name.clone();
+        // Sent as late as it can be and still be back before the next frame: the news is then
+        // as fresh as it gets (on a cellular link, seconds are long). Twice its time at the
+        // estimate, plus a round trip, ahead of the next release; at once when that is past.
+        let est = self.estimates.estimate();
+        let takes = Duration::from_secs_f64(
+            (probe as f64 * 8.0 / est.up_bps.max(1.0) + 2.0 * est.rtt_ms.max(0.0) / 1e3).min(MAX_SIDE_LEAD_S),
+        );
+        let next = self
+            .last_release
+            .zip(self.frame_gap_s)
+            .map(|(r, g)| r + Duration::from_secs_f64(g.clamp(0.0, MAX_SIDE_WAIT_S)));
+        let at = next.and_then(|n| n.checked_sub(2 * takes + SIDE_MARGIN)).filter(|&t| t > now).unwrap_or(now);
+        self.side_sends_at = Some(at);
         self.side = Some(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
             let mut c = client;
             let ping = if want_rtt { c.ping(&model, params, Some(Duration::from_secs(5))).await.ok() } else { None };
             let probe =
@@ -1641,6 +1692,10 @@ impl AdaptiveDevice {
             rec.cpu_ms = Some(used.cpu_ms());
             rec.page_faults = Some(used.page_faults);
             rec.preempted = Some(used.preempted);
+            let (seen, threads) = (self.threads_seen, self.threads.used());
+            rec.compute_cpu_ms = Some(threads.0.saturating_sub(seen.0).as_secs_f64() * 1e3);
+            rec.compute_preempted = Some(threads.1.saturating_sub(seen.1));
+            self.threads_seen = threads;
         }
         self.calibrate_compute(&rec);
         let last = self.problem.last();
@@ -1655,7 +1710,10 @@ impl AdaptiveDevice {
         // keep the next one from starting.
         self.harvest().await;
         rec.straggler_sample = self.straggler_sample.take();
-        rec.probe_bytes = self.start_side(rec.bytes_up, &rec.estimate);
+        // A request the device's own tail answered was slow or stopped: its sample is news of
+        // the link as the frame went out, and the next decision should have fresher news.
+        let answered_here = rec.status == FrameStatus::LocalFallback && rec.bytes_up > 0;
+        rec.probe_bytes = self.start_side(rec.bytes_up, answered_here, &rec.estimate);
         if let Some(inputs) = kept {
             self.start_size_probe(inputs, &rec.estimate);
         }
@@ -1670,6 +1728,12 @@ impl AdaptiveDevice {
         release: Instant,
         used_before: Option<Usage>,
     ) -> (AdaptiveRecord, TensorMap) {
+        // A side task still waiting to send would only queue behind (or ahead of) this frame.
+        if self.side_sends_at.is_some_and(|at| Instant::now() < at)
+            && let Some(h) = self.side.take()
+        {
+            h.abort();
+        }
         self.harvest().await;
         let start = Instant::now();
         self.estimates.expire(start);
@@ -1742,6 +1806,8 @@ impl AdaptiveDevice {
             cpu_to_send_ms: None,
             page_faults: None,
             preempted: None,
+            compute_cpu_ms: None,
+            compute_preempted: None,
             discarded_bytes: None,
             sizing_encodes,
             local_answer_ms: (self.strategy == Strategy::Adaptive && self.config.hedge.races())

@@ -18,8 +18,10 @@
 //! compute: a pool such as tokio's blocking threads hands consecutive frames to different
 //! threads, and each new one pays that again.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Puts the calling thread at the lowest CPU priority the OS offers an unprivileged process.
 /// Best effort: on failure the thread keeps its priority (and a debug line is logged).
@@ -51,17 +53,42 @@ pub struct Worker {
     name: String,
     idle: bool,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
+    used: Arc<JobsUsed>,
+}
+
+/// What a [`Worker`]'s jobs have used so far, summed over jobs (Linux: the thread's own
+/// `getrusage(RUSAGE_THREAD)` around each job; elsewhere nothing is counted).
+#[derive(Debug, Default)]
+struct JobsUsed {
+    cpu_us: AtomicU64,
+    preempted: AtomicU64,
+}
+
+/// CPU time and involuntary context switches of the calling thread so far.
+fn thread_usage() -> Option<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `usage` is ours and of the type the call writes.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+            return None;
+        }
+        let us = |t: libc::timeval| t.tv_sec.max(0) as u64 * 1_000_000 + t.tv_usec.max(0) as u64;
+        Some((us(usage.ru_utime) + us(usage.ru_stime), usage.ru_nivcsw.max(0) as u64))
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 impl Worker {
     /// A worker whose thread (started on demand, called `name`) runs at the lowest priority.
     pub fn idle(name: impl Into<String>) -> Self {
-        Worker { name: name.into(), idle: true, tx: Mutex::new(None) }
+        Worker { name: name.into(), idle: true, tx: Mutex::new(None), used: Arc::default() }
     }
 
     /// A worker whose thread (started on demand, called `name`) keeps the default priority.
     pub fn normal(name: impl Into<String>) -> Self {
-        Worker { name: name.into(), idle: false, tx: Mutex::new(None) }
+        Worker { name: name.into(), idle: false, tx: Mutex::new(None), used: Arc::default() }
     }
 
     /// Queues `job`; its result arrives on the returned channel (closed without a value if the
@@ -71,8 +98,16 @@ impl Worker {
         job: impl FnOnce() -> T + Send + 'static,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let used = self.used.clone();
         let mut job: Job = Box::new(move || {
-            let _ = tx.send(job());
+            let before = thread_usage();
+            let out = job();
+            // Counted before the answer goes, so a caller that has it sees the job's use.
+            if let Some(((cpu0, pre0), (cpu1, pre1))) = before.zip(thread_usage()) {
+                used.cpu_us.fetch_add(cpu1.saturating_sub(cpu0), Ordering::Relaxed);
+                used.preempted.fetch_add(pre1.saturating_sub(pre0), Ordering::Relaxed);
+            }
+            let _ = tx.send(out);
         });
         let mut slot = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Twice at most: a thread that died is found out by a failed send and replaced once.
@@ -97,6 +132,13 @@ impl Worker {
             *slot = Some(sender);
         }
         Err(std::io::Error::other("the worker thread stopped at once"))
+    }
+
+    /// CPU time the jobs this worker finished have used on its thread, and how often they were
+    /// preempted (involuntary context switches), summed over jobs; zero where the platform does
+    /// not tell. A job is counted when it ends (a panicking one not at all).
+    pub fn used(&self) -> (Duration, u64) {
+        (Duration::from_micros(self.used.cpu_us.load(Ordering::Relaxed)), self.used.preempted.load(Ordering::Relaxed))
     }
 }
 
@@ -125,6 +167,25 @@ mod tests {
         let idle = policy(super::Worker::idle("cleave-test-idle"));
         assert!(idle == libc::SCHED_IDLE || idle == libc::SCHED_OTHER, "{idle}");
         assert_eq!(policy(super::Worker::normal("cleave-test-normal")), libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_worker_counts_the_cpu_its_jobs_used() {
+        let w = super::Worker::normal("cleave-test-used");
+        assert_eq!(w.used().0, std::time::Duration::ZERO);
+        let spin = || {
+            let t = std::time::Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < std::time::Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        };
+        w.run(spin).unwrap().blocking_recv().unwrap();
+        let (cpu, _) = w.used();
+        // Busy for 30 ms of wall time: most of it on the CPU, unless the machine is very loaded.
+        assert!(cpu >= std::time::Duration::from_millis(5) && cpu <= std::time::Duration::from_millis(500), "{cpu:?}");
+        w.run(|| std::thread::sleep(std::time::Duration::from_millis(30))).unwrap().blocking_recv().unwrap();
+        assert!(w.used().0 - cpu < std::time::Duration::from_millis(10), "a sleeping job uses no CPU");
     }
 
     #[test]

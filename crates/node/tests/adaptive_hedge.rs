@@ -208,6 +208,15 @@ async fn uplink_bed() -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevi
 
 /// [`uplink_bed`] with another hedging policy and uplink rate, bit/s.
 async fn uplink_bed_with(hedge: Hedge, up_bps: f64) -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
+    uplink_bed_probing(hedge, up_bps, false).await
+}
+
+/// [`uplink_bed_with`], the device sending bandwidth probes when `probe`.
+async fn uplink_bed_probing(
+    hedge: Hedge,
+    up_bps: f64,
+    probe: bool,
+) -> (common::Tiny, LinkProxy, Arc<ModelGraph>, AdaptiveDevice) {
     let tiny = common::serve_tiny_at(common::loopback_config(), 64).await;
     let graph = tiny.graph.clone();
     let link = LinkConfig::uplink(Trace::constant(up_bps).unwrap());
@@ -222,7 +231,7 @@ async fn uplink_bed_with(hedge: Hedge, up_bps: f64) -> (common::Tiny, LinkProxy,
         .build();
     adaptive::restrict_cuts(&mut problem, &BTreeSet::from([0]));
     let client = EdgeClient::connect(&proxy.local_addr().to_string(), 64 << 20).await.unwrap();
-    let config = AdaptiveConfig { hedge, ..racing_config(slowdown) };
+    let config = AdaptiveConfig { hedge, probe, ..racing_config(slowdown) };
     let device = common::ready_device(engine, graph.clone(), &client, problem, config).await;
     (tiny, proxy, graph, device)
 }
@@ -417,4 +426,49 @@ async fn a_frame_does_not_queue_behind_a_probe_cut_short() {
     assert_eq!(rec.status, FrameStatus::Remote, "the server answers on a new connection: {rec:?}");
     let dropped = rec.discarded_bytes.expect("the probe's bytes were still queued");
     assert!(dropped > 8 * 1024, "{rec:?}");
+}
+
+/// Regression (PP-OCR det on the EVDO trace from its 60th second, 2026-11-28): frame 8's request
+/// crossed the end of an outage and the device's own tail answered it; its only fresh sample
+/// (0.3 Mbit/s, the outage included) kept frame 9 at home, 1054 ms, where the link carried the
+/// same JPEG in 346. After a frame the device answered itself a probe now goes out, however
+/// fresh the last sample, and it waits until shortly before the next frame is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_frame_answered_at_home_a_probe_goes_out_just_before_the_next_frame() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed_probing(Hedge::Eager, 1e6, true).await;
+    // Releases 6 s apart: the local tail takes about 2 s (plus a hold after the delivery).
+    let gap = Duration::from_secs(6);
+    let t0 = Instant::now();
+    let release = |k: u32| t0 + gap * k;
+    for k in 0..2 {
+        tokio::time::sleep_until(release(k).into()).await;
+        let (rec, _) = device.frame(k as usize, common::input(&graph, k as u64), release(k)).await;
+        assert_eq!(rec.status, FrameStatus::Remote, "frame {k}: {rec:?}");
+    }
+    // The request crosses, the answer does not: the device's tail answers the frame.
+    tokio::time::sleep_until(release(2).into()).await;
+    proxy.handle().rate_limit(Direction::Down, Some(1e3)).unwrap();
+    let (rec, _) = device.frame(2, common::input(&graph, 2), release(2)).await;
+    proxy.handle().rate_limit(Direction::Down, None).unwrap();
+    assert_eq!(rec.status, FrameStatus::LocalFallback, "{rec:?}");
+    assert!(rec.delivered_ms.is_some(), "{rec:?}");
+    assert!(rec.probe_bytes > 0, "no probe after a frame answered at home: {rec:?}");
+    let ended = Instant::now();
+    assert!(ended + Duration::from_secs(2) < release(3), "frame 2 ended too late for this test: {rec:?}");
+    let base = proxy.handle().stats().up_bytes;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = proxy.handle().stats().up_bytes - base;
+    assert!(
+        early < rec.probe_bytes / 2,
+        "{early} bytes crossed within 0.5 s of the frame's end: the probe went at once"
+    );
+    tokio::time::sleep_until(release(3).into()).await;
+    let before_next = proxy.handle().stats().up_bytes - base;
+    assert!(
+        before_next >= rec.probe_bytes,
+        "{before_next} bytes crossed before the next frame, of a {} byte probe",
+        rec.probe_bytes
+    );
+    let (next, _) = device.frame(3, common::input(&graph, 3), release(3)).await;
+    assert_eq!(next.status, FrameStatus::Remote, "{next:?}");
 }
