@@ -4,6 +4,10 @@
     tools/trace-table.py OUT                 # markdown table, one row per OUT/<model>-<trace>.json
     tools/trace-table.py OUT/det-X.jsonl     # per frame: adaptive beside the oracle and device-only
 
+Per frame, `cpu` is the device process's CPU over the frame and `threads cpu` what its compute
+and race threads used on jobs that ended since the last frame (a race the server won counts in
+the next frame), both ms; `probe` the bytes of the probe started after the frame.
+
 Columns of the table: mean latency (ms) of adaptive, the oracle, the best static choice,
 device-only and JPEG q90 offload; adaptive over each bar (bold where it misses: 1.10 for the
 oracle, 1.00 for best static, 1.05 for min(device-only, JPEG)); the device's CPU per frame
@@ -89,7 +93,7 @@ def frames(path):
         for p in by_name(json.loads(report.read_text()))["oracle"].get("per_frame", []):
             oracle[p["frame"]] = p
     dev = {r["frame"]: r for r in runs.get("device-only", [])}
-    print("frame | adaptive ms | cut/codec | status | est Mbit/s | predicted | delivered | race at | paused | cpu | "
+    print("frame | adaptive ms | cut/codec | status | est Mbit/s | predicted | delivered | race at | paused | cpu | threads cpu | probe | "
           "oracle ms | oracle cut/codec | device-only ms")
     for r in runs.get("adaptive", []):
         o = oracle.get(r["frame"], {})
@@ -99,6 +103,7 @@ def frames(path):
             str(r["frame"]), f(r["total_ms"]), f"{r['cut']}/{r.get('codec') or '-'}", r["status"],
             f(r["estimate"]["up_bps"] / 1e6, "{:.2f}"), f(r.get("predicted_ms")), f(r.get("delivered_ms")),
             f(r.get("race_ms")), f(r.get("race_paused_ms")), f(r.get("cpu_ms")),
+            f(r.get("compute_cpu_ms")), str(r.get("probe_bytes") or "-"),
             f(o.get("latency_ms")), f"{o.get('cut', '-')}/{o.get('codec') or '-'}", f(d.get("total_ms")),
         ]))
     if dev:

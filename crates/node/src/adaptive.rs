@@ -868,9 +868,12 @@ pub struct AdaptiveRecord {
     pub page_faults: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempted: Option<u64>,
-    /// Of `cpu_ms`, what the device's compute and race threads used on jobs that ended during
-    /// the frame (its head, a local or racing tail), ms, and how often they were preempted
-    /// (Linux only): the rest is the runtime's (encoding, sending, reading, polling).
+    /// What the device's compute and race threads used on jobs that ended since the last
+    /// frame's record (its head, a local or racing tail), ms, and how often they were preempted
+    /// (Linux only). A race the server won ends at its next operator, often after the record:
+    /// it counts in the next frame's figure, which can then exceed that frame's `cpu_ms`. For a
+    /// frame answered at home, `cpu_ms` less this is the runtime's share (encoding, sending,
+    /// reading, polling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_cpu_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1683,6 +1686,10 @@ impl AdaptiveDevice {
             self.frame_gap_s = Some(self.frame_gap_s.map_or(gap, |g| 0.8 * g + 0.2 * gap));
         }
         self.last_release = Some(release);
+        if self.frames == 0 {
+            // The threads may be shared, and have measured the model before: none of that.
+            self.threads_seen = self.threads.used();
+        }
         self.frames += 1;
         // The input, kept to measure what it would cost in a content-dependent codec.
         let kept = (!self.sized_at_input().is_empty()).then(|| inputs.clone());
