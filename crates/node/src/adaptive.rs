@@ -46,8 +46,8 @@
 //! the gap until twice their time at the estimate plus a round trip (and 100 ms) before the
 //! next release as the usual gap predicts it, so that the next decision gets the freshest news
 //! (a probe sent as the last frame ended reported the link as it was seconds before); one still
-//! waiting when a frame starts is cancelled. A probe costs link time that a frame behind it waits for, so when no
-//! plausible bandwidth would change the choice, none is sent. A frame does not wait for a probe
+//! waiting when a frame starts is cancelled. A probe costs link time that a frame behind it
+//! waits for, so when no plausible bandwidth would change the choice, none is sent. A frame does not wait for a probe
 //! or ping still out: their answers can be stuck behind an outage for seconds (a ping's, up to
 //! its 5 s timeout), and a frame that waited for them carried the outage past its end. What
 //! matters is the link: bytes of theirs still queued when a frame sends are dropped with the
@@ -276,9 +276,11 @@ use crate::upload::{StallWatch, UploadProgress, UploadWatch, UploadYield};
 pub const DEFAULT_UP_BPS: f64 = 1e6;
 /// Round trip assumed before any measurement, ms.
 pub const DEFAULT_RTT_MS: f64 = 100.0;
-/// A side task (ping, probe) waits until shortly before the next frame, but never longer than
-/// this after a frame, and never starts earlier than this before it, s.
+/// A side task (ping, probe) waits until shortly before the next frame, as the usual gap
+/// between releases predicts it; a gap counts as at most this long, s.
 const MAX_SIDE_WAIT_S: f64 = 30.0;
+/// The side task's expected time (which it starts twice ahead of the next frame) counts as at
+/// most this long, s.
 const MAX_SIDE_LEAD_S: f64 = 2.0;
 /// Slack a side task keeps before the next frame beyond twice its expected time.
 const SIDE_MARGIN: Duration = Duration::from_millis(100);
@@ -986,9 +988,7 @@ impl DeviceThreads {
             race: Arc::new(crate::priority::Worker::idle("cleave-race")),
         }
     }
-}
 
-impl DeviceThreads {
     /// CPU time and preemptions of the jobs both threads finished so far.
     fn used(&self) -> (Duration, u64) {
         let (a, b) = (self.compute.used(), self.race.used());
@@ -1619,8 +1619,10 @@ impl AdaptiveDevice {
         plausible_rates(est.up_bps, &self.estimates.up_samples()).into_iter().any(|bps| choice(bps) != now)
     }
 
-    /// Starts a round-trip measurement (at most once a second) and, when the frame sends too
-    /// little to measure and the last sample is stale, a probe; both run while the head computes.
+    /// Starts a round-trip measurement (at most once a second) and a probe, when the frame sent
+    /// too little to measure and the last sample is stale, or when its own tail answered it
+    /// (`answered_here`), and the bandwidth matters; both go out shortly before the next frame
+    /// (see "Staying informed while computing locally").
     fn start_side(&mut self, sends: u64, answered_here: bool, estimate: &Estimate) -> u64 {
         if self.side.is_some() || self.strategy != Strategy::Adaptive {
             return 0;
