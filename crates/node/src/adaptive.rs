@@ -928,9 +928,9 @@ pub struct AdaptiveDevice {
     boundaries: Vec<Vec<TensorSpec>>,
     model_outputs: Vec<String>,
     epoch: Instant,
-    side: Option<JoinHandle<SideResult>>,
-    /// When the side task sends (it waits until then, see "Staying informed").
-    side_sends_at: Option<Instant>,
+    /// The side task (ping, probe), and when it sends: it waits until then (see "Staying
+    /// informed while computing locally").
+    side: Option<(JoinHandle<SideResult>, Instant)>,
     /// What the compute and race threads had used when the last frame's record was made.
     threads_seen: (Duration, u64),
     /// The call of a frame the device's own tail already answered, until it tells the link's
@@ -1126,7 +1126,6 @@ impl AdaptiveDevice {
             model_outputs,
             epoch: Instant::now(),
             side: None,
-            side_sends_at: None,
             threads_seen: (Duration::ZERO, 0),
             straggler: None,
             straggler_sample: None,
@@ -1377,11 +1376,11 @@ impl AdaptiveDevice {
         {
             self.observe_straggled(straggled);
         }
-        let ready = self.side.as_ref().is_some_and(|h| h.is_finished());
+        let ready = self.side.as_ref().is_some_and(|(h, _)| h.is_finished());
         if !ready {
             return;
         }
-        if let Some(h) = self.side.take()
+        if let Some((h, _)) = self.side.take()
             && let Ok(r) = h.await
         {
             if let Some(p) = r.ping {
@@ -1494,7 +1493,7 @@ impl AdaptiveDevice {
         if pending == 0 || drain_ms <= est.rtt_ms {
             return None;
         }
-        let calls = [self.straggler.take().map(|h| h.abort_handle()), self.side.take().map(|h| h.abort_handle())];
+        let calls = [self.straggler.take().map(|h| h.abort_handle()), self.side.take().map(|(h, _)| h.abort_handle())];
         calls.into_iter().flatten().for_each(|h| h.abort());
         if !watch.abort() {
             return None;
@@ -1668,15 +1667,15 @@ impl AdaptiveDevice {
             .zip(self.frame_gap_s)
             .map(|(r, g)| r + Duration::from_secs_f64(g.clamp(0.0, MAX_SIDE_WAIT_S)));
         let at = next.and_then(|n| n.checked_sub(2 * takes + SIDE_MARGIN)).filter(|&t| t > now).unwrap_or(now);
-        self.side_sends_at = Some(at);
-        self.side = Some(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let mut c = client;
             let ping = if want_rtt { c.ping(&model, params, Some(Duration::from_secs(5))).await.ok() } else { None };
             let probe =
                 if probe > 0 { c.probe(&model, probe).await.ok().map(|d| (probe, d, Instant::now())) } else { None };
             SideResult { ping, probe }
-        }));
+        });
+        self.side = Some((task, at));
         probe as u64
     }
 
@@ -1738,9 +1737,7 @@ impl AdaptiveDevice {
         used_before: Option<Usage>,
     ) -> (AdaptiveRecord, TensorMap) {
         // A side task still waiting to send would only queue behind (or ahead of) this frame.
-        if self.side_sends_at.is_some_and(|at| Instant::now() < at)
-            && let Some(h) = self.side.take()
-        {
+        if let Some((h, _)) = self.side.take_if(|(_, at)| Instant::now() < *at) {
             h.abort();
         }
         self.harvest().await;
