@@ -6,7 +6,8 @@
 
 Per frame, `cpu` is the device process's CPU over the frame and `threads cpu` what its compute
 and race threads used on jobs that ended since the last frame (a race the server won counts in
-the next frame), both ms; `probe` the bytes of the probe started after the frame.
+the next frame), both ms; `probe` the bytes of the probe started after the frame; `abandoned`
+the sample (Mbit/s) taken as the frame started from an upload given up undelivered.
 
 Columns of the table: mean latency (ms) of adaptive, the oracle, the best static choice,
 device-only and JPEG q90 offload; adaptive over each bar (bold where it misses: 1.10 for the
@@ -94,7 +95,7 @@ def frames(path):
             oracle[p["frame"]] = p
     dev = {r["frame"]: r for r in runs.get("device-only", [])}
     print("frame | adaptive ms | cut/codec | status | est Mbit/s | predicted | delivered | race at | paused | cpu | threads cpu | probe | "
-          "oracle ms | oracle cut/codec | device-only ms")
+          "abandoned | oracle ms | oracle cut/codec | device-only ms")
     for r in runs.get("adaptive", []):
         o = oracle.get(r["frame"], {})
         d = dev.get(r["frame"], {})
@@ -104,6 +105,7 @@ def frames(path):
             f(r["estimate"]["up_bps"] / 1e6, "{:.2f}"), f(r.get("predicted_ms")), f(r.get("delivered_ms")),
             f(r.get("race_ms")), f(r.get("race_paused_ms")), f(r.get("cpu_ms")),
             f(r.get("compute_cpu_ms")), str(r.get("probe_bytes") or "-"),
+            f(None if r.get("abandoned_sample_bps") is None else r["abandoned_sample_bps"] / 1e6, "{:.3f}"),
             f(o.get("latency_ms")), f"{o.get('cut', '-')}/{o.get('codec') or '-'}", f(d.get("total_ms")),
         ]))
     if dev:

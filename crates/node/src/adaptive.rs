@@ -23,7 +23,8 @@
 //!
 //! ## Before any sample
 //! [`AdaptiveDevice::bootstrap`] measures 3 health round trips and sends one 32 KiB probe (half a second at 0.5 Mbit/s)
-//! (answered by the server without computing). If that fails, or no sample exists (yet, or
+//! (answered by the server without computing); cut short at the first release, the probe is
+//! measured by how far it got ("Abandoned uploads still measure"). If that fails, or no sample exists (yet, or
 //! any more: they age out), the
 //! estimate is a conservative 1 Mbit/s uplink and a 100 ms RTT ([`DEFAULT_UP_BPS`],
 //! [`DEFAULT_RTT_MS`]): a cellular uplink at its worst, so a device starts close to home. While
@@ -53,6 +54,25 @@
 //! matters is the link: bytes of theirs still queued when a frame sends are dropped with the
 //! connection when draining them would take longer than a round trip (see "Racing the
 //! server").
+//!
+//! ## Abandoned uploads still measure
+//! Some uploads are given up before the link has carried them: the bootstrap's probe at the
+//! first frame's release, a probe still out as a frame starts, and the request of a frame the
+//! device's own tail answered (kept until its delivery tells the link's rate, see "Racing the
+//! server") when the next frame starts first. These are the uploads that met the slowest link,
+//! and dropping them unmeasured left the next decision on samples from before (PP-OCR det on the
+//! UMTS trace: frame 0's request was still undelivered 4 s later, and frame 1 was decided on the
+//! 1 Mbit/s prior and answered by its own tail in 1361 ms, where device-only took 972). The
+//! device's socket still tells how far such an upload got ([`crate::upload`]): the bytes
+//! acknowledged since it was written, over the time since, is a sample of the link
+//! ([`LinkEstimates::observe_abandoned`]), taken before the decision while bytes are still
+//! queued on the same connection (the link was busy with them throughout). Under 4 KiB in
+//! under a second it is no sample (a bursty link's gap); a second or more with under 4 KiB
+//! acknowledged counts as 4 KiB, an upper bound on the rate, and like any transfer of a second
+//! or more it is a stall sample, which leaves the estimate once the link is seen 4× faster.
+//! Only a probe that has crossed enough to measure is given up this way; one that has not goes
+//! on. (Behind the bench's link proxy the first few KiB are acknowledged at once, see
+//! [`cleave_link::LinkProxy`]; over a second that is a small error, toward a faster link.)
 //!
 //! ## Racing the server
 //! A link can go silent for seconds (cellular traces do), and no estimator sees that coming: a
@@ -257,6 +277,7 @@ use cleave_codec::{Codec, EncodeOptions};
 use cleave_cost::Link;
 use cleave_engine::{Cancel, Engine, TensorMap, random_input};
 use cleave_graph::{ModelGraph, TensorSpec};
+use cleave_link::estimate::SLOW_SMALL_BYTES;
 use cleave_link::{BandwidthEstimator, LoadEstimator, RttEstimator};
 use cleave_plan::fleet::{self, DeviceReport, FleetOption};
 use cleave_plan::{Conditions, Objective, Plan, PlanError, Planner, Problem};
@@ -420,6 +441,19 @@ impl LinkEstimates {
     pub fn observe_upload(&mut self, at: Instant, payload: u64, upload: Duration) -> Option<f64> {
         let at = self.since_origin(at);
         if self.bandwidth.observe_at(at, wire_bytes(payload), upload) { self.bandwidth.samples().last() } else { None }
+    }
+
+    /// An upload given up before it was delivered (see "Abandoned uploads still measure"): the
+    /// sender's socket saw `acked` bytes acknowledged in the `elapsed` since the upload was
+    /// written, ending at `at`, and still held unsent bytes then, so the link carried that
+    /// much and no more. Below [`SLOW_SMALL_BYTES`] the count says little about a
+    /// rate; after [`STALL_SAMPLE`] or longer it says the link stalled, and counts as that many
+    /// bytes (more than crossed: a bound the sample errs above, never below). Returns the
+    /// sample, bit/s, when it was used.
+    pub fn observe_abandoned(&mut self, at: Instant, acked: u64, elapsed: Duration) -> Option<f64> {
+        let bytes = if elapsed >= STALL_SAMPLE { acked.max(SLOW_SMALL_BYTES) } else { acked };
+        let at = self.since_origin(at);
+        if self.bandwidth.observe_at(at, bytes, elapsed) { self.bandwidth.samples().last() } else { None }
     }
 
     /// The recent uplink throughput samples, bit/s, oldest first.
@@ -903,6 +937,11 @@ pub struct AdaptiveRecord {
     /// server").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub straggler_sample: Option<(f64, bool)>,
+    /// A bandwidth sample taken as this frame started from an upload given up undelivered (an
+    /// earlier frame's request its own tail answered, a probe still out), bit/s, before
+    /// deciding (see "Abandoned uploads still measure").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned_sample_bps: Option<f64>,
 }
 
 /// What a concurrent side task measured: a ping (an empty call: its round trip and the
@@ -911,6 +950,23 @@ struct SideResult {
     ping: Option<TailResponse>,
     /// Payload bytes, the probe's round trip, and when it ended.
     probe: Option<(usize, Duration, Instant)>,
+}
+
+/// A side task under way.
+struct Side {
+    task: JoinHandle<SideResult>,
+    /// When it sends: it waits until then.
+    sends_at: Instant,
+    /// Its probe, once written.
+    probe: Arc<OnceLock<Written>>,
+}
+
+/// An upload the device may give up on: when it was written, and what the socket had counted
+/// just before (see "Abandoned uploads still measure").
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    at: Instant,
+    base: UploadProgress,
 }
 
 /// A device that places each frame by [`Strategy`].
@@ -928,14 +984,15 @@ pub struct AdaptiveDevice {
     boundaries: Vec<Vec<TensorSpec>>,
     model_outputs: Vec<String>,
     epoch: Instant,
-    /// The side task (ping, probe), and when it sends: it waits until then (see "Staying
-    /// informed while computing locally").
-    side: Option<(JoinHandle<SideResult>, Instant)>,
+    /// The side task (ping, probe; see "Staying informed while computing locally").
+    side: Option<Side>,
+    /// The bootstrap's probe while it is out (see "Abandoned uploads still measure").
+    bootstrap_probe: Option<Written>,
     /// What the compute and race threads had used when the last frame's record was made.
     threads_seen: (Duration, u64),
     /// The call of a frame the device's own tail already answered, until it tells the link's
     /// rate ([`Straggled`]).
-    straggler: Option<JoinHandle<Option<Straggled>>>,
+    straggler: Option<(JoinHandle<Option<Straggled>>, Option<Written>)>,
     /// The sample it gave, for the record: bit/s, and whether from the delivery.
     straggler_sample: Option<(f64, bool)>,
     last_sample: Option<Instant>,
@@ -1126,6 +1183,7 @@ impl AdaptiveDevice {
             model_outputs,
             epoch: Instant::now(),
             side: None,
+            bootstrap_probe: None,
             threads_seen: (Duration::ZERO, 0),
             straggler: None,
             straggler_sample: None,
@@ -1316,7 +1374,9 @@ impl AdaptiveDevice {
     /// frame it is for. What was not measured by then keeps the conservative defaults.
     pub async fn bootstrap_until(&mut self, deadline: Instant) {
         if tokio::time::timeout_at(deadline.into(), self.bootstrap()).await.is_err() {
-            tracing::debug!("bootstrap cut short at the first frame's release");
+            // The probe's progress so far is still a measurement.
+            let bps = self.bootstrap_probe.take().and_then(|w| self.observe_abandoned(w));
+            tracing::debug!("bootstrap cut short at the first frame's release (probe so far: {bps:?} bit/s)");
         }
     }
 
@@ -1331,7 +1391,10 @@ impl AdaptiveDevice {
             }
         }
         self.last_rtt = Some(Instant::now());
-        match c.probe(&self.config.model_name, BOOTSTRAP_PROBE_BYTES).await {
+        self.bootstrap_probe = c.upload_watch().progress().map(|base| Written { at: Instant::now(), base });
+        let probed = c.probe(&self.config.model_name, BOOTSTRAP_PROBE_BYTES).await;
+        self.bootstrap_probe = None;
+        match probed {
             Ok(d) => {
                 self.estimates.observe_transfer(
                     Instant::now(),
@@ -1370,18 +1433,18 @@ impl AdaptiveDevice {
                 Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.size_probe = None,
             }
         }
-        if self.straggler.as_ref().is_some_and(|h| h.is_finished())
-            && let Some(h) = self.straggler.take()
+        if self.straggler.as_ref().is_some_and(|(h, _)| h.is_finished())
+            && let Some((h, _)) = self.straggler.take()
             && let Ok(Some(straggled)) = h.await
         {
             self.observe_straggled(straggled);
         }
-        let ready = self.side.as_ref().is_some_and(|(h, _)| h.is_finished());
+        let ready = self.side.as_ref().is_some_and(|s| s.task.is_finished());
         if !ready {
             return;
         }
-        if let Some((h, _)) = self.side.take()
-            && let Ok(r) = h.await
+        if let Some(side) = self.side.take()
+            && let Ok(r) = side.task.await
         {
             if let Some(p) = r.ping {
                 self.estimates.observe_rtt(p.rpc);
@@ -1493,8 +1556,12 @@ impl AdaptiveDevice {
         if pending == 0 || drain_ms <= est.rtt_ms {
             return None;
         }
-        let calls = [self.straggler.take().map(|h| h.abort_handle()), self.side.take().map(|(h, _)| h.abort_handle())];
-        calls.into_iter().flatten().for_each(|h| h.abort());
+        if let Some((h, _)) = self.straggler.take() {
+            h.abort();
+        }
+        if let Some(side) = self.side.take() {
+            side.task.abort();
+        }
         if !watch.abort() {
             return None;
         }
@@ -1505,6 +1572,44 @@ impl AdaptiveDevice {
         };
         let _ = tokio::time::timeout(RECONNECT_WAIT, gone).await;
         Some(pending)
+    }
+
+    /// Gives up, as a frame starts, an earlier frame's request that its own tail answered and
+    /// is still undelivered, and a probe still out that has taken long enough to measure the
+    /// link by what crossed so far ([`Self::observe_abandoned`]): their news is for this
+    /// frame's decision, and their bytes would delay its upload. Returns the sample taken, the
+    /// slowest when two were, bit/s.
+    fn give_up_uploads(&mut self) -> Option<f64> {
+        let mut taken = None;
+        if let Some((h, written)) = self.straggler.take() {
+            h.abort();
+            taken = written.and_then(|w| self.observe_abandoned(w));
+        }
+        if let Some(w) = self.side.as_ref().and_then(|s| s.probe.get().copied())
+            && let Some(bps) = self.observe_abandoned(w)
+        {
+            if let Some(side) = self.side.take() {
+                side.task.abort();
+            }
+            taken = Some(taken.map_or(bps, |t: f64| t.min(bps)));
+        }
+        taken
+    }
+
+    /// What the socket says about `upload`, given up undelivered now, as a bandwidth sample
+    /// ([`LinkEstimates::observe_abandoned`]): only while bytes are still queued on the
+    /// connection it was written to (the link was busy with them all along). Returns the
+    /// sample when it was used.
+    fn observe_abandoned(&mut self, upload: Written) -> Option<f64> {
+        let p = self.upload_watch()?.progress()?;
+        if p.pending == 0 || p.acked < upload.base.acked {
+            return None;
+        }
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(upload.at);
+        let bps = self.estimates.observe_abandoned(now, p.acked - upload.base.acked, elapsed)?;
+        self.sampled(upload.at);
+        Some(bps)
     }
 
     /// The current connection's upload watch (`None` without a server).
@@ -1628,7 +1733,7 @@ impl AdaptiveDevice {
         }
         // Behind an abandoned request still undelivered, a probe or a ping would only measure
         // its queue (and keep the next frame's request behind them); its delivery is the news.
-        if self.straggler.as_ref().is_some_and(|h| !h.is_finished()) {
+        if self.straggler.as_ref().is_some_and(|(h, _)| !h.is_finished()) {
             return 0;
         }
         let Some((_, client)) = self.remote.as_ref().and_then(|r| r.current()) else { return 0 };
@@ -1667,15 +1772,23 @@ impl AdaptiveDevice {
             .zip(self.frame_gap_s)
             .map(|(r, g)| r + Duration::from_secs_f64(g.clamp(0.0, MAX_SIDE_WAIT_S)));
         let at = next.and_then(|n| n.checked_sub(2 * takes + SIDE_MARGIN)).filter(|&t| t > now).unwrap_or(now);
+        let written = Arc::new(OnceLock::new());
+        let probe_written = written.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let mut c = client;
             let ping = if want_rtt { c.ping(&model, params, Some(Duration::from_secs(5))).await.ok() } else { None };
-            let probe =
-                if probe > 0 { c.probe(&model, probe).await.ok().map(|d| (probe, d, Instant::now())) } else { None };
+            let probe = if probe > 0 {
+                if let Some(base) = c.upload_watch().progress() {
+                    let _ = probe_written.set(Written { at: Instant::now(), base });
+                }
+                c.probe(&model, probe).await.ok().map(|d| (probe, d, Instant::now()))
+            } else {
+                None
+            };
             SideResult { ping, probe }
         });
-        self.side = Some((task, at));
+        self.side = Some(Side { task, sends_at: at, probe: written });
         probe as u64
     }
 
@@ -1737,10 +1850,11 @@ impl AdaptiveDevice {
         used_before: Option<Usage>,
     ) -> (AdaptiveRecord, TensorMap) {
         // A side task still waiting to send would only queue behind (or ahead of) this frame.
-        if let Some((h, _)) = self.side.take_if(|(_, at)| Instant::now() < *at) {
-            h.abort();
+        if let Some(side) = self.side.take_if(|s| Instant::now() < s.sends_at) {
+            side.task.abort();
         }
         self.harvest().await;
+        let abandoned_bps = self.give_up_uploads();
         let start = Instant::now();
         self.estimates.expire(start);
         let estimate = self.estimates.estimate();
@@ -1820,6 +1934,7 @@ impl AdaptiveDevice {
                 .then(|| self.local_answer_ms()),
             device_only_ms: Some(self.problem.device_ms[self.problem.last()]),
             straggler_sample: None,
+            abandoned_sample_bps: abandoned_bps,
         };
         // The head, on the device's compute thread, then the emulated slowdown.
         let head = {
@@ -1866,9 +1981,6 @@ impl AdaptiveDevice {
         // Bytes still queued for calls this frame does not wait for would cross the link ahead
         // of it, and a straggler of an earlier frame still on the link would delay it: let them go.
         rec.discarded_bytes = self.drop_stale_upload(&estimate).await;
-        if let Some(s) = self.straggler.take() {
-            s.abort();
-        }
         // Encoded already when its size settled the decision (and observed then).
         let built = match encoded.take() {
             Some((c, req, bytes)) if cut == 0 && c == codec => Ok((req, bytes)),
@@ -1977,7 +2089,10 @@ impl AdaptiveDevice {
                                     let upload = at.saturating_duration_since(t);
                                     self.observe_straggled(Straggled::Delivered { bytes, upload, at });
                                 } else {
-                                    self.straggler = Some(tokio::spawn(straggle(call, bytes, t, straggler_watch)));
+                                    let written =
+                                        straggler_watch.as_ref().map(|(_, base)| Written { at: t, base: *base });
+                                    self.straggler =
+                                        Some((tokio::spawn(straggle(call, bytes, t, straggler_watch)), written));
                                 }
                                 Outcome::Hedged(tail, t.elapsed(), raced)
                             }
@@ -2682,6 +2797,28 @@ mod tests {
         l.expire(at(37.0));
         assert!(!l.estimate().measured, "{:?}", l.estimate());
         assert_eq!(l.estimate().up_bps, DEFAULT_UP_BPS);
+    }
+
+    #[test]
+    fn an_abandoned_upload_is_a_sample_of_what_crossed() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut l = LinkEstimates::new();
+        // 24 KiB acknowledged in 1.5 s: a 131 kbit/s link.
+        let bps = l.observe_abandoned(at(1.5), 24 * 1024, Duration::from_millis(1500)).unwrap();
+        assert!((bps - 131_072.0).abs() < 1.0, "{bps}");
+        // Nothing acknowledged in 2 s: a stall, counted as 4 KiB (an upper bound on the rate).
+        let bps = l.observe_abandoned(at(4.0), 0, Duration::from_secs(2)).unwrap();
+        assert!((bps - 16_384.0).abs() < 1.0, "{bps}");
+        assert_eq!(l.up_samples().len(), 2);
+        // A short wait with little acknowledged says nothing about the rate (a bursty link's gap).
+        assert_eq!(l.observe_abandoned(at(4.5), 1_000, Duration::from_millis(300)), None);
+        assert_eq!(l.observe_abandoned(at(4.6), 0, Duration::from_millis(900)), None);
+        // The stall leaves once the link is seen moving again (4× faster), like any stall
+        // sample; the 131 kbit/s one stays beside a 400 kbit/s transfer.
+        l.observe_transfer(at(6.0), 32 * 1024, Duration::from_micros(655_360), Duration::ZERO).unwrap();
+        assert_eq!(l.up_samples().len(), 2, "{:?}", l.up_samples());
+        assert!(l.up_samples().iter().all(|&s| s > 100e3), "{:?}", l.up_samples());
     }
 
     /// Regression (PP-OCR det on the ATT trace, 2026-11-27): after frame 5's call crossed a 4 s

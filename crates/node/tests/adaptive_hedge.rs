@@ -397,6 +397,31 @@ async fn a_won_race_takes_its_sample_from_the_delivery_not_the_answer() {
     assert!((0.3e6..3e6).contains(&bps), "a 1 Mbit/s uplink measured at {:.2} Mbit/s", bps / 1e6);
 }
 
+/// Regression (PP-OCR det on the UMTS trace from its 60th second, 2026-11-28): frame 0's
+/// request, answered by the device's own tail, was still undelivered 4 s later when frame 1
+/// started; the device dropped it unmeasured and decided frame 1 on an estimate that had
+/// never seen the link (1361 ms, answered by its own tail again, where device-only took 972).
+/// An upload given up undelivered is now a sample of what its socket saw acknowledged, taken
+/// before the next decision. Here the uplink drops from 1 Mbit/s to 20 kbit/s under a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_measures_the_link_for_the_next_decision() {
+    let (_tiny, proxy, graph, mut device) = uplink_bed_with(Hedge::Eager, 1e6).await;
+    for k in 0..3 {
+        let (rec, _) = device.frame(k, common::input(&graph, k as u64), Instant::now()).await;
+        assert_eq!(rec.status, FrameStatus::Remote, "frame {k}: {rec:?}");
+        assert_eq!(rec.abandoned_sample_bps, None, "frame {k}: nothing was abandoned: {rec:?}");
+    }
+    proxy.handle().rate_limit(Direction::Up, Some(20e3)).unwrap();
+    let (stuck, _) = device.frame(3, common::input(&graph, 3), Instant::now()).await;
+    assert_eq!(stuck.status, FrameStatus::LocalFallback, "{stuck:?}");
+    assert_eq!(stuck.delivered_ms, None, "48 KiB crossed 20 kbit/s in 2 s: {stuck:?}");
+    let (rec, _) = device.frame(4, common::input(&graph, 4), Instant::now()).await;
+    let bps = rec.abandoned_sample_bps.expect("no sample from the abandoned request");
+    // What the proxy's small buffers took at once counts too: up to a few KiB over 2 s.
+    assert!((5e3..80e3).contains(&bps), "a 20 kbit/s link measured at {bps:.0} bit/s: {rec:?}");
+    assert!(rec.estimate.up_bps < 0.3e6, "the decision did not see it: {:?}", rec.estimate);
+}
+
 /// Regression (resnet50-light on the EVDO trace from its 60th second, 2026-11-27): the
 /// bootstrap probe, cut short at the first release by an outage, left its bytes in the send
 /// queue, and frame 0's request crossed the link behind them: 872 ms where the static run sent
