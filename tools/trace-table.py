@@ -7,7 +7,9 @@
 Per frame, `cpu` is the device process's CPU over the frame and `threads cpu` what its compute
 and race threads used on jobs that ended since the last frame (a race the server won counts in
 the next frame), both ms; `probe` the bytes of the probe started after the frame; `abandoned`
-the sample (Mbit/s) taken as the frame started from an upload given up undelivered.
+the sample (Mbit/s) taken as the frame started from an upload given up undelivered. After the
+frames, one line per run in the order they ran, with the edge's median reported compute (it
+drifts on a shared machine; adjacent runs drift alike).
 
 Columns of the table: mean latency (ms) of adaptive, the oracle, the best static choice,
 device-only and JPEG q90 offload; adaptive over each bar (bold where it misses: 1.10 for the
@@ -110,6 +112,17 @@ def frames(path):
         ]))
     if dev:
         print(f"device-only median {statistics.median(r['total_ms'] for r in dev.values()):.0f} ms")
+    # The edge's speed drifts on a shared machine: what it reported, run by run, in run order.
+    print()
+    print("run (in order) | mean ms | median send ms after release | median edge compute ms | median device cpu ms")
+    for name, rs in runs.items():
+        med = lambda xs: "-" if not xs else f"{statistics.median(xs):.1f}"
+        print(" | ".join([
+            name, f"{statistics.mean(r['total_ms'] for r in rs):.1f}",
+            med([r["send_ms"] - r["release_ms"] for r in rs if r.get("send_ms") is not None]),
+            med([r["compute_ms"] for r in rs if r.get("compute_ms") is not None]),
+            med([r["cpu_ms"] for r in rs if r.get("cpu_ms") is not None]),
+        ]))
 
 
 def main():
