@@ -150,8 +150,11 @@ pub struct Cancel(Arc<CancelState>);
 struct CancelState {
     cancelled: AtomicBool,
     operators: AtomicUsize,
-    /// How long runs have waited in pauses, ns.
+    /// How long runs have waited in pauses that ended, ns.
     paused_ns: AtomicU64,
+    /// Since when each run now at an operator's gate (waiting in a pause, or about to run) has
+    /// been there.
+    waiting: Mutex<Vec<Instant>>,
     /// Until when the next operator waits (`None`: it does not).
     paused_until: Mutex<Option<Instant>>,
     wake: Condvar,
@@ -202,18 +205,31 @@ impl Cancel {
         self.0.operators.load(Ordering::Relaxed)
     }
 
-    /// How long runs holding this flag have waited in pauses so far (summed over runs): a
-    /// run's wall time less this is what it computed.
+    /// How long runs holding this flag have waited in pauses so far (summed over runs), a
+    /// wait still in progress included: a run's wall time less this is what it computed.
     pub fn paused(&self) -> Duration {
-        Duration::from_nanos(self.0.paused_ns.load(Ordering::Relaxed))
+        let ended = Duration::from_nanos(self.0.paused_ns.load(Ordering::Relaxed));
+        let now = Instant::now();
+        let waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        ended + waiting.iter().map(|&from| now.saturating_duration_since(from)).sum::<Duration>()
     }
 
     /// Whether the next operator may start; counts it when it may, and the time it was held.
     fn admit(&self) -> bool {
         let from = Instant::now();
+        // Listed while it may wait, so that `paused` counts a wait in progress.
+        self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(from);
         let admitted = self.wait_out_pause();
-        let waited = from.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
-        self.0.paused_ns.fetch_add(waited, Ordering::Relaxed);
+        {
+            // Moved from the waits in progress to the ended ones under one lock: `paused`
+            // never counts it twice or not at all.
+            let mut waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = waiting.iter().position(|&t| t == from) {
+                waiting.swap_remove(i);
+            }
+            let waited = from.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+            self.0.paused_ns.fetch_add(waited, Ordering::Relaxed);
+        }
         if admitted {
             self.0.operators.fetch_add(1, Ordering::Relaxed);
         }
@@ -700,6 +716,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(150));
         assert_eq!(held.operators(), 0, "an operator started during the pause");
         assert!(!t.is_finished());
+        // The wait in progress counts already: a record read while the run still waits.
+        let waiting = held.paused();
+        assert!(waiting >= Duration::from_millis(100), "{waiting:?}");
         held.resume();
         assert!(!held.is_paused());
         assert_eq!(t.join().unwrap().unwrap(), expected);

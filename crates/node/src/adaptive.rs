@@ -882,7 +882,8 @@ pub struct AdaptiveRecord {
     #[serde(default)]
     pub race_operators: Option<usize>,
     /// How long the race waited, in all, before its operators: yielding to the upload, then
-    /// held while the answer was on its way (see "Racing the server"), ms.
+    /// held while the answer was on its way (see "Racing the server"), ms; a wait still under
+    /// way as the frame was answered counts up to then.
     #[serde(default)]
     pub race_paused_ms: Option<f64>,
     /// When the device's socket saw the whole request acknowledged, ms after sending (a
