@@ -173,9 +173,9 @@
 //! next frame at home received and decoded it meanwhile, at 15 % of a core 27 ms of CPU (det
 //! on the ATT trace from its 60th second, frame 8: 847 ms at home where the device-only run's
 //! frame 8 took 660). Without readings of the socket, the answer is the sample, as before. A
-//! call still open when the next frame sends is dropped: it measures an outage that is still
-//! going on, and one such sample would dominate the harmonic mean long after the link
-//! recovered.
+//! call still open when the next frame starts is dropped, and what its socket saw acknowledged
+//! by then is the sample ("Abandoned uploads still measure"): not its late answer, which would
+//! measure an outage from its start to whenever it ends.
 //! Dropping the call stops what HTTP/2 still holds of the request, but not what the kernel's
 //! send queue already has: on the ATT trace, resnet50-light's frame 12 crossed the uplink
 //! behind the requests of frames 10 and 11, both answered by the device during an outage (639
@@ -1557,9 +1557,7 @@ impl AdaptiveDevice {
         if pending == 0 || drain_ms <= est.rtt_ms {
             return None;
         }
-        if let Some((h, _)) = self.straggler.take() {
-            h.abort();
-        }
+        // (An abandoned request's call went as the frame started: `give_up_uploads`.)
         if let Some(side) = self.side.take() {
             side.task.abort();
         }
@@ -2085,7 +2083,7 @@ impl AdaptiveDevice {
                             Ok(Err(_)) => Outcome::remote(call.await),
                             Ok(Ok(tail)) => {
                                 // The call may still tell the link's rate: kept until it does,
-                                // or until the next frame sends; delivered already, it has.
+                                // or until the next frame starts; delivered already, it has.
                                 if let Some(&at) = delivered.get() {
                                     let upload = at.saturating_duration_since(t);
                                     self.observe_straggled(Straggled::Delivered { bytes, upload, at });
@@ -2130,8 +2128,9 @@ impl AdaptiveDevice {
                     if raced { "raced" } else { "hedged" },
                     after.as_secs_f64() * 1e3
                 ));
-                // No bandwidth sample yet: the server's answer, if it comes before the next
-                // frame sends, gives one (see `harvest`); a wait cut short measures nothing.
+                // No bandwidth sample yet: the delivery or the server's answer, if it comes
+                // before the next frame starts, gives one (see `harvest`); otherwise what the
+                // socket saw acknowledged by then (`give_up_uploads`).
                 outputs.extend(tail);
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
                 (rec, outputs)
