@@ -37,7 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -150,19 +150,28 @@ pub struct Cancel(Arc<CancelState>);
 struct CancelState {
     cancelled: AtomicBool,
     operators: AtomicUsize,
-    /// How long runs have waited in pauses that ended, ns.
-    paused_ns: AtomicU64,
-    /// Since when each run now at an operator's gate (waiting in a pause, or about to run) has
-    /// been there.
-    waiting: Mutex<Vec<Instant>>,
-    /// Until when the next operator waits (`None`: it does not).
-    paused_until: Mutex<Option<Instant>>,
+    /// The pause, and the runs waiting in it.
+    gate: Mutex<Gate>,
     wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    /// Until when the next operator waits (`None`: it does not).
+    until: Option<Instant>,
+    /// Since when each run now waiting in the pause has waited.
+    waiting: Vec<Instant>,
+    /// How long runs have waited in pauses that ended, in all.
+    waited: Duration,
 }
 
 impl Cancel {
     pub fn new() -> Cancel {
         Cancel::default()
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.0.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks every run holding this flag to stop (a paused run stops at once).
@@ -179,23 +188,23 @@ impl Cancel {
     /// [`Cancel::resume`] or [`Cancel::cancel`]). The operator in progress finishes. The pause
     /// always ends by itself: a run is never held past `until`, whoever forgets to resume it.
     pub fn pause_until(&self, until: Instant) {
-        *self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+        self.gate().until = Some(until);
     }
 
     /// Ends a pause early.
     pub fn resume(&self) {
-        *self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.gate().until = None;
         self.wake_all();
     }
 
     /// Whether a pause is in force now.
     pub fn is_paused(&self) -> bool {
-        self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| Instant::now() < t)
+        self.gate().until.is_some_and(|t| Instant::now() < t)
     }
 
     fn wake_all(&self) {
         // Taking the lock orders this wake-up after a waiter's check (no lost wake-up).
-        let _held = self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let _held = self.gate();
         self.0.wake.notify_all();
     }
 
@@ -208,49 +217,44 @@ impl Cancel {
     /// How long runs holding this flag have waited in pauses so far (summed over runs), a
     /// wait still in progress included: a run's wall time less this is what it computed.
     pub fn paused(&self) -> Duration {
-        let ended = Duration::from_nanos(self.0.paused_ns.load(Ordering::Relaxed));
+        let gate = self.gate();
         let now = Instant::now();
-        let waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        ended + waiting.iter().map(|&from| now.saturating_duration_since(from)).sum::<Duration>()
+        gate.waited + gate.waiting.iter().map(|&from| now.saturating_duration_since(from)).sum::<Duration>()
     }
 
-    /// Whether the next operator may start; counts it when it may, and the time it was held.
+    /// Whether the next operator may start (`false` once cancelled), after waiting while a
+    /// pause is in force; counts the operator when it may start, and the wait.
     fn admit(&self) -> bool {
-        let from = Instant::now();
-        // Listed while it may wait, so that `paused` counts a wait in progress.
-        self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(from);
-        let admitted = self.wait_out_pause();
-        {
-            // Moved from the waits in progress to the ended ones under one lock: `paused`
-            // never counts it twice or not at all.
-            let mut waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = waiting.iter().position(|&t| t == from) {
-                waiting.swap_remove(i);
+        let mut gate = self.gate();
+        let mut since = None;
+        let admitted = loop {
+            if self.is_cancelled() {
+                break false;
             }
-            let waited = from.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
-            self.0.paused_ns.fetch_add(waited, Ordering::Relaxed);
+            let now = Instant::now();
+            match gate.until {
+                Some(t) if now < t => {
+                    if since.is_none() {
+                        // Listed while it waits, so that `paused` counts a wait in progress.
+                        since = Some(now);
+                        gate.waiting.push(now);
+                    }
+                    gate = self.0.wake.wait_timeout(gate, t - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                _ => break true,
+            }
+        };
+        if let Some(from) = since {
+            if let Some(i) = gate.waiting.iter().position(|&t| t == from) {
+                gate.waiting.swap_remove(i);
+            }
+            gate.waited += from.elapsed();
         }
+        drop(gate);
         if admitted {
             self.0.operators.fetch_add(1, Ordering::Relaxed);
         }
         admitted
-    }
-
-    /// Waits while a pause is in force; `false` once cancelled.
-    fn wait_out_pause(&self) -> bool {
-        let mut until = self.0.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if self.is_cancelled() {
-                return false;
-            }
-            let now = Instant::now();
-            match *until {
-                Some(t) if now < t => {
-                    until = self.0.wake.wait_timeout(until, t - now).unwrap_or_else(|e| e.into_inner()).0;
-                }
-                _ => return true,
-            }
-        }
     }
 }
 
