@@ -165,6 +165,18 @@
 //! a frame whose answer is lost after delivery is answered by its tail that much later. The
 //! record's `delivered_ms` says when the socket saw the request delivered.
 //!
+//! **And while the answer arrives.** A large answer comes in bursts about a round trip apart
+//! (the server's congestion window opens again after the idle time the compute took), and it
+//! can still be arriving when the hold ends. The race then took the quota between bursts and
+//! the thread reading them waited for the next period: PP-OCR det on the UMTS trace, frame 2,
+//! was delivered at 406 ms and answered at 874, where the static run's same request was
+//! answered at 540. So once the request is delivered the device keeps reading its socket's
+//! received count (`tcpi_bytes_received`), and each reading that saw it move holds the tail for
+//! a round trip + 20 ms more ([`crate::upload::AnswerWatch`]), past the hold if need be; when
+//! the bytes stop (the link went down under the answer), the tail goes on within that window.
+//! Whether a tail "should be done" before a hold ends counts only the time it ran, not the time
+//! it yielded or was held.
+//!
 //! The call of a frame its own tail answered still tells the link's rate (so a device whose
 //! race keeps winning still learns that the link got slow): it stays open until the socket
 //! sees the request delivered, and that upload time is a bandwidth sample
@@ -291,7 +303,7 @@ use crate::convert::{shared_bytes, to_tensor};
 use crate::device::{ExitPolicy, FrameStatus};
 use crate::failover::{Endpoints, FailoverConfig};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
-use crate::upload::{StallWatch, UploadProgress, UploadWatch, UploadYield};
+use crate::upload::{AnswerWatch, StallWatch, UploadProgress, UploadWatch, UploadYield};
 
 /// Uplink assumed before any measurement, bit/s.
 pub const DEFAULT_UP_BPS: f64 = 1e6;
@@ -2030,7 +2042,7 @@ impl AdaptiveDevice {
                 {
                     cancel.pause_until(t + until);
                 }
-                let pacing = Pacing { sent: t, hold, yielding };
+                let pacing = Pacing { sent: t, hold, yielding, arriving: rtt + YIELD_FLOOR };
                 let pace = pace_race(delivery, bytes, pacing, cancel.clone(), &delivered, race);
                 tokio::pin!(pace);
                 rec.send_ms = Some(self.ms_since_epoch(t));
@@ -2463,19 +2475,25 @@ struct RaceClock<'a> {
 }
 
 impl RaceClock<'_> {
-    /// Whether a tail running since `started` should be done within `within` of `now`: holding
-    /// it then could only delay the frame (see "Racing the server").
-    fn done_within(&self, now: Instant, within: Duration) -> bool {
-        self.started.get().is_some_and(|&s| self.tail.saturating_sub(now.saturating_duration_since(s)) <= within)
+    /// Whether a tail running since `started`, of which it spent `paused` held or yielding,
+    /// should be done within `within` of `now`: holding it then could only delay the frame (see
+    /// "Racing the server").
+    fn done_within(&self, now: Instant, within: Duration, paused: Duration) -> bool {
+        self.started.get().is_some_and(|&s| {
+            let ran = now.saturating_duration_since(s).saturating_sub(paused);
+            self.tail.saturating_sub(ran) <= within
+        })
     }
 }
 
 /// How [`pace_race`] paces a tail: the request was sent at `sent`; the tail yields to the upload
-/// as `yielding` says, and is held for `hold` once the request is delivered.
+/// as `yielding` says, is held for `hold` once the request is delivered, and after that for
+/// `arriving` after each movement of the answer's bytes.
 struct Pacing {
     sent: Instant,
     hold: Duration,
     yielding: UploadYield,
+    arriving: Duration,
 }
 
 /// Paces a racing device's tail (see "Racing the server"), beside the request. While the link
@@ -2483,9 +2501,11 @@ struct Pacing {
 /// before its next operator. Once the device's socket says the whole request of `payload` bytes
 /// has been acknowledged since `delivery`'s baseline, the server has it and the answer should
 /// follow in about the predicted time, so the tail is held until `pacing.hold` after that; a
-/// later answer lets it go on. A tail that `race` says should be done before the hold would end is
-/// not held. It records when the request was delivered, in `delivered`. Without readings it
-/// does nothing. Never completes: it runs beside the call.
+/// later answer lets it go on. While the answer's bytes arrive, it is held for
+/// `pacing.arriving` after each reading that saw them move, past the hold if need be
+/// ([`AnswerWatch`]). A tail that `race` says should be done before a hold would end is not held.
+/// It records when the request was delivered, in `delivered`. Without readings it does nothing.
+/// Never completes: it runs beside the call.
 async fn pace_race(
     delivery: Option<(UploadWatch, UploadProgress)>,
     payload: u64,
@@ -2494,28 +2514,44 @@ async fn pace_race(
     delivered: &OnceLock<Instant>,
     race: RaceClock<'_>,
 ) -> std::convert::Infallible {
-    let Pacing { sent, hold, mut yielding } = pacing;
+    let Pacing { sent, hold, mut yielding, arriving } = pacing;
     if let Some((watch, base)) = delivery {
+        let mut held_until = None;
+        let mut answer = AnswerWatch::new(arriving);
         loop {
-            match watch.progress() {
-                Some(p) if p.delivered_since(base, payload) => {
+            let Some(p) = watch.progress() else { break };
+            match held_until {
+                None if p.delivered_since(base, payload) => {
                     let now = Instant::now();
-                    if race.done_within(now, hold) {
+                    if race.done_within(now, hold, cancel.paused()) {
                         cancel.resume();
                     } else {
                         cancel.pause_until(now + hold);
                     }
+                    held_until = Some(now + hold);
+                    answer.observe(Duration::ZERO, p);
                     let _ = delivered.set(now);
-                    break;
                 }
-                Some(p) => {
+                None => {
                     if let Some(until) = yielding.observe(sent.elapsed(), p) {
                         cancel.pause_until(sent + until);
                     }
-                    tokio::time::sleep(STALL_POLL).await
                 }
-                None => break,
+                Some(hold_end) => {
+                    let (now, at) = match delivered.get() {
+                        Some(&d) => (Instant::now(), d),
+                        None => break,
+                    };
+                    if let Some(until) = answer.observe(now.saturating_duration_since(at), p) {
+                        let end = (at + until).max(hold_end);
+                        if end > hold_end && !race.done_within(now, end - now, cancel.paused()) {
+                            cancel.pause_until(end);
+                            held_until = Some(end);
+                        }
+                    }
+                }
             }
+            tokio::time::sleep(STALL_POLL).await
         }
     }
     std::future::pending().await
@@ -2972,11 +3008,84 @@ mod tests {
         let t0 = Instant::now();
         let hold = Duration::from_millis(170);
         // Not started yet: holding it only delays its start.
-        assert!(!race.done_within(t0, hold));
+        let none = Duration::ZERO;
+        assert!(!race.done_within(t0, hold, none));
         started.set(t0).unwrap();
-        assert!(!race.done_within(t0 + Duration::from_millis(100), hold), "400 ms to go");
-        assert!(race.done_within(t0 + Duration::from_millis(330), hold), "170 ms to go");
-        assert!(race.done_within(t0 + Duration::from_millis(900), hold), "overdue: as good as done");
+        assert!(!race.done_within(t0 + Duration::from_millis(100), hold, none), "400 ms to go");
+        assert!(race.done_within(t0 + Duration::from_millis(330), hold, none), "170 ms to go");
+        assert!(race.done_within(t0 + Duration::from_millis(900), hold, none), "overdue: as good as done");
+    }
+
+    /// Regression (PP-OCR det on the T-Mobile UMTS trace from its 60th second, 2026-11-28): the
+    /// hold after delivery ended while the 1.2 MB answer still arrived, and the race took the
+    /// device's CPU quota between the answer's bursts (frame 2: delivered at 406 ms, answered at
+    /// 874, where the static run's same request was answered at 540). The tail is now held while
+    /// the answer's bytes keep coming, past the hold, and goes on once they stop.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_race_holds_while_the_answer_arrives_past_the_hold() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let watch = UploadWatch::default();
+        let mut client = crate::upload::Watched::new(client.unwrap(), watch.clone());
+        let mut server = server.unwrap().0;
+        let base = watch.progress().expect("a connected socket has counts");
+        let cancel = Cancel::new();
+        // Leaked: the pacing task borrows them for as long as it runs.
+        let delivered: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
+        let started: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
+        let race = RaceClock { started, tail: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let _ = started.set(t0);
+        let pacing = Pacing {
+            sent: t0,
+            hold: Duration::from_millis(100),
+            yielding: UploadYield::new(1e6, Duration::ZERO, YIELD_FLOOR, Duration::ZERO),
+            arriving: Duration::from_millis(150),
+        };
+        let pace = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { match pace_race(Some((watch, base)), 4000, pacing, cancel, delivered, race).await {} }
+        });
+        client.write_all(&[1u8; 4000]).await.unwrap();
+        let mut request = [0u8; 4000];
+        server.read_exact(&mut request).await.unwrap();
+        // The server answers 300 ms after delivery (past the 100 ms hold), in bursts 40 ms
+        // apart for 600 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!cancel.is_paused(), "the hold has ended and nothing arrives yet");
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0u8; 16 * 1024];
+            while client.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut paused_while_arriving = 0;
+        for _ in 0..15 {
+            server.write_all(&[2u8; 8 * 1024]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            paused_while_arriving += usize::from(cancel.is_paused());
+        }
+        // A loaded machine may miss a reading of the socket, not most.
+        assert!(paused_while_arriving >= 12, "held on {paused_while_arriving} of 15 bursts");
+        // The answer stops coming (the link went down under it): the tail goes on.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!cancel.is_paused(), "still held 400 ms after the last bytes");
+        pace.abort();
+        drop(server);
+        let _ = reader.await;
+    }
+
+    #[test]
+    fn a_race_that_waited_has_not_computed_meanwhile() {
+        let started = OnceLock::new();
+        let race = RaceClock { started: &started, tail: Duration::from_millis(500) };
+        let t0 = Instant::now();
+        started.set(t0).unwrap();
+        let hold = Duration::from_millis(170);
+        // 330 ms since it started, 300 of them yielding to the upload: 470 ms of it to go.
+        assert!(!race.done_within(t0 + Duration::from_millis(330), hold, Duration::from_millis(300)));
+        assert!(race.done_within(t0 + Duration::from_millis(630), hold, Duration::from_millis(300)));
     }
 
     #[test]

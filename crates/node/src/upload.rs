@@ -39,6 +39,9 @@ pub struct UploadProgress {
     pub acked: u64,
     /// Bytes in the send queue: written by the device and not yet acknowledged.
     pub pending: u64,
+    /// Bytes received from the far end since the connection opened (`tcpi_bytes_received`):
+    /// an answer arriving moves it.
+    pub received: u64,
 }
 
 impl UploadProgress {
@@ -126,16 +129,20 @@ fn read_progress(fd: i32) -> Option<UploadProgress> {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         let ok = libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
-        // Kernels before 4.1 return a shorter struct without the acknowledged count.
-        let acked_end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-        if ok != 0 || (len as usize) < acked_end {
+        // Kernels before 4.1 return a shorter struct without the two counts.
+        let received_end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + 8;
+        if ok != 0 || (len as usize) < received_end {
             return None;
         }
         let mut pending: libc::c_int = 0;
         if libc::ioctl(fd, libc::TIOCOUTQ, &mut pending) != 0 {
             return None;
         }
-        Some(UploadProgress { acked: info.tcpi_bytes_acked, pending: u64::try_from(pending).unwrap_or(0) })
+        Some(UploadProgress {
+            acked: info.tcpi_bytes_acked,
+            pending: u64::try_from(pending).unwrap_or(0),
+            received: info.tcpi_bytes_received,
+        })
     }
 }
 
@@ -248,6 +255,38 @@ impl UploadYield {
     }
 }
 
+/// Decides, from readings taken once the request is delivered, while a racing device's tail
+/// should hold because the answer is arriving: the tail would take the CPU quota the thread
+/// reading the answer needs between the answer's bursts (see "Racing the server" in
+/// [`crate::adaptive`]). The answer counts as arriving for `window` after each reading whose
+/// received count moved. Pure, like [`UploadYield`].
+#[derive(Clone, Debug)]
+pub struct AnswerWatch {
+    window: Duration,
+    last: Option<u64>,
+    moved_at: Option<Duration>,
+}
+
+impl AnswerWatch {
+    /// `window`: how long the answer still counts as arriving after its last bytes came. Bytes
+    /// of a download come in bursts about a round trip apart while the sender's window opens.
+    pub fn new(window: Duration) -> AnswerWatch {
+        AnswerWatch { window, last: None, moved_at: None }
+    }
+
+    /// Takes the reading at `at` (the first is the baseline) and returns until when the tail
+    /// should hold, or `None` when no answer has been seen arriving for the window.
+    pub fn observe(&mut self, at: Duration, p: UploadProgress) -> Option<Duration> {
+        match self.last {
+            Some(r) if p.received != r => self.moved_at = Some(at),
+            _ => {}
+        }
+        self.last = Some(p.received);
+        let until = self.moved_at? + self.window;
+        (until > at).then_some(until)
+    }
+}
+
 /// Four 1500-byte packets' time at `up_bps` (at most an hour); `None` at no known rate.
 fn four_packets(up_bps: f64) -> Option<Duration> {
     (up_bps > 0.0).then(|| Duration::from_secs_f64((4.0 * 1500.0 * 8.0 / up_bps).min(3600.0)))
@@ -301,7 +340,7 @@ pub(crate) struct Watched {
 }
 
 impl Watched {
-    fn new(stream: TcpStream, watch: UploadWatch) -> Watched {
+    pub(crate) fn new(stream: TcpStream, watch: UploadWatch) -> Watched {
         #[cfg(unix)]
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         #[cfg(not(unix))]
@@ -357,8 +396,8 @@ mod tests {
 
     #[test]
     fn a_request_is_delivered_once_its_bytes_are_acked_and_the_queue_is_empty() {
-        let base = UploadProgress { acked: 1_000, pending: 0 };
-        let at = |acked, pending| UploadProgress { acked, pending };
+        let base = UploadProgress { acked: 1_000, pending: 0, received: 0 };
+        let at = |acked, pending| UploadProgress { acked, pending, received: 0 };
         assert!(!at(1_000, 5_000).delivered_since(base, 5_000), "nothing acknowledged yet");
         assert!(!at(5_000, 1_000).delivered_since(base, 5_000), "bytes still queued");
         assert!(!at(5_999, 0).delivered_since(base, 5_000), "the queue drained before all was written");
@@ -369,7 +408,7 @@ mod tests {
     }
 
     fn p(acked: u64, pending: u64) -> UploadProgress {
-        UploadProgress { acked, pending }
+        UploadProgress { acked, pending, received: 0 }
     }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -450,6 +489,23 @@ mod tests {
         assert_eq!(y.observe(MS(0), p(0, 0)), Some(MS(60)));
     }
 
+    #[test]
+    fn the_race_holds_while_the_answer_arrives() {
+        let r = |received| UploadProgress { acked: 30_000, pending: 0, received };
+        let mut a = AnswerWatch::new(MS(70));
+        // The baseline at delivery: nothing seen arriving yet.
+        assert_eq!(a.observe(MS(0), r(500)), None);
+        assert_eq!(a.observe(MS(150), r(500)), None, "the server is still computing");
+        // The answer's first burst: hold for a window from each reading that moved.
+        assert_eq!(a.observe(MS(160), r(15_000)), Some(MS(230)));
+        assert_eq!(a.observe(MS(200), r(15_000)), Some(MS(230)));
+        assert_eq!(a.observe(MS(210), r(44_000)), Some(MS(280)));
+        // It stops arriving (the link went down under it): the race goes on after the window.
+        assert_eq!(a.observe(MS(279), r(44_000)), Some(MS(280)));
+        assert_eq!(a.observe(MS(280), r(44_000)), None);
+        assert_eq!(a.observe(MS(400), r(44_000)), None);
+    }
+
     /// A connection on loopback whose accepting side has a 4 KiB receive buffer, so that most of
     /// a large write waits in the client's send queue; the client is registered with `watch`.
     #[cfg(target_os = "linux")]
@@ -464,7 +520,8 @@ mod tests {
     }
 
     /// The watch reads a real socket: bytes written to a peer that does not read stay pending,
-    /// and the acknowledged count stops, until the peer reads.
+    /// and the acknowledged count stops, until the peer reads; bytes the peer sends are counted
+    /// as received.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_watch_reads_a_real_sockets_counts() {
@@ -493,6 +550,13 @@ mod tests {
         let done = watch.progress().unwrap();
         assert!(done.acked >= stuck.acked + 200 * 1024, "{done:?}");
         assert_eq!(done.pending, 0);
+        assert_eq!(done.received, start.received, "the peer has sent nothing");
+        // An answer the other way moves the received count.
+        server.write_all(&[9u8; 3000]).await.unwrap();
+        let mut client = client;
+        let mut answer = vec![0u8; 3000];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(watch.progress().unwrap().received, start.received + 3000);
         drop(client);
         assert_eq!(watch.progress(), None, "a closed connection is forgotten");
     }
