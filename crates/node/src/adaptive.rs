@@ -2516,19 +2516,19 @@ async fn pace_race(
 ) -> std::convert::Infallible {
     let Pacing { sent, hold, mut yielding, arriving } = pacing;
     if let Some((watch, base)) = delivery {
-        let mut held_until = None;
+        // Once delivered: when, and until when the tail is held.
+        let mut held: Option<(Instant, Instant)> = None;
         let mut answer = AnswerWatch::new(arriving);
-        loop {
-            let Some(p) = watch.progress() else { break };
-            match held_until {
+        while let Some(p) = watch.progress() {
+            let now = Instant::now();
+            match held {
                 None if p.delivered_since(base, payload) => {
-                    let now = Instant::now();
                     if race.done_within(now, hold, cancel.paused()) {
                         cancel.resume();
                     } else {
                         cancel.pause_until(now + hold);
                     }
-                    held_until = Some(now + hold);
+                    held = Some((now, now + hold));
                     answer.observe(Duration::ZERO, p);
                     let _ = delivered.set(now);
                 }
@@ -2537,17 +2537,13 @@ async fn pace_race(
                         cancel.pause_until(sent + until);
                     }
                 }
-                Some(hold_end) => {
-                    let (now, at) = match delivered.get() {
-                        Some(&d) => (Instant::now(), d),
-                        None => break,
-                    };
-                    if let Some(until) = answer.observe(now.saturating_duration_since(at), p) {
-                        let end = (at + until).max(hold_end);
-                        if end > hold_end && !race.done_within(now, end - now, cancel.paused()) {
-                            cancel.pause_until(end);
-                            held_until = Some(end);
-                        }
+                Some((at, end)) => {
+                    if let Some(until) = answer.observe(now.saturating_duration_since(at), p)
+                        && at + until > end
+                        && !race.done_within(now, (at + until).saturating_duration_since(now), cancel.paused())
+                    {
+                        cancel.pause_until(at + until);
+                        held = Some((at, at + until));
                     }
                 }
             }
