@@ -112,6 +112,17 @@ def frames(path):
         ]))
     if dev:
         print(f"device-only median {statistics.median(r['total_ms'] for r in dev.values()):.0f} ms")
+    # Where the mean's gap to the oracle comes from: each frame's excess, by how it was answered.
+    ad = runs.get("adaptive", [])
+    gap = {}
+    for r in ad:
+        o = oracle.get(r["frame"])
+        if o is not None and o.get("latency_ms") is not None:
+            n, ms = gap.get(r["status"], (0, 0.0))
+            gap[r["status"]] = (n + 1, ms + (r["total_ms"] - o["latency_ms"]) / len(ad))
+    if gap:
+        print("adaptive - oracle on the mean, by status: " + ", ".join(
+            f"{status} {ms:+.1f} ms ({n} frames)" for status, (n, ms) in sorted(gap.items())))
     # The edge's speed drifts on a shared machine: what it reported, run by run, in run order.
     print()
     print("run (in order) | mean ms | median send ms after release | median edge compute ms | median device cpu ms")
