@@ -7,9 +7,11 @@
 Per frame, `cpu` is the device process's CPU over the frame and `threads cpu` what its compute
 and race threads used on jobs that ended since the last frame (a race the server won counts in
 the next frame), both ms; `probe` the bytes of the probe started after the frame; `abandoned`
-the sample (Mbit/s) taken as the frame started from an upload given up undelivered. After the
-frames, one line per run in the order they ran, with the edge's median reported compute (it
-drifts on a shared machine; adjacent runs drift alike).
+the sample (Mbit/s) taken as the frame started from an upload given up undelivered; the last
+column the same frame in the fixed run that sent every frame at adaptive's cut and codec for it.
+After the frames, the run's gap to the oracle on the mean, split by how each frame was
+answered; then one line per run in the order they ran, with the edge's median reported compute
+(it drifts on a shared machine; adjacent runs drift alike).
 
 Columns of the table: mean latency (ms) of adaptive, the oracle, the best static choice,
 device-only and JPEG q90 offload; adaptive over each bar (bold where it misses: 1.10 for the
@@ -96,11 +98,17 @@ def frames(path):
         for p in by_name(json.loads(report.read_text()))["oracle"].get("per_frame", []):
             oracle[p["frame"]] = p
     dev = {r["frame"]: r for r in runs.get("device-only", [])}
+    # The fixed run that sent every frame the way adaptive sent this one, if there was one.
+    fixed = {}
+    for name, rs in runs.items():
+        if name not in ("adaptive", "device-only") and rs:
+            fixed.setdefault((rs[0]["cut"], rs[0].get("codec")), {x["frame"]: x for x in rs})
     print("frame | adaptive ms | cut/codec | status | est Mbit/s | predicted | delivered | race at | paused | cpu | threads cpu | probe | "
-          "abandoned | oracle ms | oracle cut/codec | device-only ms")
+          "abandoned | oracle ms | oracle cut/codec | device-only ms | same choice, fixed run ms")
     for r in runs.get("adaptive", []):
         o = oracle.get(r["frame"], {})
         d = dev.get(r["frame"], {})
+        same = fixed.get((r["cut"], r.get("codec")), {}).get(r["frame"], {})
         f = lambda v, fmt="{:.0f}": "-" if v is None else fmt.format(v)
         print(" | ".join([
             str(r["frame"]), f(r["total_ms"]), f"{r['cut']}/{r.get('codec') or '-'}", r["status"],
@@ -109,6 +117,7 @@ def frames(path):
             f(r.get("compute_cpu_ms")), str(r.get("probe_bytes") or "-"),
             f(None if r.get("abandoned_sample_bps") is None else r["abandoned_sample_bps"] / 1e6, "{:.3f}"),
             f(o.get("latency_ms")), f"{o.get('cut', '-')}/{o.get('codec') or '-'}", f(d.get("total_ms")),
+            f(same.get("total_ms")),
         ]))
     if dev:
         print(f"device-only median {statistics.median(r['total_ms'] for r in dev.values()):.0f} ms")
