@@ -74,6 +74,20 @@
 //! on. (Behind the bench's link proxy the first few KiB are acknowledged at once, see
 //! [`cleave_link::LinkProxy`]; over a second that is a small error, toward a faster link.)
 //!
+//! **An upload that met an outage is measured from where the link came back.** The readings a
+//! racing device takes of its socket ([`crate::upload::ResumeWatch`]) show a silence of
+//! [`OUTAGE_GAP`] (500 ms) or more without a byte acknowledged while bytes were queued, and
+//! then the link carrying the rest. The upload's whole time is then mostly the outage, which
+//! is over: such a request of PP-OCR det on the UMTS trace was delivered 1.07 s after sending,
+//! a 0.19 Mbit/s sample that with the outage's own earlier 0.075 kept the next two frames home
+//! (1008 and 1069 ms) while the link carried their JPEG in 494 and 898. So its sample is the
+//! bytes acknowledged after the silence over the time since ([`LinkEstimates::observe_resumed`];
+//! the whole upload's, when too little crossed after it to measure). Being the freshest news
+//! and, usually, far faster than the outage's samples, it also lets those leave (the stall
+//! rule above). What an outage costs a frame sent into the next one is the race's business, not
+//! the estimate's. This holds for a request the server answered and for one the device's own
+//! tail answered alike; an upload given up undelivered is still measured whole.
+//!
 //! ## Racing the server
 //! A link can go silent for seconds (cellular traces do), and no estimator sees that coming: a
 //! frame sent just before an outage waits it out. So by default the device also computes the
@@ -282,7 +296,7 @@
 //! compute step (head or local tail): the documented stand-in for a CPU-quota'd device.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cleave_codec::{Codec, EncodeOptions};
@@ -303,7 +317,7 @@ use crate::convert::{shared_bytes, to_tensor};
 use crate::device::{ExitPolicy, FrameStatus};
 use crate::failover::{Endpoints, FailoverConfig};
 use crate::server::{PARAM_INPUT_SHAPES, format_shapes};
-use crate::upload::{AnswerWatch, StallWatch, UploadProgress, UploadWatch, UploadYield};
+use crate::upload::{AnswerWatch, ResumeWatch, StallWatch, UploadProgress, UploadWatch, UploadYield};
 
 /// Uplink assumed before any measurement, bit/s.
 pub const DEFAULT_UP_BPS: f64 = 1e6;
@@ -466,6 +480,15 @@ impl LinkEstimates {
         let bytes = if elapsed >= STALL_SAMPLE { acked.max(SLOW_SMALL_BYTES) } else { acked };
         let at = self.since_origin(at);
         if self.bandwidth.observe_at(at, bytes, elapsed) { self.bandwidth.samples().last() } else { None }
+    }
+
+    /// An upload that met an outage, measured from where the link came back (see "Abandoned
+    /// uploads still measure"): the sender's socket saw `acked` bytes acknowledged in the
+    /// `elapsed` from the end of the outage to `at`. Nothing is added or subtracted: these are
+    /// the bytes the link carried in that time. Returns the sample, bit/s, when it was used.
+    pub fn observe_resumed(&mut self, at: Instant, acked: u64, elapsed: Duration) -> Option<f64> {
+        let at = self.since_origin(at);
+        if self.bandwidth.observe_at(at, acked, elapsed) { self.bandwidth.samples().last() } else { None }
     }
 
     /// The recent uplink throughput samples, bit/s, oldest first.
@@ -955,6 +978,12 @@ pub struct AdaptiveRecord {
     /// deciding (see "Abandoned uploads still measure").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned_sample_bps: Option<f64>,
+    /// A bandwidth sample from an upload that met an outage, measured from where the link came
+    /// back ([`OUTAGE_GAP`]), bit/s: this frame's own answered request, or an earlier frame's
+    /// request its own tail answered, delivered during this frame (then also in
+    /// `straggler_sample`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_sample_bps: Option<f64>,
 }
 
 /// What a concurrent side task measured: a ping (an empty call: its round trip and the
@@ -1008,6 +1037,8 @@ pub struct AdaptiveDevice {
     straggler: Option<(JoinHandle<Option<Straggled>>, Option<Written>)>,
     /// The sample it gave, for the record: bit/s, and whether from the delivery.
     straggler_sample: Option<(f64, bool)>,
+    /// The same sample when it was measured from where the link came back from an outage.
+    resumed_sample: Option<f64>,
     last_sample: Option<Instant>,
     last_rtt: Option<Instant>,
     last_release: Option<Instant>,
@@ -1200,6 +1231,7 @@ impl AdaptiveDevice {
             threads_seen: (Duration::ZERO, 0),
             straggler: None,
             straggler_sample: None,
+            resumed_sample: None,
             last_sample: None,
             last_rtt: None,
             last_release: None,
@@ -1476,8 +1508,16 @@ impl AdaptiveDevice {
         // Either measured the link from when the frame was sent, possibly seconds ago across an
         // outage: as news of the link now, it is that old.
         match straggled {
-            Straggled::Delivered { bytes, upload, at } => {
-                if let Some(bps) = self.estimates.observe_upload(at, bytes, upload) {
+            Straggled::Delivered { bytes, upload, at, resumed } => {
+                // Past an outage, the link as it came back is the news (see "Abandoned uploads
+                // still measure"); too little crossed since to measure, the whole upload is.
+                if let Some((acked, since)) = resumed
+                    && let Some(bps) = self.estimates.observe_resumed(at, acked, since)
+                {
+                    self.sampled(at.checked_sub(since).unwrap_or(at));
+                    self.straggler_sample = Some((bps, true));
+                    self.resumed_sample = Some(bps);
+                } else if let Some(bps) = self.estimates.observe_upload(at, bytes, upload) {
                     self.sampled(at.checked_sub(upload).unwrap_or(at));
                     self.straggler_sample = Some((bps, true));
                 }
@@ -1842,6 +1882,7 @@ impl AdaptiveDevice {
         // keep the next one from starting.
         self.harvest().await;
         rec.straggler_sample = self.straggler_sample.take();
+        rec.resumed_sample_bps = self.resumed_sample.take().or(rec.resumed_sample_bps);
         // A request the device's own tail answered was slow or stopped: its sample is news of
         // the link as the frame went out, and the next decision should have fresher news.
         let answered_here = rec.status == FrameStatus::LocalFallback && rec.bytes_up > 0;
@@ -1945,6 +1986,7 @@ impl AdaptiveDevice {
                 .then(|| self.local_answer_ms()),
             device_only_ms: Some(self.problem.device_ms[self.problem.last()]),
             straggler_sample: None,
+            resumed_sample_bps: None,
             abandoned_sample_bps: abandoned_bps,
         };
         // The head, on the device's compute thread, then the emulated slowdown.
@@ -1999,6 +2041,8 @@ impl AdaptiveDevice {
                 self.observe_size(cut, codec, *bytes);
             }),
         };
+        // Where the link came back from an outage under this upload, if it met one.
+        let resume = Mutex::new(ResumeWatch::new(OUTAGE_GAP));
         let outcome = match built {
             Err(e) => Outcome::Failed(e, None),
             Ok((mut req, bytes)) => {
@@ -2043,7 +2087,7 @@ impl AdaptiveDevice {
                     cancel.pause_until(t + until);
                 }
                 let pacing = Pacing { sent: t, hold, yielding, arriving: rtt + YIELD_FLOOR };
-                let pace = pace_race(delivery, bytes, pacing, cancel.clone(), &delivered, race);
+                let pace = pace_race(delivery, bytes, pacing, cancel.clone(), &delivered, &resume, race);
                 tokio::pin!(pace);
                 rec.send_ms = Some(self.ms_since_epoch(t));
                 rec.cpu_to_send_ms = used_before.and_then(|u| u.since()).map(|u| u.cpu_ms());
@@ -2096,14 +2140,16 @@ impl AdaptiveDevice {
                             Ok(Ok(tail)) => {
                                 // The call may still tell the link's rate: kept until it does,
                                 // or until the next frame starts; delivered already, it has.
+                                let resumed = *lock(&resume);
                                 if let Some(&at) = delivered.get() {
                                     let upload = at.saturating_duration_since(t);
-                                    self.observe_straggled(Straggled::Delivered { bytes, upload, at });
+                                    let resumed = resumed.since_resumed();
+                                    self.observe_straggled(Straggled::Delivered { bytes, upload, at, resumed });
                                 } else {
                                     let written =
                                         straggler_watch.as_ref().map(|(_, base)| Written { at: t, base: *base });
-                                    self.straggler =
-                                        Some((tokio::spawn(straggle(call, bytes, t, straggler_watch)), written));
+                                    let straggling = straggle(call, bytes, t, straggler_watch, resumed);
+                                    self.straggler = Some((tokio::spawn(straggling), written));
                                 }
                                 Outcome::Hedged(tail, t.elapsed(), raced)
                             }
@@ -2124,10 +2170,20 @@ impl AdaptiveDevice {
                 self.estimates.observe_server(q, c);
                 self.observe_signal(&resp, false);
                 let server = Duration::from_secs_f64((q + c).max(0.0) / 1e3);
-                rec.sample_bps =
-                    self.estimates.observe_transfer(Instant::now(), wire_bytes(rec.bytes_up), resp.rpc, server);
-                if rec.sample_bps.is_some() {
-                    self.sampled(Instant::now().checked_sub(resp.rpc).unwrap_or_else(Instant::now));
+                // An upload that met an outage measures the link from where it came back (see
+                // "Abandoned uploads still measure").
+                let now = Instant::now();
+                if let Some((acked, since)) = lock(&resume).since_resumed()
+                    && let Some(bps) = self.estimates.observe_resumed(now, acked, since)
+                {
+                    rec.sample_bps = Some(bps);
+                    rec.resumed_sample_bps = Some(bps);
+                    self.sampled(now.checked_sub(since).unwrap_or(now));
+                } else {
+                    rec.sample_bps = self.estimates.observe_transfer(now, wire_bytes(rec.bytes_up), resp.rpc, server);
+                    if rec.sample_bps.is_some() {
+                        self.sampled(now.checked_sub(resp.rpc).unwrap_or(now));
+                    }
                 }
                 outputs.extend(tail);
                 rec.total_ms = release.elapsed().as_secs_f64() * 1e3;
@@ -2426,6 +2482,18 @@ pub const STALL_FLOOR: Duration = Duration::from_millis(100);
 /// How often the upload is read while a racing device waits.
 const STALL_POLL: Duration = Duration::from_millis(10);
 
+/// The shortest silence under an upload (no byte acknowledged while bytes were queued) that
+/// counts as an outage, after which the upload is measured from where the link came back (see
+/// "Abandoned uploads still measure"). On the four `../shared/traces` uplinks a moving link's
+/// gaps between deliveries stay under about 350 ms; their outages last 0.5–1 s (counted from
+/// the trace files' stretch the bench replays).
+pub const OUTAGE_GAP: Duration = Duration::from_millis(500);
+
+/// Locks `m`, taking the value of a poisoned lock as it is (its holders only store readings).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Waits until a racing device should start its own tail: `due` after sending, or earlier when
 /// `watch` sees the upload stall. Returns whether it stalled.
 /// The bandwidths a probe is worth sending for, bit/s: an order of magnitude off the estimate
@@ -2512,6 +2580,7 @@ async fn pace_race(
     pacing: Pacing,
     cancel: Cancel,
     delivered: &OnceLock<Instant>,
+    resume: &Mutex<ResumeWatch>,
     race: RaceClock<'_>,
 ) -> std::convert::Infallible {
     let Pacing { sent, hold, mut yielding, arriving } = pacing;
@@ -2521,6 +2590,9 @@ async fn pace_race(
         let mut answer = AnswerWatch::new(arriving);
         while let Some(p) = watch.progress() {
             let now = Instant::now();
+            if held.is_none() {
+                lock(resume).observe(now.saturating_duration_since(sent), p);
+            }
             match held {
                 None if p.delivered_since(base, payload) => {
                     if race.done_within(now, hold, cancel.paused()) {
@@ -2556,8 +2628,9 @@ async fn pace_race(
 /// What the call of a frame answered by the device's own tail told about the link.
 enum Straggled {
     /// The device's socket saw the request of `bytes` delivered `upload` after it was sent,
-    /// at `at`; the call was dropped then.
-    Delivered { bytes: u64, upload: Duration, at: Instant },
+    /// at `at`; the call was dropped then. `resumed`: when the upload met an outage, the bytes
+    /// acknowledged since the link came back and the time since ([`ResumeWatch`]).
+    Delivered { bytes: u64, upload: Duration, at: Instant, resumed: Option<(u64, Duration)> },
     /// The server's answer came first (no reading of the socket), at `at`.
     Answer { bytes: u64, response: TailResponse, at: Instant },
 }
@@ -2568,12 +2641,14 @@ enum Straggled {
 /// and its upload time is the sample; the server's answer, a 1.2 MB probability map for PP-OCR
 /// det, would otherwise be received and decoded by a device that may be computing its next
 /// frame at home (see "Racing the server"). Without readings of the socket, the answer is the
-/// sample. `None` when the call failed.
+/// sample. `resume` goes on from the readings taken while the frame raced. `None` when the
+/// call failed.
 async fn straggle<F>(
     call: F,
     payload: u64,
     sent: Instant,
     delivery: Option<(UploadWatch, UploadProgress)>,
+    mut resume: ResumeWatch,
 ) -> Option<Straggled>
 where
     F: std::future::Future<Output = Result<crate::failover::Answer, crate::failover::Failed>>,
@@ -2581,16 +2656,20 @@ where
     let seen = async {
         let Some((watch, base)) = delivery else { return std::future::pending().await };
         loop {
-            match watch.progress() {
-                Some(p) if p.delivered_since(base, payload) => return Instant::now(),
-                Some(_) => tokio::time::sleep(STALL_POLL).await,
-                None => return std::future::pending().await,
+            let Some(p) = watch.progress() else { return std::future::pending().await };
+            let now = Instant::now();
+            resume.observe(now.saturating_duration_since(sent), p);
+            if p.delivered_since(base, payload) {
+                return (now, resume.since_resumed());
             }
+            tokio::time::sleep(STALL_POLL).await
         }
     };
     tokio::select! {
         biased;
-        at = seen => Some(Straggled::Delivered { bytes: payload, upload: at.saturating_duration_since(sent), at }),
+        (at, resumed) = seen => {
+            Some(Straggled::Delivered { bytes: payload, upload: at.saturating_duration_since(sent), at, resumed })
+        }
         a = call => a.ok().map(|a| Straggled::Answer { bytes: payload, response: a.response, at: Instant::now() }),
     }
 }
@@ -3031,6 +3110,7 @@ mod tests {
         let cancel = Cancel::new();
         // Leaked: the pacing task borrows them for as long as it runs.
         let delivered: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
+        let resume: &'static Mutex<ResumeWatch> = Box::leak(Box::new(Mutex::new(ResumeWatch::new(OUTAGE_GAP))));
         let started: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
         let race = RaceClock { started, tail: Duration::from_secs(10) };
         let t0 = Instant::now();
@@ -3043,7 +3123,7 @@ mod tests {
         };
         let pace = tokio::spawn({
             let cancel = cancel.clone();
-            async move { match pace_race(Some((watch, base)), 4000, pacing, cancel, delivered, race).await {} }
+            async move { match pace_race(Some((watch, base)), 4000, pacing, cancel, delivered, resume, race).await {} }
         });
         client.write_all(&[1u8; 4000]).await.unwrap();
         let mut request = [0u8; 4000];
@@ -3070,6 +3150,70 @@ mod tests {
         pace.abort();
         drop(server);
         let _ = reader.await;
+    }
+
+    /// Regression (PP-OCR det on the UMTS trace, the round at `96bfa97`): frame 1's request met
+    /// a 0.7 s outage and its own tail answered it; the socket then saw it delivered 1.07 s
+    /// after sending, a 0.19 Mbit/s sample that, with frame 0's abandoned 0.075, kept frames 2
+    /// and 3 home (1008 and 1069 ms) on a link that carried their JPEG in 494 and 898. The
+    /// link had come back at about 0.7 Mbit/s; the upload is now measured from there.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_that_met_an_outage_measures_the_link_as_it_came_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The accepting side's 4 KiB receive buffer: what it has not read, the client's
+        // socket has not seen acknowledged.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let watch = UploadWatch::default();
+        let mut client = crate::upload::Watched::new(client.unwrap(), watch.clone());
+        let mut server = server.unwrap().0;
+        let base = watch.progress().expect("a connected socket has counts");
+        const PAYLOAD: usize = 64 * 1024;
+        let sent = Instant::now();
+        let writer = tokio::spawn(async move {
+            client.write_all(&[1u8; PAYLOAD]).await.unwrap();
+            client
+        });
+        // The call never answers: the socket's delivery is the news.
+        let call = std::future::pending::<Result<crate::failover::Answer, crate::failover::Failed>>();
+        let straggling =
+            tokio::spawn(straggle(call, PAYLOAD as u64, sent, Some((watch, base)), ResumeWatch::new(OUTAGE_GAP)));
+        // An outage of 800 ms, then the link carries 4 KiB every 20 ms (1.6 Mbit/s).
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let mut chunk = [0u8; 4096];
+        let mut read = 0;
+        while read < PAYLOAD {
+            read += server.read(&mut chunk).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let Some(Straggled::Delivered { bytes, upload, at, resumed }) = straggling.await.unwrap() else {
+            panic!("the socket saw the request delivered")
+        };
+        let _client = writer.await.unwrap();
+        assert_eq!(bytes, PAYLOAD as u64);
+        let (acked, since) = resumed.expect("the upload met an outage and came back");
+        let whole = PAYLOAD as f64 * 8.0 / upload.as_secs_f64();
+        let back = acked as f64 * 8.0 / since.as_secs_f64();
+        assert!(upload >= Duration::from_millis(800), "{upload:?}");
+        assert!(acked >= PAYLOAD as u64 / 2, "most of it crossed after the outage: {acked} B");
+        // At most 1.6 Mbit/s as paced (and the loaded machine's reads only slow it).
+        assert!(back > 2.0 * whole && back < 2e6, "since it came back {back:.0} bit/s, whole upload {whole:.0}");
+        // As the device takes it: the outage's stall sample leaves, and the estimate is the link
+        // as it came back.
+        let mut est = LinkEstimates::new();
+        let t0 = at - Duration::from_secs(4);
+        est.observe_abandoned(t0, 34_000, Duration::from_millis(3600)); // ≈ 0.075 Mbit/s
+        let mut old = est.clone();
+        old.observe_upload(at, bytes, upload);
+        est.observe_resumed(at, acked, since).expect("enough crossed to measure");
+        let estimate = |e: &LinkEstimates| e.estimate().up_bps;
+        assert!(estimate(&est) > 2.0 * estimate(&old), "{} against {}", estimate(&est), estimate(&old));
+        assert!((estimate(&est) - back).abs() < 1.0, "only the link as it came back is left");
     }
 
     #[test]

@@ -287,6 +287,54 @@ impl AnswerWatch {
     }
 }
 
+/// Finds, from readings of an upload's socket, where the link last came back from an outage:
+/// a stretch of at least `gap` in which the acknowledged count did not move while bytes were
+/// queued. What the link carried since then, over the time since, is a measurement of the link
+/// as it is *now*; the whole upload's time also counts the outage (see "Abandoned uploads still
+/// measure" in [`crate::adaptive`]). Pure, like [`StallWatch`].
+#[derive(Clone, Copy, Debug)]
+pub struct ResumeWatch {
+    gap: Duration,
+    /// The last reading: when, and the acknowledged count.
+    last: Option<(Duration, u64)>,
+    /// When the acknowledged count last moved (or the first reading), and to what.
+    moved: Option<(Duration, u64)>,
+    /// Where the link came back: the reading before the count moved again, and the count then.
+    resumed: Option<(Duration, u64)>,
+}
+
+impl ResumeWatch {
+    /// `gap`: the shortest silence that counts as an outage.
+    pub fn new(gap: Duration) -> ResumeWatch {
+        ResumeWatch { gap, last: None, moved: None, resumed: None }
+    }
+
+    /// Takes the reading at `at` (any origin, increasing; the first is the baseline).
+    pub fn observe(&mut self, at: Duration, p: UploadProgress) {
+        match (self.moved, self.last) {
+            (Some((since, count)), Some((before, _))) if p.acked > count => {
+                // The bytes came somewhere between the last reading and this one: counting the
+                // whole interval errs toward a slower link.
+                if at.saturating_sub(since) >= self.gap {
+                    self.resumed = Some((before, count));
+                }
+                self.moved = Some((at, p.acked));
+            }
+            (None, _) => self.moved = Some((at, p.acked)),
+            _ => {}
+        }
+        self.last = Some((at, p.acked));
+    }
+
+    /// The bytes acknowledged since the link came back from the last outage, and the time from
+    /// then to the last reading; `None` when the readings saw no outage end.
+    pub fn since_resumed(&self) -> Option<(u64, Duration)> {
+        let (from, count) = self.resumed?;
+        let (at, acked) = self.last?;
+        Some((acked.saturating_sub(count), at.saturating_sub(from)))
+    }
+}
+
 /// Four 1500-byte packets' time at `up_bps` (at most an hour); `None` at no known rate.
 fn four_packets(up_bps: f64) -> Option<Duration> {
     (up_bps > 0.0).then(|| Duration::from_secs_f64((4.0 * 1500.0 * 8.0 / up_bps).min(3600.0)))
@@ -504,6 +552,38 @@ mod tests {
         assert_eq!(a.observe(MS(279), r(44_000)), Some(MS(280)));
         assert_eq!(a.observe(MS(280), r(44_000)), None);
         assert_eq!(a.observe(MS(400), r(44_000)), None);
+    }
+
+    #[test]
+    fn an_upload_is_measured_from_where_the_link_came_back() {
+        let mut w = ResumeWatch::new(MS(500));
+        w.observe(MS(0), p(1_000, 26_000));
+        w.observe(MS(100), p(7_000, 20_000));
+        assert_eq!(w.since_resumed(), None, "moving from the start: no outage ended");
+        // Bursty but moving: silences under the gap are the link's usual pace.
+        w.observe(MS(400), p(7_000, 20_000));
+        w.observe(MS(410), p(9_000, 18_000));
+        assert_eq!(w.since_resumed(), None);
+        // An outage: 690 ms without a byte, then the link carries the rest.
+        w.observe(MS(1_090), p(9_000, 18_000));
+        w.observe(MS(1_100), p(12_000, 15_000));
+        assert_eq!(w.since_resumed(), Some((3_000, MS(10))), "from the reading before it moved");
+        w.observe(MS(1_200), p(20_000, 7_000));
+        w.observe(MS(1_300), p(27_000, 0));
+        assert_eq!(w.since_resumed(), Some((18_000, MS(210))));
+        // Readings after the last movement stretch the time, not the bytes.
+        w.observe(MS(1_310), p(27_000, 0));
+        assert_eq!(w.since_resumed(), Some((18_000, MS(220))));
+    }
+
+    #[test]
+    fn a_silence_before_the_first_acknowledgement_is_an_outage_too() {
+        let mut w = ResumeWatch::new(MS(500));
+        w.observe(MS(0), p(500, 20_000));
+        w.observe(MS(590), p(500, 20_000));
+        assert_eq!(w.since_resumed(), None, "not seen moving yet");
+        w.observe(MS(600), p(4_500, 16_000));
+        assert_eq!(w.since_resumed(), Some((4_000, MS(10))));
     }
 
     /// A connection on loopback whose accepting side has a 4 KiB receive buffer, so that most of
