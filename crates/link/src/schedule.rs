@@ -139,16 +139,35 @@ impl Shaper {
 
     /// How many bytes a reader feeding this link should take from its sender now: the
     /// [`room`](Self::room), capped so that no more than the link can carry in the next
-    /// [`READ_AHEAD_MS`] (at least two packets) waits in the queue. What is not read stays with
-    /// the sender, whose TCP stack then sees bytes go unacknowledged while the link does not move
-    /// them, as it would behind a real bottleneck. The cap still covers a reader that wakes a few
-    /// milliseconds late, so no opportunity finds the queue empty for that reason. Unlimited
-    /// links read as much as there is room for.
+    /// [`READ_AHEAD_MS`] (at least two packets, when it carries any) waits in the queue. What is
+    /// not read stays with the sender, whose TCP stack then sees bytes go unacknowledged while
+    /// the link does not move them, as it would behind a real bottleneck. The cap still covers a
+    /// reader that wakes a few milliseconds late, so no opportunity finds the queue empty for
+    /// that reason. While the link carries nothing in that time (an outage, a sparse trace's gap)
+    /// nothing is read: the sender's socket sees no byte acknowledged that the link has not
+    /// carried or is about to ([`next_read_us`](Self::next_read_us) says when to look again).
+    /// Unlimited links read as much as there is room for.
     pub fn read_room(&self) -> u64 {
         let Some(trace) = &self.trace else { return self.room() };
         let from = self.trace_ms(self.now_us);
-        let ahead = trace.bytes_between(from, from + READ_AHEAD_MS).max(2 * PACKET_BYTES);
+        let soon = trace.bytes_between(from, from + READ_AHEAD_MS);
+        let ahead = if soon == 0 { 0 } else { soon.max(2 * PACKET_BYTES) };
         self.room().min(ahead.saturating_sub(self.queued))
+    }
+
+    /// When a reader that [`read_room`](Self::read_room) holds back because the link carries
+    /// nothing in the next [`READ_AHEAD_MS`] should look again: that long before the next
+    /// opportunity, µs (always after the present). `None` on an unlimited link, and when the
+    /// link does carry something soon (a reader held back then waits for the queue to drain,
+    /// at the opportunity).
+    pub fn next_read_us(&self) -> Option<u64> {
+        let trace = self.trace.as_ref()?;
+        let from = self.trace_ms(self.now_us);
+        if trace.bytes_between(from, from + READ_AHEAD_MS) > 0 {
+            return None;
+        }
+        let (ms, _) = trace.next_after(from.max(self.cursor_ms));
+        Some(self.virtual_us(ms).saturating_sub(READ_AHEAD_MS * 1000).max(self.now_us + 1))
     }
 
     /// Bytes waiting for the link.
@@ -360,6 +379,39 @@ mod tests {
         // The queue limit still binds, and an unlimited link reads what there is room for.
         assert_eq!(fast.clone().with_queue_limit(Some(4000)).read_room(), 4000);
         assert_eq!(Shaper::new(None).read_room(), u64::MAX);
+        assert_eq!(Shaper::new(None).next_read_us(), None);
+    }
+
+    /// Regression (resnet50-light on the EVDO trace, frame 14, rounds at `9287497` and
+    /// `dd9c7a6`): the proxy read two packets ahead while the trace carried nothing, so the
+    /// device's socket saw its 13.5 KB request acknowledged 265 ms after sending although the
+    /// link carried it much later, and the device held its own tail for an answer that could not
+    /// come yet. A reader now takes nothing while the link carries nothing soon.
+    #[test]
+    fn a_reader_takes_nothing_while_the_link_carries_nothing_soon() {
+        // A packet at 5 ms, then an outage until 500 ms, then a packet every 20 ms.
+        let mut ms = vec![5];
+        ms.extend((500..=1000).step_by(20));
+        let mut s = Shaper::new(Some(Trace::from_runs(ms.iter().map(|&m| (m, 1))).unwrap()));
+        assert_eq!(s.read_room(), 3000, "a packet within 10 ms: two packets' room");
+        assert_eq!(s.next_read_us(), None);
+        s.submit(0, 3000);
+        s.advance(5_000);
+        assert_eq!(s.queued(), 1500);
+        assert_eq!(s.read_room(), 0, "the next opportunity is 495 ms away");
+        assert_eq!(s.next_read_us(), Some(490_000));
+        s.advance(489_000);
+        assert_eq!(s.read_room(), 0);
+        s.advance(490_000);
+        assert_eq!(s.read_room(), 1500, "the queued packet fills the rest of two");
+        assert_eq!(s.next_read_us(), None, "the opportunity at 500 ms wakes the reader");
+        // Never a wake in the past, so a reader cannot spin.
+        let sparse = Shaper::new(Some(Trace::from_runs([(15, 1)]).unwrap()));
+        assert_eq!(sparse.read_room(), 0);
+        assert_eq!(sparse.next_read_us(), Some(5_000));
+        let mut late = sparse.clone();
+        late.advance(5_000);
+        assert_eq!(late.read_room(), 3000);
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //!   each get the full rate (gRPC multiplexes on one connection, so this rarely matters).
 //! - The kernel's socket buffers between the sender and the proxy are not part of the link: a
 //!   sender's `write` may return before its bytes entered the emulated queue, and its socket
-//!   sees the first few kilobytes acknowledged at once (the read-ahead and the receive buffer).
+//!   sees the first few kilobytes acknowledged at once (what the receive buffer holds, and, when
+//!   the link carries something in the next few milliseconds, the read-ahead).
 //!   Acknowledgements also come back without the one-way delay.
 //! - No loss, no header overhead; a blackhole holds bytes instead of dropping them (TCP would
 //!   retransmit them later, and a byte stream must not lose any).
@@ -418,9 +419,18 @@ async fn pump(mut src: ReadHalf<'_>, mut dst: WriteHalf<'_>, dir: Direction, sha
                 return Ok(());
             }
         }
-        let wake = if blackhole { None } else { shaper.next_wake_us() };
         let room = usize::try_from(shaper.read_room()).unwrap_or(usize::MAX).min(buf.len());
         let can_read = !eof && !blackhole && room > 0;
+        let wake = if blackhole {
+            None
+        } else {
+            // Held back while the link carries nothing soon: look again shortly before it does.
+            let read = if eof || can_read { None } else { shaper.next_read_us() };
+            match (shaper.next_wake_us(), read) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
         tokio::select! {
             // Settings first: a change made before bytes were written applies to those bytes.
             biased;
