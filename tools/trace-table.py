@@ -7,7 +7,8 @@
 Per frame, `cpu` is the device process's CPU over the frame and `threads cpu` what its compute
 and race threads used on jobs that ended since the last frame (a race the server won counts in
 the next frame), both ms; `probe` the bytes of the probe started after the frame; `abandoned`
-the sample (Mbit/s) taken as the frame started from an upload given up undelivered; the last
+the sample (Mbit/s) taken as the frame started from an upload given up undelivered; `resumed`
+a sample (Mbit/s) from an upload that met an outage, measured from where the link came back; the last
 column the same frame in the fixed run that sent every frame at adaptive's cut and codec for it.
 After the frames, the run's gap to the oracle on the mean, split by how each frame was
 answered; then one line per run in the order they ran, with the edge's median reported compute
@@ -104,7 +105,7 @@ def frames(path):
         if name not in ("adaptive", "device-only") and rs:
             fixed.setdefault((rs[0]["cut"], rs[0].get("codec")), {x["frame"]: x for x in rs})
     print("frame | adaptive ms | cut/codec | status | est Mbit/s | predicted | delivered | race at | paused | cpu | threads cpu | probe | "
-          "abandoned | oracle ms | oracle cut/codec | device-only ms | same choice, fixed run ms")
+          "abandoned | resumed | oracle ms | oracle cut/codec | device-only ms | same choice, fixed run ms")
     for r in runs.get("adaptive", []):
         o = oracle.get(r["frame"], {})
         d = dev.get(r["frame"], {})
@@ -116,6 +117,7 @@ def frames(path):
             f(r.get("race_ms")), f(r.get("race_paused_ms")), f(r.get("cpu_ms")),
             f(r.get("compute_cpu_ms")), str(r.get("probe_bytes") or "-"),
             f(None if r.get("abandoned_sample_bps") is None else r["abandoned_sample_bps"] / 1e6, "{:.3f}"),
+            f(None if r.get("resumed_sample_bps") is None else r["resumed_sample_bps"] / 1e6, "{:.3f}"),
             f(o.get("latency_ms")), f"{o.get('cut', '-')}/{o.get('codec') or '-'}", f(d.get("total_ms")),
             f(same.get("total_ms")),
         ]))

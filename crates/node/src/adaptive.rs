@@ -78,9 +78,10 @@
 //! racing device takes of its socket ([`crate::upload::ResumeWatch`]) show a silence of
 //! [`OUTAGE_GAP`] (500 ms) or more without a byte acknowledged while bytes were queued, and
 //! then the link carrying the rest. The upload's whole time is then mostly the outage, which
-//! is over: such a request of PP-OCR det on the UMTS trace was delivered 1.07 s after sending,
-//! a 0.19 Mbit/s sample that with the outage's own earlier 0.075 kept the next two frames home
-//! (1008 and 1069 ms) while the link carried their JPEG in 494 and 898. So its sample is the
+//! is over: such a request of PP-OCR det on the UMTS trace (sent into a 0.7 s outage, answered
+//! by its own tail) gave a 0.19 Mbit/s sample when its late answer came, and with the outage's
+//! earlier 0.075 that kept the next two frames home (1008 and 1069 ms) while the link, back
+//! at 0.5–0.8 Mbit/s, carried their JPEG in 494 and 898. So its sample is the
 //! bytes acknowledged after the silence over the time since ([`LinkEstimates::observe_resumed`];
 //! the whole upload's, when too little crossed after it to measure). Being the freshest news
 //! and, usually, far faster than the outage's samples, it also lets those leave (the stall
@@ -2059,8 +2060,9 @@ impl AdaptiveDevice {
                     _ => None,
                 };
                 // The socket's counts as the request goes out, to see it delivered (the race
-                // pauses then; see "Racing the server").
-                let delivery = watch.as_ref().and_then(|(w, _)| Some((w.clone(), w.progress()?)));
+                // pauses then; see "Racing the server"); with no connection (dropped with stale
+                // bytes just now), the one the call makes, from zero.
+                let delivery = watch.as_ref().map(|(w, _)| (w.clone(), w.progress().unwrap_or_default()));
                 let straggler_watch = delivery.clone();
                 let cancel = Cancel::new();
                 let delivered = OnceLock::new();
@@ -2588,7 +2590,8 @@ async fn pace_race(
         // Once delivered: when, and until when the tail is held.
         let mut held: Option<(Instant, Instant)> = None;
         let mut answer = AnswerWatch::new(arriving);
-        while let Some(p) = watch.progress() {
+        let mut connected = false;
+        while let Some(p) = watch.next_reading(&mut connected, STALL_POLL).await {
             let now = Instant::now();
             if held.is_none() {
                 lock(resume).observe(now.saturating_duration_since(sent), p);
@@ -2655,8 +2658,12 @@ where
 {
     let seen = async {
         let Some((watch, base)) = delivery else { return std::future::pending().await };
+        // Readings while racing mean the connection was there: if it is gone, it is gone.
+        let mut connected = resume.has_readings();
         loop {
-            let Some(p) = watch.progress() else { return std::future::pending().await };
+            let Some(p) = watch.next_reading(&mut connected, STALL_POLL).await else {
+                return std::future::pending().await;
+            };
             let now = Instant::now();
             resume.observe(now.saturating_duration_since(sent), p);
             if p.delivered_since(base, payload) {
@@ -3152,11 +3159,65 @@ mod tests {
         let _ = reader.await;
     }
 
+    /// Regression (PP-OCR det's frame 0 on the EVDO trace, every round from `9287497` to
+    /// `dd9c7a6`): the frame dropped its connection with the bootstrap probe's bytes still
+    /// queued, so when it sent there was no connection to read, and the whole frame went
+    /// unwatched: never seen delivered, its tail never held, and it ran beside the answer
+    /// (1038–1059 ms, the static run's same frame 958–980). A request written before its
+    /// connection exists is now watched on the connection the call makes.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_sent_before_its_connection_is_watched_on_the_new_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let watch = UploadWatch::default();
+        assert_eq!(watch.progress(), None, "no connection yet");
+        let cancel = Cancel::new();
+        let delivered: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
+        let resume: &'static Mutex<ResumeWatch> = Box::leak(Box::new(Mutex::new(ResumeWatch::new(OUTAGE_GAP))));
+        let started: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
+        let race = RaceClock { started, tail: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let _ = started.set(t0);
+        let pacing = Pacing {
+            sent: t0,
+            hold: Duration::from_millis(300),
+            yielding: UploadYield::new(1e6, Duration::ZERO, YIELD_FLOOR, Duration::ZERO),
+            arriving: Duration::from_millis(150),
+        };
+        // As the device does: with no connection, the baseline is a fresh connection's.
+        let delivery = Some((watch.clone(), watch.progress().unwrap_or_default()));
+        let pace = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { match pace_race(delivery, 4000, pacing, cancel, delivered, resume, race).await {} }
+        });
+        // The call connects a little later and writes the request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let mut client = crate::upload::Watched::new(client.unwrap(), watch.clone());
+        let mut server = server.unwrap().0;
+        client.write_all(&[1u8; 4000]).await.unwrap();
+        let mut request = [0u8; 4000];
+        server.read_exact(&mut request).await.unwrap();
+        // Seen delivered within a few readings, and the tail held for the answer.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while delivered.get().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(delivered.get().is_some(), "the request on the new connection was seen delivered");
+        assert!(cancel.is_paused(), "held for the answer");
+        assert!(lock(resume).has_readings());
+        pace.abort();
+        drop((client, server));
+    }
+
     /// Regression (PP-OCR det on the UMTS trace, the round at `96bfa97`): frame 1's request met
-    /// a 0.7 s outage and its own tail answered it; the socket then saw it delivered 1.07 s
-    /// after sending, a 0.19 Mbit/s sample that, with frame 0's abandoned 0.075, kept frames 2
-    /// and 3 home (1008 and 1069 ms) on a link that carried their JPEG in 494 and 898. The
-    /// link had come back at about 0.7 Mbit/s; the upload is now measured from there.
+    /// a 0.7 s outage and its own tail answered it; its late answer gave a 0.19 Mbit/s sample
+    /// that, with frame 0's abandoned 0.075, kept frames 2 and 3 home (1008 and 1069 ms) on a
+    /// link that carried their JPEG in 494 and 898. The link had come back at 0.5–0.8 Mbit/s
+    /// (the trace); the upload is now measured from there. (That frame went unwatched for
+    /// want of a connection: `a_request_sent_before_its_connection_is_watched_on_the_new_one`.)
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upload_that_met_an_outage_measures_the_link_as_it_came_back() {

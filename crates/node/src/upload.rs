@@ -32,8 +32,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// What the device's socket says about its upload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the device's socket says about its upload. The default (all zero) is a fresh
+/// connection's: the baseline of a request written while the client had no connection (it
+/// connects for that call).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UploadProgress {
     /// Bytes the far end has acknowledged since the connection opened.
     pub acked: u64,
@@ -71,6 +73,25 @@ impl UploadWatch {
 
     fn set(&self, fd: i32) {
         *self.slot() = Some(fd);
+    }
+
+    /// The next reading of the connection a request was written to, where `connected` says
+    /// whether a reading has been taken of it yet: `None` once that connection has closed. A
+    /// request written while the client had no connection goes out on the one it makes next,
+    /// so until a first reading this waits for it, looking every `poll`. (Without it, every
+    /// frame sent just after the device dropped its connection went unwatched: PP-OCR det's
+    /// first frame on the EVDO trace, after its bootstrap probe was dropped, in every round.)
+    pub(crate) async fn next_reading(&self, connected: &mut bool, poll: Duration) -> Option<UploadProgress> {
+        loop {
+            match self.progress() {
+                Some(p) => {
+                    *connected = true;
+                    return Some(p);
+                }
+                None if *connected => return None,
+                None => tokio::time::sleep(poll).await,
+            }
+        }
     }
 
     /// Forgets `fd` if it is still the one watched (a newer connection may have replaced it).
@@ -324,6 +345,11 @@ impl ResumeWatch {
             _ => {}
         }
         self.last = Some((at, p.acked));
+    }
+
+    /// Whether any reading was taken.
+    pub fn has_readings(&self) -> bool {
+        self.last.is_some()
     }
 
     /// The bytes acknowledged since the link came back from the last outage, and the time from
