@@ -17,7 +17,8 @@
 //!
 //!
 //! A direction reads no further ahead than the link will carry in the next few milliseconds
-//! ([`Shaper::read_room`]), and the client-facing sockets have a small receive buffer
+//! ([`Shaper::read_room`]; nothing while it carries nothing then, as in an outage, until shortly
+//! before it does: [`Shaper::next_read_us`]), and the client-facing sockets have a small receive buffer
 //! ([`RECV_BUFFER_BYTES`]). The bytes the link has not carried yet therefore wait in the
 //! sender's own socket, unacknowledged, as they would behind a real bottleneck: a client that
 //! watches its socket (`TCP_INFO`, `SIOCOUTQ`) sees the link stall, a few kilobytes late.

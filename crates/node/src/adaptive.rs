@@ -219,6 +219,12 @@
 //! resnet50-light's frame 15 was sent while the 30 KB probe sent after frame 14 (answered by
 //! the device in an outage) still crossed: 762 ms where the static run sent the same request
 //! in 540, and frame 0 queued behind the bootstrap probe the same way, 872 against 445.
+//! The frame that dropped the connection sends with none to read; its request is watched on
+//! the connection the call makes, from that connection's zero counts
+//! (`UploadWatch::next_reading`). (Until `3c9514c` such a frame went
+//! unwatched: PP-OCR det's frame 0 on the EVDO trace, after its bootstrap probe was dropped,
+//! was never seen delivered and raced its answer in, 1038–1059 ms against the static run's
+//! 958–980.)
 //!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
@@ -3180,7 +3186,7 @@ mod tests {
         let _ = started.set(t0);
         let pacing = Pacing {
             sent: t0,
-            hold: Duration::from_millis(300),
+            hold: Duration::from_secs(2),
             yielding: UploadYield::new(1e6, Duration::ZERO, YIELD_FLOOR, Duration::ZERO),
             arriving: Duration::from_millis(150),
         };
