@@ -3104,6 +3104,56 @@ mod tests {
         assert!(race.done_within(t0 + Duration::from_millis(900), hold, none), "overdue: as good as done");
     }
 
+    /// A loopback connection whose client side is registered with a new watch (the accepting
+    /// side with a `recv_buffer` when given), and the client's counts as it starts.
+    #[cfg(target_os = "linux")]
+    async fn watched_pair(
+        recv_buffer: Option<u32>,
+    ) -> (crate::upload::Watched, tokio::net::TcpStream, UploadWatch, UploadProgress) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).unwrap();
+        }
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let watch = UploadWatch::default();
+        let client = crate::upload::Watched::new(client.unwrap(), watch.clone());
+        let base = watch.progress().expect("a connected socket has counts");
+        (client, server.unwrap().0, watch, base)
+    }
+
+    /// Starts [`pace_race`] for a request of `payload` bytes just sent on `delivery`'s
+    /// connection, with `hold` after delivery and a tail predicted to take 10 s. Returns the
+    /// race's cancel handle, what it records (delivery, resumption; leaked, as the task borrows
+    /// them for as long as it runs) and the task.
+    #[cfg(target_os = "linux")]
+    fn start_pacing(
+        delivery: (UploadWatch, UploadProgress),
+        payload: u64,
+        hold: Duration,
+    ) -> (Cancel, &'static OnceLock<Instant>, &'static Mutex<ResumeWatch>, tokio::task::JoinHandle<()>) {
+        let cancel = Cancel::new();
+        let delivered: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
+        let resume: &'static Mutex<ResumeWatch> = Box::leak(Box::new(Mutex::new(ResumeWatch::new(OUTAGE_GAP))));
+        let started: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
+        let race = RaceClock { started, tail: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let _ = started.set(t0);
+        let pacing = Pacing {
+            sent: t0,
+            hold,
+            yielding: UploadYield::new(1e6, Duration::ZERO, YIELD_FLOOR, Duration::ZERO),
+            arriving: Duration::from_millis(150),
+        };
+        let pace = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { match pace_race(Some(delivery), payload, pacing, cancel, delivered, resume, race).await {} }
+        });
+        (cancel, delivered, resume, pace)
+    }
+
     /// Regression (PP-OCR det on the T-Mobile UMTS trace from its 60th second, 2026-11-28): the
     /// hold after delivery ended while the 1.2 MB answer still arrived, and the race took the
     /// device's CPU quota between the answer's bursts (frame 2: delivered at 406 ms, answered at
@@ -3113,31 +3163,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_race_holds_while_the_answer_arrives_past_the_hold() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let watch = UploadWatch::default();
-        let mut client = crate::upload::Watched::new(client.unwrap(), watch.clone());
-        let mut server = server.unwrap().0;
-        let base = watch.progress().expect("a connected socket has counts");
-        let cancel = Cancel::new();
-        // Leaked: the pacing task borrows them for as long as it runs.
-        let delivered: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
-        let resume: &'static Mutex<ResumeWatch> = Box::leak(Box::new(Mutex::new(ResumeWatch::new(OUTAGE_GAP))));
-        let started: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
-        let race = RaceClock { started, tail: Duration::from_secs(10) };
-        let t0 = Instant::now();
-        let _ = started.set(t0);
-        let pacing = Pacing {
-            sent: t0,
-            hold: Duration::from_millis(100),
-            yielding: UploadYield::new(1e6, Duration::ZERO, YIELD_FLOOR, Duration::ZERO),
-            arriving: Duration::from_millis(150),
-        };
-        let pace = tokio::spawn({
-            let cancel = cancel.clone();
-            async move { match pace_race(Some((watch, base)), 4000, pacing, cancel, delivered, resume, race).await {} }
-        });
+        let (mut client, mut server, watch, base) = watched_pair(None).await;
+        let (cancel, _, _, pace) = start_pacing((watch, base), 4000, Duration::from_millis(100));
         client.write_all(&[1u8; 4000]).await.unwrap();
         let mut request = [0u8; 4000];
         server.read_exact(&mut request).await.unwrap();
@@ -3177,25 +3204,9 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let watch = UploadWatch::default();
         assert_eq!(watch.progress(), None, "no connection yet");
-        let cancel = Cancel::new();
-        let delivered: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
-        let resume: &'static Mutex<ResumeWatch> = Box::leak(Box::new(Mutex::new(ResumeWatch::new(OUTAGE_GAP))));
-        let started: &'static OnceLock<Instant> = Box::leak(Box::new(OnceLock::new()));
-        let race = RaceClock { started, tail: Duration::from_secs(10) };
-        let t0 = Instant::now();
-        let _ = started.set(t0);
-        let pacing = Pacing {
-            sent: t0,
-            hold: Duration::from_secs(2),
-            yielding: UploadYield::new(1e6, Duration::ZERO, YIELD_FLOOR, Duration::ZERO),
-            arriving: Duration::from_millis(150),
-        };
         // As the device does: with no connection, the baseline is a fresh connection's.
-        let delivery = Some((watch.clone(), watch.progress().unwrap_or_default()));
-        let pace = tokio::spawn({
-            let cancel = cancel.clone();
-            async move { match pace_race(delivery, 4000, pacing, cancel, delivered, resume, race).await {} }
-        });
+        let delivery = (watch.clone(), watch.progress().unwrap_or_default());
+        let (cancel, delivered, resume, pace) = start_pacing(delivery, 4000, Duration::from_secs(2));
         // The call connects a little later and writes the request.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -3230,16 +3241,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // The accepting side's 4 KiB receive buffer: what it has not read, the client's
         // socket has not seen acknowledged.
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(1).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let watch = UploadWatch::default();
-        let mut client = crate::upload::Watched::new(client.unwrap(), watch.clone());
-        let mut server = server.unwrap().0;
-        let base = watch.progress().expect("a connected socket has counts");
+        let (mut client, mut server, watch, base) = watched_pair(Some(4096)).await;
         const PAYLOAD: usize = 64 * 1024;
         let sent = Instant::now();
         let writer = tokio::spawn(async move {
