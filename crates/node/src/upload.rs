@@ -330,9 +330,11 @@ impl ResumeWatch {
         ResumeWatch { gap, last: None, moved: None, resumed: None }
     }
 
-    /// Takes the reading at `at` (any origin, increasing; the first is the baseline).
+    /// Takes the reading at `at` (any origin, increasing; the first is the baseline). A
+    /// reading with nothing queued is no silence of the link's (the sender had nothing for it).
     pub fn observe(&mut self, at: Duration, p: UploadProgress) {
         match (self.moved, self.last) {
+            _ if p.pending == 0 => self.moved = Some((at, p.acked)),
             (Some((since, count)), Some((before, _))) if p.acked > count => {
                 // The bytes came somewhere between the last reading and this one: counting the
                 // whole interval errs toward a slower link.
@@ -590,16 +592,22 @@ mod tests {
         w.observe(MS(400), p(7_000, 20_000));
         w.observe(MS(410), p(9_000, 18_000));
         assert_eq!(w.since_resumed(), None);
-        // An outage: 690 ms without a byte, then the link carries the rest.
-        w.observe(MS(1_090), p(9_000, 18_000));
-        w.observe(MS(1_100), p(12_000, 15_000));
+        // Nothing queued for a while (the sender had nothing to send): no outage either.
+        w.observe(MS(420), p(9_000, 0));
+        w.observe(MS(1_000), p(9_000, 0));
+        w.observe(MS(1_010), p(9_000, 18_000));
+        w.observe(MS(1_020), p(10_000, 17_000));
+        assert_eq!(w.since_resumed(), None);
+        // An outage: 690 ms without a byte while bytes wait, then the link carries the rest.
+        w.observe(MS(1_700), p(10_000, 17_000));
+        w.observe(MS(1_710), p(13_000, 14_000));
         assert_eq!(w.since_resumed(), Some((3_000, MS(10))), "from the reading before it moved");
-        w.observe(MS(1_200), p(20_000, 7_000));
-        w.observe(MS(1_300), p(27_000, 0));
-        assert_eq!(w.since_resumed(), Some((18_000, MS(210))));
+        w.observe(MS(1_810), p(20_000, 7_000));
+        w.observe(MS(1_910), p(27_000, 0));
+        assert_eq!(w.since_resumed(), Some((17_000, MS(210))));
         // Readings after the last movement stretch the time, not the bytes.
-        w.observe(MS(1_310), p(27_000, 0));
-        assert_eq!(w.since_resumed(), Some((18_000, MS(220))));
+        w.observe(MS(1_920), p(27_000, 0));
+        assert_eq!(w.since_resumed(), Some((17_000, MS(220))));
     }
 
     #[test]
