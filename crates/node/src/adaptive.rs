@@ -1518,10 +1518,7 @@ impl AdaptiveDevice {
             Straggled::Delivered { bytes, upload, at, resumed } => {
                 // Past an outage, the link as it came back is the news (see "Abandoned uploads
                 // still measure"); too little crossed since to measure, the whole upload is.
-                if let Some((acked, since)) = resumed
-                    && let Some(bps) = self.estimates.observe_resumed(at, acked, since)
-                {
-                    self.sampled(at.checked_sub(since).unwrap_or(at));
+                if let Some(bps) = self.observe_resumed(at, resumed) {
                     self.straggler_sample = Some((bps, true));
                     self.resumed_sample = Some(bps);
                 } else if let Some(bps) = self.estimates.observe_upload(at, bytes, upload) {
@@ -1765,6 +1762,16 @@ impl AdaptiveDevice {
 
     /// A bandwidth sample was taken of a transfer that started at `started`: the freshest news
     /// of the link is from then (probes wait while it is recent).
+    /// An upload's part since the link came back from an outage (`resumed`, ending at `at`) as
+    /// a bandwidth sample, stamped with when that part began; `None` when there was no such
+    /// part or too little crossed in it to measure (see "Abandoned uploads still measure").
+    fn observe_resumed(&mut self, at: Instant, resumed: Option<(u64, Duration)>) -> Option<f64> {
+        let (acked, since) = resumed?;
+        let bps = self.estimates.observe_resumed(at, acked, since)?;
+        self.sampled(at.checked_sub(since).unwrap_or(at));
+        Some(bps)
+    }
+
     fn sampled(&mut self, started: Instant) {
         self.last_sample = Some(self.last_sample.map_or(started, |t| t.max(started)));
     }
@@ -2181,12 +2188,10 @@ impl AdaptiveDevice {
                 // An upload that met an outage measures the link from where it came back (see
                 // "Abandoned uploads still measure").
                 let now = Instant::now();
-                if let Some((acked, since)) = lock(&resume).since_resumed()
-                    && let Some(bps) = self.estimates.observe_resumed(now, acked, since)
-                {
+                let resumed = lock(&resume).since_resumed();
+                if let Some(bps) = self.observe_resumed(now, resumed) {
                     rec.sample_bps = Some(bps);
                     rec.resumed_sample_bps = Some(bps);
-                    self.sampled(now.checked_sub(since).unwrap_or(now));
                 } else {
                     rec.sample_bps = self.estimates.observe_transfer(now, wire_bytes(rec.bytes_up), resp.rpc, server);
                     if rec.sample_bps.is_some() {
