@@ -223,8 +223,8 @@
 //! the connection the call makes, from that connection's zero counts
 //! (`UploadWatch::next_reading`). (Until `3c9514c` such a frame went
 //! unwatched: PP-OCR det's frame 0 on the EVDO trace, after its bootstrap probe was dropped,
-//! was never seen delivered and raced its answer in, 1038–1059 ms against the static run's
-//! 958–980.)
+//! was never seen delivered and raced its answer in: 1038–1059 ms in the rounds at `96bfa97`
+//! and `dd9c7a6`, against the static run's 958–980.)
 //!
 //! ## Compute as measured
 //! Profiles are measured in a tight loop, with warm caches; a device that idles between frames
@@ -3201,7 +3201,8 @@ mod tests {
     /// `dd9c7a6`): the frame dropped its connection with the bootstrap probe's bytes still
     /// queued, so when it sent there was no connection to read, and the whole frame went
     /// unwatched: never seen delivered, its tail never held, and it ran beside the answer
-    /// (1038–1059 ms, the static run's same frame 958–980). A request written before its
+    /// (1038–1059 ms in the rounds at `96bfa97` and `dd9c7a6`, the static run's same frame
+    /// 958–980). A request written before its
     /// connection exists is now watched on the connection the call makes.
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
